@@ -1,0 +1,184 @@
+// pybind11 module `tempbalance._core`: numpy in, numpy out, the GIL released for every heavy loop.
+// It does not link libtorch, so one build works with every torch release.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <complex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gram_eig.h"
+#include "tb_math.h"
+
+namespace py = pybind11;
+
+namespace {
+
+tb::Scalar scalar_of(const py::array& a, std::size_t index) {
+  if (py::isinstance<py::array_t<float>>(a)) return tb::Scalar::kF32;
+  if (py::isinstance<py::array_t<double>>(a)) return tb::Scalar::kF64;
+  if (py::isinstance<py::array_t<std::complex<float>>>(a)) return tb::Scalar::kC64;
+  if (py::isinstance<py::array_t<std::complex<double>>>(a)) return tb::Scalar::kC128;
+  throw py::value_error("matrix " + std::to_string(index) + ": dtype " + std::string(py::str(a.dtype())) +
+                        " is not float32, float64, complex64 or complex128");
+}
+
+tb::Solver solver_of(const std::string& name) {
+  if (name == "evd") return tb::Solver::kDivideConquer;
+  if (name == "2stage") return tb::Solver::kTwoStage;
+  throw py::value_error("solver must be 'evd' or '2stage', got '" + name + "'");
+}
+
+py::list gram_eigvalsh(const py::list& mats, const std::vector<int64_t>& top, int num_threads,
+                       const std::string& solver) {
+  if (top.size() != mats.size() && !top.empty())
+    throw py::value_error("top must be empty or have one entry per matrix");
+  std::vector<py::array> keep;  // hold the arrays alive while the GIL is released
+  std::vector<tb::MatrixInput> inputs;
+  std::vector<py::array> results;
+  std::vector<void*> outputs;
+  for (std::size_t j = 0; j < mats.size(); ++j) {
+    py::array a = py::reinterpret_borrow<py::array>(mats[j]);
+    if (!(a.flags() & py::array::c_style))
+      throw py::value_error("matrix " + std::to_string(j) + ": must be C-contiguous");
+    if (a.ndim() != 2 && a.ndim() != 3)
+      throw py::value_error("matrix " + std::to_string(j) + ": expected 2-d (rows, cols) or 3-d (slices, rows, "
+                            "cols), got " + std::to_string(a.ndim()) + "-d");
+    tb::MatrixInput in;
+    in.data = a.data();
+    in.scalar = scalar_of(a, j);
+    in.slices = a.ndim() == 3 ? a.shape(0) : 1;
+    in.rows = a.shape(a.ndim() - 2);
+    in.cols = a.shape(a.ndim() - 1);
+    in.top = top.empty() ? 0 : top[j];
+    try {
+      tb::validate(in, j);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+    const auto count = static_cast<py::ssize_t>(tb::eig_count(in));
+    py::array out = tb::single_precision(in) ? py::array(py::array_t<float>(count))
+                                             : py::array(py::array_t<double>(count));
+    outputs.push_back(out.mutable_data());
+    results.push_back(out);
+    inputs.push_back(in);
+    keep.push_back(a);
+  }
+  const tb::Solver s = solver_of(solver);
+  {
+    py::gil_scoped_release release;
+    tb::gram_eigvalsh(inputs, outputs, num_threads, s);
+  }
+  py::list out;
+  for (auto& r : results) out.append(r);
+  return out;
+}
+
+int xmin_rule_of(const std::string& name) {
+  if (name == "median") return tb::kMedian;
+  if (name == "fit") return tb::kFit;
+  if (name == "peak") return tb::kPeak;
+  if (name == "peak_compat") return tb::kPeakCompat;
+  throw py::value_error("xmin_rule must be 'median', 'fit', 'peak' or 'peak_compat', got '" + name + "'");
+}
+
+py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const std::string& xmin_rule,
+                                 bool filter_zeros, double zero_tol, double zero_rel, double zero_rtol,
+                                 int64_t min_eigs, const std::vector<int64_t>& n_total) {
+  if (!(xmin_pos > 1.0)) throw py::value_error("xmin_pos must be > 1, got " + std::to_string(xmin_pos));
+  if (!n_total.empty() && n_total.size() != eigs.size())
+    throw py::value_error("n_total must be empty or have one entry per spectrum");
+  tb::HillParams p;
+  p.xmin_pos = xmin_pos;
+  p.xmin_rule = xmin_rule_of(xmin_rule);
+  p.filter_zeros = filter_zeros;
+  p.zero_tol = zero_tol;
+  p.zero_rel = zero_rel;
+  p.zero_rtol = zero_rtol;
+  p.min_eigs = min_eigs;
+  std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>> spectra;
+  for (auto item : eigs) spectra.emplace_back(py::reinterpret_borrow<py::object>(item));
+  const auto n = static_cast<py::ssize_t>(spectra.size());
+  py::array_t<double> out({n, static_cast<py::ssize_t>(tb::kHillColumns)});
+  double* dst = out.mutable_data();
+  std::vector<const double*> ptrs;
+  std::vector<int64_t> lens;
+  for (auto& s : spectra) {
+    if (s.ndim() != 1) throw py::value_error("every spectrum must be 1-d");
+    ptrs.push_back(s.data());
+    lens.push_back(s.shape(0));
+  }
+  {
+    py::gil_scoped_release release;
+    for (py::ssize_t j = 0; j < n; ++j) {
+      tb::HillParams pj = p;
+      pj.n_total = n_total.empty() ? 0 : n_total[j];
+      const tb::HillResult r = tb::hill_metrics(ptrs[j], lens[j], pj);
+      double* row = dst + j * tb::kHillColumns;
+      const double vals[tb::kHillColumns] = {r.alpha,          r.xmin,      r.n_tail,      r.ks_distance,
+                                             r.spectral_norm, r.frobenius, r.stable_rank, r.alpha_hat,
+                                             r.n_eigs,         static_cast<double>(r.status)};
+      for (int c = 0; c < tb::kHillColumns; ++c) row[c] = vals[c];
+    }
+  }
+  return out;
+}
+
+py::array_t<double> unit_means(py::array_t<double, py::array::c_style | py::array::forcecast> values,
+                               py::array_t<int64_t, py::array::c_style | py::array::forcecast> unit_index,
+                               int64_t n_units) {
+  if (values.ndim() != 1 || unit_index.ndim() != 1 || values.shape(0) != unit_index.shape(0))
+    throw py::value_error("values and unit_index must be 1-d of equal length");
+  if (n_units < 0) throw py::value_error("n_units must be >= 0");
+  py::array_t<double> out(n_units);
+  std::vector<double> sums(n_units);
+  std::vector<int64_t> counts(n_units);
+  tb::unit_means(values.data(), unit_index.data(), values.shape(0), n_units, sums.data(), counts.data(),
+                 out.mutable_data());
+  return out;
+}
+
+py::array_t<double> lr_factors(py::array_t<double, py::array::c_style | py::array::forcecast> values,
+                               const std::string& mapping, double tau, double s_lo, double s_hi, double s1,
+                               double s2, bool compat) {
+  if (values.ndim() != 1) throw py::value_error("values must be 1-d");
+  tb::MappingParams p;
+  if (mapping == "sigmoid")
+    p.mapping = tb::kSigmoid;
+  else if (mapping == "linear")
+    p.mapping = tb::kLinear;
+  else
+    throw py::value_error("mapping must be 'sigmoid' or 'linear', got '" + mapping + "'");
+  p.tau = tau;
+  p.s_lo = s_lo;
+  p.s_hi = s_hi;
+  p.s1 = s1;
+  p.s2 = s2;
+  p.compat = compat;
+  py::array_t<double> out(values.shape(0));
+  tb::lr_factors(values.data(), values.shape(0), p, out.mutable_data());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "tempbalance native spectral core (CPU)";
+  m.def("gram_eigvalsh", &gram_eigvalsh, py::arg("mats"), py::arg("top") = std::vector<int64_t>{},
+        py::arg("num_threads") = 1, py::arg("solver") = "evd",
+        "Ascending eigenvalues of the Gram of the smaller side of every matrix (pooled over slices).");
+  m.def("hill_metrics", &hill_metrics, py::arg("eigs"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
+        py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
+        py::arg("zero_rtol") = 0.0, py::arg("min_eigs") = 50, py::arg("n_total") = std::vector<int64_t>{},
+        "Per-spectrum metrics, one row each: alpha, xmin, n_tail, ks_distance, spectral_norm, frobenius, "
+        "stable_rank, alpha_hat, n_eigs, status.");
+  m.def("unit_means", &unit_means, py::arg("values"), py::arg("unit_index"), py::arg("n_units"));
+  m.def("lr_factors", &lr_factors, py::arg("values"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
+        py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,
+        py::arg("compat") = false);
+  m.attr("HILL_COLUMNS") = py::make_tuple("alpha", "xmin", "n_tail", "ks_distance", "spectral_norm", "frobenius",
+                                          "stable_rank", "alpha_hat", "n_eigs", "status");
+  m.attr("cuda_built") = false;
+}

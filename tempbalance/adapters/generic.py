@@ -1,0 +1,129 @@
+"""The adapter for any model: every Linear / Conv / HF Conv1D (and PEFT LoRA linear), each its own unit.
+
+It knows no blocks, so ``unit`` is the layer name in both unit modes; model-specific adapters (registered in
+:mod:`tempbalance.adapters`) group matrices into blocks. Also builds specs from a plain state_dict or
+(name, tensor) pairs, where no module types are known.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .. import spectra
+from .base import Adapter, MatrixSpec, is_lora_layer, lora_effective_weight
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+# state_dict names that are embeddings (there is no module type to tell): "...embed...", GPT-2's wte/wpe.
+_EMBEDDING_NAME_PARTS = ("embed", "wte.", "wpe.")
+
+
+def module_kind(module: nn.Module, include_embeddings: bool = False) -> str | None:
+    """The spec kind of a module's ``weight``, or None when the module is not analysed."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, _CONV_TYPES):
+        return "conv"
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.ndim == 2:
+        return "conv1d_hf"  # transformers' GPT-2 style layer, weight stored (in, out)
+    if include_embeddings and isinstance(module, _EMBEDDING_TYPES):
+        return "embedding"
+    return None
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class GenericAdapter(Adapter):
+    """Linear, Conv1d/2d/3d (and transposed), HF Conv1D, nn.MultiheadAttention's packed in-projection, PEFT LoRA
+    linears (effective weight), embeddings on request. Tied weights are analysed once, under their first name.
+
+    ``lora_scaling=False`` analyses LoRA layers as ``W + B @ A`` without ``lora_alpha / r`` (compat).
+    """
+
+    name = "generic"
+
+    def __init__(self, lora_scaling: bool = True):
+        self.lora_scaling = lora_scaling
+
+    def enumerate(self, model: nn.Module, include_embeddings: bool = False) -> list[MatrixSpec]:
+        specs: list[MatrixSpec] = []
+        seen: set[int] = set()
+        lora_prefixes: list[str] = []
+        for name, mod in model.named_modules():
+            if any(name.startswith(p) for p in lora_prefixes):
+                continue  # base layer and factors of a LoRA wrapper: analysed as one effective weight
+            if is_lora_layer(mod):
+                lora_prefixes.append(name + ".")
+                base = mod.get_base_layer() if hasattr(mod, "get_base_layer") else mod.base_layer
+                seen.add(id(base.weight))
+                specs.append(MatrixSpec(
+                    name, "lora", lambda m=mod: lora_effective_weight(m, scaled=self.lora_scaling), name,
+                    _trainable(mod),
+                ))
+                continue
+            if isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
+                w = mod.in_proj_weight
+                if id(w) not in seen:
+                    seen.add(id(w))
+                    params = [p for p in (mod.in_proj_weight, mod.in_proj_bias) if p is not None and p.requires_grad]
+                    specs.append(MatrixSpec(f"{name}.in_proj", "linear", lambda w=w: w.detach(), f"{name}.in_proj",
+                                            params))
+                continue  # out_proj is a Linear and comes as its own module
+            kind = module_kind(mod, include_embeddings)
+            w = getattr(mod, "weight", None)
+            if kind is None or not isinstance(w, torch.Tensor) or isinstance(w, nn.parameter.UninitializedParameter):
+                continue
+            if id(w) in seen:
+                continue  # tied to a matrix already listed
+            seen.add(id(w))
+            specs.append(MatrixSpec(name, kind, lambda m=mod: m.weight.detach(), name, _trainable(mod)))
+        return specs
+
+
+def _is_embedding_name(name: str) -> bool:
+    low = name.lower()
+    return any(part in low for part in _EMBEDDING_NAME_PARTS)
+
+
+def specs_from_named_weights(
+    named: Iterable[tuple[str, torch.Tensor]], include_embeddings: bool = False
+) -> tuple[list[MatrixSpec], list[tuple[str, str]]]:
+    """Specs for (name, tensor) pairs (a state_dict's items), and the (name, reason) of every tensor left out.
+
+    Left out: non-tensors, 0-/1-d tensors (biases, norms), integer/bool buffers, ``*.bias``, and embeddings
+    (names containing "embed", "wte.", "wpe.") unless ``include_embeddings``. The kind is guessed from the tensor
+    (:func:`tempbalance.spectra.guess_kind`); the unit is the name without a trailing ".weight".
+    """
+    specs: list[MatrixSpec] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for name, t in named:
+        name = str(name)
+        if not isinstance(t, torch.Tensor):
+            skipped.append((name, f"not a tensor ({type(t).__name__})"))
+        elif t.ndim < 2:
+            skipped.append((name, f"{t.ndim}-d (bias/norm/scalar)"))
+        elif not (t.is_floating_point() or t.is_complex()):
+            skipped.append((name, f"dtype {t.dtype} is not floating point"))
+        elif name.endswith(".bias"):
+            skipped.append((name, "bias"))
+        elif _is_embedding_name(name) and not include_embeddings:
+            skipped.append((name, "embedding (include_embeddings=False)"))
+        elif id(t) in seen:
+            skipped.append((name, "tied to a tensor listed before"))
+        else:
+            try:
+                kind = "embedding" if _is_embedding_name(name) else spectra.guess_kind(t)
+            except ValueError as e:
+                skipped.append((name, str(e)))
+                continue
+            seen.add(id(t))
+            unit = name[: -len(".weight")] if name.endswith(".weight") else name
+            params = [t] if isinstance(t, nn.Parameter) and t.requires_grad else []
+            specs.append(MatrixSpec(name, kind, lambda t=t: t.detach(), unit, params))
+    return specs, skipped
+

@@ -1,0 +1,251 @@
+"""analyze(): every analysable matrix of a model in one batched spectral pass, into a Report."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from . import _backend, hill, spectra
+from .adapters import MatrixSpec, get_adapter, specs_from_named_weights
+from .report import LayerResult, Report
+
+DEFAULT_CHUNK_BYTES = 1 << 30  # matrices + Grams in flight per native call: a 7B model never holds all its Grams
+DEFAULT_MIN_EIGS = 50
+
+
+def _validate(*, xmin_pos, xmin_rule, min_eigs, dtype, backend, num_threads, chunk_bytes, conv_mode, conv_scale,
+              zero_tol, zero_rel, zero_rtol, filter_zeros) -> None:
+    hill.validate_options(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, zero_tol=zero_tol,
+                          zero_rel=zero_rel)
+    spectra.check_dtype(dtype)
+    if backend not in _backend.BACKENDS:
+        raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise ValueError(f"num_threads must be None or an integer >= 1, got {num_threads!r}")
+    if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int)
+                                    or chunk_bytes < 1):
+        raise ValueError(f"chunk_bytes must be None or an integer >= 1, got {chunk_bytes!r}")
+    if conv_mode not in spectra.CONV_MODES:
+        raise ValueError(f"conv_mode must be one of {spectra.CONV_MODES}, got {conv_mode!r}")
+    if not (isinstance(conv_scale, (int, float)) and math.isfinite(conv_scale) and conv_scale > 0):
+        raise ValueError(f"conv_scale must be a finite number > 0, got {conv_scale!r}")
+    if zero_rtol is not None and not (isinstance(zero_rtol, (int, float)) and math.isfinite(zero_rtol)
+                                      and zero_rtol >= 0):
+        raise ValueError(f"zero_rtol must be None (automatic) or a finite number >= 0, got {zero_rtol!r}")
+    if not isinstance(filter_zeros, bool):
+        raise ValueError(f"filter_zeros must be True or False, got {filter_zeros!r}")
+
+
+def _failed(spec: MatrixSpec, shape: tuple[int, ...], status: str, reason: str, n_eigs: int = 0) -> LayerResult:
+    nan = math.nan
+    return LayerResult(spec.name, spec.unit, spec.kind, shape, n_eigs, nan, nan, 0, nan, nan, nan, nan, nan,
+                       status, reason)
+
+
+def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, stack: torch.Tensor, dtype: torch.dtype) -> str:
+    w = weight.detach()
+    n_nan = int(torch.isnan(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
+    n_inf = int(torch.isinf(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
+    if n_nan or n_inf:
+        return f"layer '{spec.name}': weight has {n_nan} NaN and {n_inf} Inf of {w.numel()} entries"
+    return f"layer '{spec.name}': weight overflows {dtype} (largest |w| = {w.abs().max().item():.3g}); use float64"
+
+
+class _GramBatcher:
+    """Collects slice stacks and solves them a chunk at a time, so memory stays within ``chunk_bytes``."""
+
+    def __init__(self, backend: str, num_threads: int | None, chunk_bytes: int):
+        self.backend, self.num_threads, self.chunk_bytes = backend, num_threads, chunk_bytes
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.bytes = 0
+        self.eigs: dict[int, Any] = {}
+        self.errors: dict[int, str] = {}
+
+    def add(self, idx: int, stack: torch.Tensor) -> None:
+        d = spectra.gram_dim(stack)
+        nbytes = stack.numel() * stack.element_size() + stack.shape[0] * d * d * stack.element_size()
+        if self.pending and self.bytes + nbytes > self.chunk_bytes:
+            self.flush()
+        self.pending.append((idx, stack))
+        self.bytes += nbytes
+        if self.bytes >= self.chunk_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        idxs, stacks = zip(*self.pending)
+        self.pending, self.bytes = [], 0
+        try:
+            results = spectra.gram_eigvals(stacks, backend=self.backend, num_threads=self.num_threads)
+        except Exception:  # noqa: BLE001 - isolate the matrix that failed; the others still get analysed
+            results = []
+            for idx, s in zip(idxs, stacks):
+                try:
+                    results.append(spectra.gram_eigvals([s], backend=self.backend, num_threads=self.num_threads)[0])
+                except Exception as e:  # noqa: BLE001
+                    self.errors[idx] = f"{type(e).__name__}: {e}"
+                    results.append(None)
+        for idx, e in zip(idxs, results):
+            if e is not None:
+                self.eigs[idx] = e.to(torch.float64).numpy()
+
+
+def analyze_specs(
+    specs: list[MatrixSpec],
+    *,
+    xmin_pos: float = 2.0,
+    xmin_rule: str = "median",
+    min_eigs: int = DEFAULT_MIN_EIGS,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    filter_zeros: bool = False,
+    zero_tol: float = 1e-5,
+    zero_rel: float = 0.0,
+    zero_rtol: float | None = None,
+    num_threads: int | None = None,
+    chunk_bytes: int | None = None,
+    conv_mode: str = "slices",
+    conv_scale: float = 1.0,
+    skipped: list[tuple[str, str]] | None = None,
+) -> Report:
+    """Analyse prepared :class:`MatrixSpec` s (what :func:`analyze` and the scheduler call). See :func:`analyze`."""
+    _validate(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=dtype, backend=backend,
+              num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode, conv_scale=conv_scale,
+              zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=zero_rtol, filter_zeros=filter_zeros)
+    backend_used = _backend.name(backend)
+    start = time.perf_counter()
+    results: list[LayerResult | None] = [None] * len(specs)
+    shapes: dict[int, tuple[int, ...]] = {}
+    dims: dict[int, int] = {}
+    batch = _GramBatcher(backend_used, num_threads, chunk_bytes or DEFAULT_CHUNK_BYTES)
+    with torch.no_grad():
+        for idx, spec in enumerate(specs):
+            shape: tuple[int, ...] = ()
+            try:
+                w = spec.weight()
+                shape = tuple(w.shape)
+                if w.numel() == 0:
+                    results[idx] = _failed(spec, shape, "empty", f"layer '{spec.name}': empty weight of shape {shape}")
+                    continue
+                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype,
+                                       arg=f"layer '{spec.name}'")
+                if not bool(torch.isfinite(stack).all()):
+                    results[idx] = _failed(spec, shape, "non_finite", _non_finite_reason(spec, w, stack, dtype))
+                    continue
+            except Exception as e:  # noqa: BLE001 - one bad layer never stops the pass
+                results[idx] = _failed(spec, shape, "error", f"layer '{spec.name}': {type(e).__name__}: {e}")
+                continue
+            shapes[idx], dims[idx] = shape, spectra.gram_dim(stack)
+            batch.add(idx, stack)
+            del w, stack
+        batch.flush()
+
+    for idx, msg in batch.errors.items():
+        results[idx] = _failed(specs[idx], shapes[idx], "error", f"layer '{specs[idx].name}': {msg}")
+    done = [idx for idx in shapes if idx in batch.eigs]
+    rtol = [hill.default_zero_rtol(dims[idx], dtype) if zero_rtol is None else zero_rtol for idx in done]
+    metrics = hill.hill_metrics(
+        [batch.eigs[idx] for idx in done], xmin_pos=xmin_pos, xmin_rule=xmin_rule, filter_zeros=filter_zeros,
+        zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=rtol, min_eigs=min_eigs, backend=backend_used,
+        assume_sorted=True,
+    )
+    for idx, m in zip(done, metrics):
+        spec = specs[idx]
+        reason = f"layer '{spec.name}': {m['reason']}" if m["status"] != "ok" else ""
+        results[idx] = LayerResult(
+            spec.name, spec.unit, spec.kind, shapes[idx], m["n_eigs"], m["alpha"], m["xmin"], m["n_tail"],
+            m["spectral_norm"], m["frobenius"], m["stable_rank"], m["alpha_hat"], m["ks_distance"], m["status"],
+            reason,
+        )
+    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=str(dtype).replace("torch.", ""),
+                    backend=backend_used, filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
+                    zero_rtol="auto" if zero_rtol is None else zero_rtol, conv_mode=conv_mode, conv_scale=conv_scale)
+    return Report([r for r in results if r is not None], seconds=time.perf_counter() - start, settings=settings,
+                  skipped=list(skipped or []))
+
+
+def _named_pairs(obj: Any) -> list[tuple[str, Any]] | None:
+    if isinstance(obj, Mapping):
+        return list(obj.items())
+    if isinstance(obj, (str, bytes, torch.Tensor)):
+        return None
+    if isinstance(obj, Iterable):
+        pairs = list(obj)
+        if all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+            return pairs
+    return None
+
+
+def analyze(
+    model_or_named_weights: nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    *,
+    xmin_pos: float = 2.0,
+    xmin_rule: str = "median",
+    min_eigs: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    filter_zeros: bool = False,
+    include_embeddings: bool = False,
+    adapter: Any = "auto",
+    num_threads: int | None = None,
+    chunk_bytes: int | None = None,
+    conv_mode: str = "slices",
+    conv_scale: float = 1.0,
+    zero_tol: float = 1e-5,
+    zero_rel: float = 0.0,
+    zero_rtol: float | None = None,
+) -> Report:
+    """Spectral analysis (ESD -> PL_Alpha_Hill and friends) of every analysable matrix, in one batched pass.
+
+    Args:
+        model_or_named_weights: an ``nn.Module`` (matrices found by its adapter), a state_dict-like mapping, or an
+            iterable of ``(name, tensor)`` (then every floating 2-d+ tensor except biases and embeddings).
+        xmin_pos: the tail starts at index ``floor(N / xmin_pos)`` of the ascending spectrum (2 = median; > 1).
+        xmin_rule: "median" (default, uses ``xmin_pos``), "fit" (smallest KS distance), "peak", "peak_compat".
+        min_eigs: layers with fewer eigenvalues are reported but not fitted; ``None`` = the adapter's default
+            (50 for transformers/CNNs).
+        dtype: analysis precision, ``torch.float32`` (default) or ``torch.float64``; bf16/fp16 are upcast.
+        backend: "native" (compiled core), "torch" (reference), "auto" (native when built).
+        filter_zeros: drop eigenvalues ``<= max(zero_tol, zero_rel * lambda_max)`` before fitting.
+        include_embeddings: analyse embedding matrices too.
+        adapter: "auto", a registered adapter name, or an :class:`~tempbalance.adapters.Adapter`.
+        num_threads: native worker threads (default: torch's thread count).
+        chunk_bytes: bound on the bytes of matrices + Grams solved per native call (default 1 GiB).
+        conv_mode: "slices" (one (out, in) matrix per kernel position, pooled) or "flatten" ((out, in*k)).
+        conv_scale: multiplies conv eigenvalues (0.5 reproduces the reference code; alpha is unchanged).
+        zero_rtol: numerical-zero guard, ``xmin <= zero_rtol * lambda_max`` -> status "xmin_not_positive";
+            ``None`` = ``d * eps(dtype)`` per matrix, ``d`` its Gram size (the worst-case round-off of the solve).
+
+    Returns:
+        A :class:`Report`. A layer that cannot be analysed (NaN/Inf weights, empty, too few eigenvalues, flat
+        tail, ...) gets a row with a non-"ok" status and a reason naming it; bad options raise ``ValueError``.
+        Weights are read under ``torch.no_grad`` and never modified.
+    """
+    if not isinstance(include_embeddings, bool):
+        raise ValueError(f"include_embeddings must be True or False, got {include_embeddings!r}")
+    skipped: list[tuple[str, str]] = []
+    if isinstance(model_or_named_weights, nn.Module):
+        chosen = get_adapter(model_or_named_weights, adapter)
+        specs = chosen.enumerate(model_or_named_weights, include_embeddings=include_embeddings)
+        default_min = getattr(chosen, "min_eigs", DEFAULT_MIN_EIGS)
+    else:
+        pairs = _named_pairs(model_or_named_weights)
+        if pairs is None:
+            raise TypeError(
+                "model_or_named_weights must be an nn.Module, a mapping name -> tensor, or an iterable of "
+                f"(name, tensor) pairs, got {type(model_or_named_weights).__name__}"
+            )
+        specs, skipped = specs_from_named_weights(pairs, include_embeddings=include_embeddings)
+        default_min = DEFAULT_MIN_EIGS
+    return analyze_specs(
+        specs, xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=default_min if min_eigs is None else min_eigs,
+        dtype=dtype, backend=backend, filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
+        zero_rtol=zero_rtol, num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode,
+        conv_scale=conv_scale, skipped=skipped,
+    )

@@ -1,0 +1,66 @@
+"""HF ``Trainer`` without forking it: TempBalance *is* the Trainer's LR scheduler.
+
+The Trainer calls ``lr_scheduler.step()`` once per optimizer step (after gradient accumulation, never on
+accumulation micro-steps), saves ``lr_scheduler.state_dict()`` to ``scheduler.pt`` and reloads it on resume,
+and logs ``get_last_lr()[0]``. :class:`~tempbalance.TempBalance` has that interface and advances the Trainer's
+schedule (linear/cosine warmup, ...) as its base scheduler, so the factors survive the schedule rewriting ``lr``::
+
+    opt, tb = tempbalance_optimizers(model, args, num_training_steps, interval=50)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, tb),
+                      callbacks=[TempBalanceCallback(tb)])
+
+``tempbalance_optimizers`` builds what the Trainer would (its optimizer class and kwargs from ``args.optim``,
+weight decay off for biases and norms, ``args.lr_scheduler_type`` with ``args`` warmup) and wraps it. Or build your
+own ``opt`` and ``sched`` and pass ``(opt, TempBalance(model, opt, base_scheduler=sched))``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from transformers import Trainer, TrainerCallback, get_scheduler
+
+from ..scheduler import TempBalance
+
+
+def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int, **tb_kwargs: Any):
+    """``(optimizer, TempBalance)`` for ``Trainer(optimizers=...)``, built as the Trainer would build its own.
+
+    ``num_training_steps``: optimizer steps of the run (``args.max_steps`` or epochs x steps per epoch).
+    ``tb_kwargs`` go to :class:`TempBalance` (``interval``, ``unit``, ``s_lo``, ...).
+    """
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    optimizer = cls(groups, **kwargs)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(num_training_steps),
+        num_training_steps=num_training_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
+    )
+    return optimizer, TempBalance(model, optimizer, base_scheduler=scheduler, **tb_kwargs)
+
+
+class TempBalanceCallback(TrainerCallback):
+    """Optional companion: per-epoch re-analysis (``interval=None``: ``tb.epoch_end()`` at each epoch's end) and
+    TempBalance's numbers in the Trainer's logs (``tb/alpha_std``, ``tb/factor_min``, ``tb/factor_max``)."""
+
+    def __init__(self, tb: TempBalance):
+        self.tb = tb
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.tb.interval is None:
+            self.tb.epoch_end()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        f = list(self.tb.factors.values()) or [1.0]
+        extra = {"tb/alpha_std": self.tb.alpha_std, "tb/factor_min": min(f), "tb/factor_max": max(f)}
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)

@@ -1,0 +1,518 @@
+"""TempBalance: per-unit learning-rate factors from the spectra of the weights, over any optimizer and schedule.
+
+How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
+un-factored learning rate ``base[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
+group holds ``base[i] * f[i]`` while the optimizer steps. ``step()`` first writes ``base[i]`` back into the
+groups, then advances the base scheduler (so chainable schedulers - StepLR, the recursive CosineAnnealingLR,
+LinearLR, SequentialLR - read their own value, and LambdaLR-style ones that rewrite ``lr`` from ``base_lrs`` are
+unaffected), records the new ``base[i]`` and writes ``base[i] * f[i]`` again. Factors are only ever multiplied onto
+``base[i]``, never onto the previous group value.
+
+Param groups: each existing group is split by unit when its parameters belong to several units (every
+hyper-parameter of the source group copied; splits are placed right after it), never merged; a base scheduler
+built on the unsplit optimizer has its per-group lists (``base_lrs``, ``lr_lambdas``, ``_last_lr``, ...) extended
+to match. Groups get informational keys ``tb_unit`` and ``tb_factor``.
+
+Typical use::
+
+    sched = get_linear_schedule_with_warmup(opt, 100, 1000)   # any schedule, built first
+    tb = TempBalance(model, opt, base_scheduler=sched, interval=200)
+    for batch in loader:
+        loss(model, batch).backward(); opt.step(); opt.zero_grad()
+        tb.step()                                             # also advances sched
+
+Resume: build model, optimizer, base scheduler and TempBalance as before (the group split is deterministic), then
+``optimizer.load_state_dict(...)`` and ``tb.load_state_dict(...)`` (which holds the base scheduler's state).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import analysis, mapping as _mapping
+from .adapters import MatrixSpec, get_adapter
+from .report import Report
+
+METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")
+TARGETS = ("lr", "weight_decay")
+# statuses that mean "the spectral pass failed for this layer" (keep the last factor), as opposed to "cannot be
+# fitted" (too few eigenvalues, flat tail: untuned, factor 1)
+_FAILED = ("non_finite", "error", "empty")
+# scheduler attributes that hold one entry per param group (torch's schedulers; transformers' are LambdaLRs)
+_PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs", "base_momentums", "max_momentums")
+_STATE_VERSION = 1
+
+
+def _patterns(arg: str, value: Any) -> list[re.Pattern]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    out = []
+    for p in items:
+        try:
+            out.append(re.compile(p))
+        except (re.error, TypeError) as e:
+            raise ValueError(f"{arg}: {p!r} is not a valid regular expression ({e})") from None
+    return out
+
+
+def _get(group: dict, key: str) -> float:
+    v = group[key]
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _set(group: dict, key: str, value: float) -> None:
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)  # fused/capturable optimizers hold the tensor; keep it
+    else:
+        group[key] = value
+
+
+def _copy_hparams(group: dict) -> dict:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in group.items()
+            if k != "params"}
+
+
+def _schedulers(sched: Any) -> list[Any]:
+    """``sched`` and, recursively, the schedulers it chains (SequentialLR, ChainedScheduler)."""
+    out = [sched]
+    for s in getattr(sched, "_schedulers", []) or []:
+        out.extend(_schedulers(s))
+    return out
+
+
+def _number(arg: str, v: Any, lo: float | None = None, strict: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{arg} must be a finite number, got {v!r}")
+    if lo is not None and (v <= lo if strict else v < lo):
+        raise ValueError(f"{arg} must be {'>' if strict else '>='} {lo}, got {v!r}")
+    return float(v)
+
+
+class TempBalance:
+    """Layer-wise (block-wise) learning rates from PL_Alpha_Hill, multiplied onto any base schedule.
+
+    Args:
+        model: the model being trained.
+        optimizer: any torch optimizer (or wrapper exposing ``param_groups``) over the model's parameters.
+        base_scheduler: the user's LR scheduler, built on ``optimizer`` before this object; ``step()`` advances
+            it. Without one the groups' current ``lr`` is the (constant) base.
+        unit: ``"block"`` (mean alpha of a block's matrices drives every parameter of the block) or ``"layer"``
+            (each matrix drives its own layer); ``None`` = the adapter's choice.
+        mapping: ``"sigmoid"`` (TBSigmoid: ``tau``, ``s_lo``, ``s_hi``) or ``"linear"`` (TBLinearMap: ``s1``, ``s2``).
+        xmin_pos, xmin_rule, min_eigs, dtype, backend: analysis options (:func:`tempbalance.analyze`);
+            ``min_eigs=None`` = the adapter's default.
+        interval: re-analyse every ``interval`` calls of :meth:`step`; ``None`` = only at construction and at
+            each :meth:`epoch_end` (per-epoch use).
+        include, exclude: regular expressions (``re.search``) on matrix names; only included, non-excluded
+            matrices are analysed and tuned.
+        remove_first, remove_last: leave the first / last unit untuned (factor 1), as the reference code can.
+        metric: what drives the mapping: ``"alpha"`` or the ablations ``"spectral_norm"``, ``"stable_rank"``,
+            ``"alpha_hat"``.
+        target: ``"lr"`` or ``"weight_decay"`` (the factors scale each group's weight decay instead).
+        compat: reproduce the reference code (LoRA without scaling, conv eigenvalues x 0.5, linear map with all
+            alphas equal -> s2).
+        adapter: ``"auto"``, a registered adapter name or an :class:`~tempbalance.adapters.Adapter`.
+        include_embeddings: analyse and tune embedding matrices too.
+
+    Failures of a spectral pass (non-finite weights, a layer that cannot be analysed any more) leave the
+    affected units at their last factor with one warning naming them; all new factors are computed before any
+    group is touched, so the optimizer is never half-updated.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        base_scheduler: Any = None,
+        unit: str | None = None,
+        mapping: str = "sigmoid",
+        s_lo: float = 2.0,
+        s_hi: float = 1.0,
+        tau: float = 10.0,
+        s1: float = 0.5,
+        s2: float = 1.5,
+        xmin_pos: float = 2.0,
+        xmin_rule: str = "median",
+        interval: int | None = None,
+        min_eigs: int | None = None,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        remove_first: bool = False,
+        remove_last: bool = False,
+        metric: str = "alpha",
+        target: str = "lr",
+        compat: bool = False,
+        adapter: Any = "auto",
+        backend: str = "auto",
+        dtype: torch.dtype = torch.float32,
+        include_embeddings: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not hasattr(optimizer, "param_groups"):
+            raise TypeError(f"optimizer must be a torch optimizer (with param_groups), got {type(optimizer).__name__}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+            raise ValueError(f"interval must be None (per epoch) or an integer >= 1, got {interval!r}")
+        for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("compat", compat)):
+            if not isinstance(v, bool):
+                raise ValueError(f"{arg} must be True or False, got {v!r}")
+        self.model, self.optimizer, self.base_scheduler = model, optimizer, base_scheduler
+        self.adapter = get_adapter(model, adapter)
+        if compat and hasattr(self.adapter, "lora_scaling"):
+            self.adapter.lora_scaling = False
+        self.unit = unit if unit is not None else getattr(self.adapter, "default_unit", "block")
+        if self.unit not in ("block", "layer"):
+            raise ValueError(f"unit must be 'block', 'layer' or None (the adapter's choice), got {unit!r}")
+        self.interval, self.metric, self.target = interval, metric, target
+        self.map_options = dict(mapping=mapping, tau=_number("tau", tau, 0, strict=True), s_lo=_number("s_lo", s_lo, 0),
+                                s_hi=_number("s_hi", s_hi, 0), s1=_number("s1", s1), s2=_number("s2", s2),
+                                compat=compat, backend=backend)
+        _mapping.lr_factors([1.0], **self.map_options)  # validates mapping/backend now, not at the first refresh
+        self.analysis_options = dict(
+            xmin_pos=xmin_pos, xmin_rule=xmin_rule, dtype=dtype, backend=backend,
+            min_eigs=getattr(self.adapter, "min_eigs", analysis.DEFAULT_MIN_EIGS) if min_eigs is None else min_eigs,
+            conv_scale=0.5 if compat else 1.0,
+        )
+        self._check_base_scheduler()
+        self._check_optimizer()
+
+        self._specs, self.units = self._select_specs(include, exclude, remove_first, remove_last, include_embeddings)
+        self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
+        unit_params = self.adapter.unit_params(model, self._specs, self.unit)
+        self._split_groups({u: unit_params.get(u, []) for u in self.units})
+
+        groups = self.optimizer.param_groups
+        self._base = [_get(g, "lr") for g in groups]
+        self._base_wd = [_get(g, "weight_decay") if target == "weight_decay" else 0.0 for g in groups]
+        self._written = list(self._base)
+        self._factors: dict[str, float] = {u: 1.0 for u in self.units}
+        self._unit_values: dict[str, float] = {u: math.nan for u in self.units}
+        self._alphas: dict[str, float] = {}
+        self._alpha_std = math.nan
+        self.step_count = 0
+        self.epoch = 0
+        self.spectral_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.last_report: Report | None = None
+        self._warned_external = False
+        self.refresh()
+
+    # --- setup ------------------------------------------------------------------------------------------------
+    def _check_base_scheduler(self) -> None:
+        s = self.base_scheduler
+        if s is None:
+            if any("initial_lr" in g for g in self.optimizer.param_groups):
+                warnings.warn(
+                    "TempBalance: the optimizer's groups have 'initial_lr', so an LR scheduler seems attached; pass "
+                    "it as base_scheduler= so TempBalance steps it (a scheduler stepped outside TempBalance "
+                    "overwrites or compounds the factors)", UserWarning, stacklevel=3)
+            return
+        if not callable(getattr(s, "step", None)):
+            raise TypeError(f"base_scheduler must have a step() method, got {type(s).__name__}")
+        for sub in _schedulers(s):
+            opt = getattr(sub, "optimizer", None)
+            if opt is not None and opt is not self.optimizer and opt.param_groups is not self.optimizer.param_groups:
+                raise ValueError(f"base_scheduler ({type(sub).__name__}) was built on a different optimizer than the "
+                                 "one given to TempBalance")
+
+    def _check_optimizer(self) -> None:
+        for i, g in enumerate(self.optimizer.param_groups):
+            if self.target == "lr" and "lr" not in g:
+                raise ValueError(f"optimizer param group {i} has no 'lr'")
+            if self.target == "lr" and g.get("relative_step", False):
+                raise ValueError(
+                    f"optimizer param group {i}: Adafactor with relative_step=True computes its own learning rate "
+                    "and ignores 'lr'; use relative_step=False with a fixed lr, or target='weight_decay'")
+            if self.target == "weight_decay" and "weight_decay" not in g:
+                raise ValueError(f"target='weight_decay' but optimizer param group {i} has no 'weight_decay'")
+
+    def _select_specs(self, include, exclude, remove_first, remove_last, include_embeddings):
+        inc, exc = _patterns("include", include), _patterns("exclude", exclude)
+        tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
+        specs = [s for s in self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
+                 if (tuned is None or tuned(s))
+                 and (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
+        units: list[str] = []
+        for s in specs:
+            if self._key(s) not in units:
+                units.append(self._key(s))
+        drop = set(units[:1] if remove_first else []) | set(units[-1:] if remove_last else [])
+        specs = [s for s in specs if self._key(s) not in drop]
+        units = [u for u in units if u not in drop]
+        if not specs:
+            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter); every group "
+                          "keeps factor 1", UserWarning, stacklevel=3)
+        return specs, units
+
+    def _key(self, spec: MatrixSpec) -> str:
+        return spec.name if self.unit == "layer" else spec.unit
+
+    def _split_groups(self, unit_params: dict[str, list[nn.Parameter]]) -> None:
+        owner: dict[int, str] = {}
+        for u, ps in unit_params.items():
+            for p in ps:
+                owner.setdefault(id(p), u)
+        groups = self.optimizer.param_groups
+        n_old = len(groups)
+        new_groups, src = [], []
+        for gi, g in enumerate(groups):
+            buckets: dict[str | None, list] = {}
+            for p in g["params"]:
+                buckets.setdefault(owner.get(id(p)), []).append(p)
+            if len(buckets) <= 1:
+                g["tb_unit"] = next(iter(buckets), None)
+                new_groups.append(g)
+                src.append(gi)
+                continue
+            for k, (u, ps) in enumerate(buckets.items()):
+                ng = g if k == 0 else _copy_hparams(g)
+                ng["params"], ng["tb_unit"] = ps, u
+                new_groups.append(ng)
+                src.append(gi)
+        lr_tensors: set[int] = set()
+        for g in new_groups:  # each group needs its own lr tensor: factors differ, and lr is written in place
+            lr = g.get("lr")
+            if isinstance(lr, torch.Tensor):
+                if id(lr) in lr_tensors:
+                    g["lr"] = lr.clone()
+                lr_tensors.add(id(g["lr"]))
+        self._group_units = [g["tb_unit"] for g in new_groups]
+        if len(new_groups) != len(groups):
+            groups[:] = new_groups  # in place: wrappers (SAM) share this list
+            if self.base_scheduler is not None:
+                self._remap_scheduler(src, len(src), n_old)
+
+    def _remap_scheduler(self, src: list[int], n_new: int, n_old: int) -> None:
+        for s in _schedulers(self.base_scheduler):
+            for attr in _PER_GROUP:
+                lst = getattr(s, attr, None)
+                if isinstance(lst, list) and len(lst) == n_old:
+                    setattr(s, attr, [lst[i] for i in src])
+            lst = getattr(s, "base_lrs", None)
+            if isinstance(lst, list) and len(lst) != n_new:
+                raise ValueError(f"base_scheduler {type(s).__name__}: has {len(lst)} base_lrs for {n_new} param groups "
+                                 "after TempBalance split the groups by unit; build it on the same optimizer")
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """Call once after each ``optimizer.step()``: advances the base scheduler (``args`` are passed to it,
+        e.g. the metric of ReduceLROnPlateau), re-analyses every ``interval`` calls, applies base lr x factor."""
+        groups = self.optimizer.param_groups
+        self._sync_groups(groups)
+        if self.base_scheduler is not None:
+            if self.target == "lr":
+                for g, b in zip(groups, self._base):
+                    _set(g, "lr", b)  # the base scheduler reads and writes its own, un-factored value
+            try:
+                self.base_scheduler.step(*args, **kwargs)
+            except BaseException:
+                self._apply()  # the groups never stay un-factored
+                raise
+            if self.target == "lr":
+                self._base = [_get(g, "lr") for g in groups]
+        self.step_count += 1
+        if self.interval is not None and self.step_count % self.interval == 0:
+            self._refresh_safely()
+        self._apply()
+
+    def epoch_end(self) -> None:
+        """Per-epoch use (``interval=None``): re-analyse now and apply the new factors. With an ``interval`` set
+        this only counts the epoch."""
+        self.epoch += 1
+        if self.interval is None:
+            self._refresh_safely()
+            self._apply()
+
+    def _sync_groups(self, groups: list[dict]) -> None:
+        """A group lr that changed since TempBalance wrote it was set outside (a scheduler not passed as
+        base_scheduler, manual warmup): take it as the new base, and say so once."""
+        if self.target != "lr":
+            return
+        if len(groups) != len(self._base):
+            raise RuntimeError(f"the optimizer has {len(groups)} param groups, TempBalance manages "
+                               f"{len(self._base)}: groups were added or removed after TempBalance was built")
+        changed = [i for i, g in enumerate(groups) if _get(g, "lr") != self._written[i]]
+        for i in changed:
+            self._base[i] = self._written[i] = _get(groups[i], "lr")
+        if changed and not self._warned_external:
+            self._warned_external = True
+            warnings.warn(
+                f"TempBalance: the lr of param group(s) {changed[:8]} was changed outside TempBalance; taking it as "
+                "the new base lr. Pass your scheduler as base_scheduler= so TempBalance steps it.",
+                UserWarning, stacklevel=3)
+
+    def _apply(self) -> None:
+        for i, g in enumerate(self.optimizer.param_groups):
+            u = self._group_units[i]
+            f = self._factors.get(u, 1.0) if u is not None else 1.0
+            if self.target == "lr":
+                _set(g, "lr", self._base[i] * f)
+                self._written[i] = _get(g, "lr")  # as stored (a float32 tensor lr rounds)
+            else:
+                _set(g, "weight_decay", self._base_wd[i] * f)
+            g["tb_factor"] = f
+
+    # --- analysis ---------------------------------------------------------------------------------------------
+    def refresh(self) -> Report:
+        """Analyse the weights now and apply the new factors (exceptions propagate; groups are untouched then)."""
+        report = self._compute()
+        self._apply()
+        return report
+
+    def _refresh_safely(self) -> None:
+        try:
+            self._compute()
+        except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
+            warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed "
+                          f"({type(e).__name__}: {e}); every unit keeps its factor", RuntimeWarning, stacklevel=3)
+
+    def _compute(self) -> Report:
+        start = time.perf_counter()
+        report = analysis.analyze_specs(self._specs, **self.analysis_options)
+        rows = report.rows
+        if [r.name for r in rows] != [s.name for s in self._specs]:
+            raise RuntimeError("analysis returned rows that do not match the analysed matrices")
+        index = {u: k for k, u in enumerate(self.units)}
+        unit_idx = np.array([index[self._key(s)] for s in self._specs], dtype=np.int64)
+        vals = np.array([getattr(r, self.metric) if r.ok else math.nan for r in rows], dtype=np.float64)
+        vals[~np.isfinite(vals)] = math.nan
+        means = _mapping.unit_means(vals, unit_idx, len(self.units), backend=self.map_options["backend"])
+        failed: dict[str, list[str]] = {}
+        for s, r in zip(self._specs, rows):
+            if r.status in _FAILED:
+                failed.setdefault(self._key(s), []).append(r.reason or f"layer '{r.name}': {r.status}")
+        for u in failed:
+            means[index[u]] = math.nan
+        factors = _mapping.lr_factors(means, **self.map_options)
+        new = {u: (self._factors.get(u, 1.0) if u in failed else float(factors[k])) for k, u in enumerate(self.units)}
+        if not all(math.isfinite(f) and f > 0 for f in new.values()):
+            raise RuntimeError(f"non-finite or non-positive factors {new}")
+        # all computed: commit
+        self._factors = new
+        self._unit_values = {u: (self._unit_values.get(u, math.nan) if u in failed else float(means[k]))
+                             for k, u in enumerate(self.units)}
+        self._alphas = {r.name: float(r.alpha) for r in rows}
+        ok = np.array([r.alpha for r in rows if r.ok and math.isfinite(r.alpha)], dtype=np.float64)
+        self._alpha_std = float(ok.std()) if ok.size else math.nan
+        seconds = time.perf_counter() - start
+        self.spectral_seconds += seconds
+        self.last_report = report
+        self.history.append(dict(step=self.step_count, epoch=self.epoch, seconds=seconds,
+                                 unit_values=dict(self._unit_values), factors=dict(new), alpha_std=self._alpha_std,
+                                 failed=sorted(failed)))
+        if failed:
+            reasons = "; ".join(r for rs in failed.values() for r in rs[:2])
+            warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
+                          f"{sorted(failed)} ({reasons}); they keep their previous factor", RuntimeWarning,
+                          stacklevel=4)
+        return report
+
+    # --- read access ------------------------------------------------------------------------------------------
+    @property
+    def alphas(self) -> dict[str, float]:
+        """PL_Alpha_Hill of every analysed matrix at the last refresh (NaN where it could not be fitted)."""
+        return dict(self._alphas)
+
+    @property
+    def unit_alphas(self) -> dict[str, float]:
+        """Per unit, the mean ``metric`` (alpha by default) of its matrices that drove the last mapping."""
+        return dict(self._unit_values)
+
+    @property
+    def factors(self) -> dict[str, float]:
+        """Current LR (or weight-decay) factor per unit; parameters outside every unit have factor 1."""
+        return dict(self._factors)
+
+    @property
+    def alpha_std(self) -> float:
+        """Standard deviation of alpha across the analysed matrices at the last refresh (the papers' STD)."""
+        return self._alpha_std
+
+    @property
+    def group_units(self) -> list[str | None]:
+        """The unit of every param group (None: not tuned)."""
+        return list(self._group_units)
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of every param group as the optimizer uses it (base x factor)."""
+        return [_get(g, "lr") for g in self.optimizer.param_groups]
+
+    def get_base_lr(self) -> list[float]:
+        """The un-factored learning rate of every group (what the base schedule says)."""
+        return list(self._base) if self.target == "lr" else [_get(g, "lr") for g in self.optimizer.param_groups]
+
+    # --- checkpointing ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, the base scheduler's state included (plain Python + tensors,
+        loadable with ``torch.load(weights_only=True)``)."""
+        return dict(
+            version=_STATE_VERSION, step_count=self.step_count, epoch=self.epoch, unit=self.unit,
+            metric=self.metric, target=self.target, base=list(self._base), base_wd=list(self._base_wd),
+            written=list(self._written), factors=dict(self._factors), unit_values=dict(self._unit_values),
+            alphas=dict(self._alphas), alpha_std=self._alpha_std, group_units=list(self._group_units),
+            fingerprint=[list(x) for x in self._fingerprint], spectral_seconds=self.spectral_seconds,
+            history=copy.deepcopy(self.history),
+            base_scheduler=self.base_scheduler.state_dict() if self.base_scheduler is not None else None,
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a different model, unit mode or param-group layout is a ValueError
+        saying what differs. The groups get base lr x factor as saved."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"not a TempBalance state_dict of version {_STATE_VERSION}")
+        self._check_fingerprint(state["fingerprint"])
+        for key, mine in (("unit", self.unit), ("metric", self.metric), ("target", self.target)):
+            if state[key] != mine:
+                raise ValueError(f"TempBalance.load_state_dict: saved with {key}={state[key]!r}, this object has "
+                                 f"{key}={mine!r}")
+        if list(state["group_units"]) != self._group_units:
+            raise ValueError(
+                f"TempBalance.load_state_dict: the param groups differ (saved {len(state['group_units'])} groups "
+                f"for units {state['group_units'][:6]}..., now {len(self._group_units)} for "
+                f"{self._group_units[:6]}...); build the optimizer the same way")
+        if (state["base_scheduler"] is None) != (self.base_scheduler is None):
+            raise ValueError("TempBalance.load_state_dict: saved "
+                             f"{'without' if state['base_scheduler'] is None else 'with'} a base_scheduler, this "
+                             f"object has {'none' if self.base_scheduler is None else 'one'}")
+        if self.base_scheduler is not None:
+            self.base_scheduler.load_state_dict(state["base_scheduler"])
+        self.step_count, self.epoch = int(state["step_count"]), int(state["epoch"])
+        self._base, self._base_wd = [float(x) for x in state["base"]], [float(x) for x in state["base_wd"]]
+        self._factors = {u: float(f) for u, f in state["factors"].items()}
+        self._unit_values = dict(state["unit_values"])
+        self._alphas, self._alpha_std = dict(state["alphas"]), float(state["alpha_std"])
+        self.spectral_seconds = float(state["spectral_seconds"])
+        self.history = copy.deepcopy(list(state["history"]))
+        self._apply()
+
+    def _check_fingerprint(self, saved: list) -> None:
+        mine = {n: tuple(s) for n, s in self._fingerprint}
+        theirs = {n: tuple(s) for n, s in saved}
+        if mine == theirs and [n for n, _ in saved] == [n for n, _ in self._fingerprint]:
+            return
+        missing = [n for n in theirs if n not in mine]
+        added = [n for n in mine if n not in theirs]
+        reshaped = [f"'{n}' {theirs[n]} -> {mine[n]}" for n in theirs if n in mine and theirs[n] != mine[n]]
+        parts = [f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}" for label, items in
+                 (("layers missing now:", missing), ("new layers:", added), ("shapes changed:", reshaped)) if items]
+        raise ValueError("TempBalance.load_state_dict: the model differs from the one saved - "
+                         + ("; ".join(parts) or "the layers are in a different order"))
+
+    def __repr__(self) -> str:
+        return (f"TempBalance(adapter={getattr(self.adapter, 'name', type(self.adapter).__name__)}, unit={self.unit}, "
+                f"units={len(self.units)}, matrices={len(self._specs)}, metric={self.metric}, target={self.target}, "
+                f"interval={self.interval}, step={self.step_count})")

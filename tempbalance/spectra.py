@@ -1,0 +1,161 @@
+"""SPEC §1: how a weight becomes the stack of (S, m, n) slices whose Gram eigenvalues form its ESD, and esd().
+
+Slicing by kind:
+
+* ``"linear"`` (out, in), ``"embedding"`` (vocab, dim), ``"lora"`` (the effective out x in weight): the matrix.
+* ``"conv1d_hf"``: HF ``Conv1D`` stores (in, out); it is transposed to (out, in) (same spectrum, shown the
+  usual way round).
+* ``"conv"`` (out, in, k1, ..., kd): one (out, in) slice per kernel position, pooled (``conv_mode="slices"``), or
+  one (out, in*k1*...*kd) matrix (``conv_mode="flatten"``). ``conv_scale`` multiplies the conv eigenvalues
+  (the reference code's 0.5; alpha does not change).
+* ``"spectral"`` (in, out, m1, ..., md), complex: one (in, out) slice per retained Fourier mode, pooled.
+
+``kind="auto"`` guesses from the tensor alone: 2-d -> ``"linear"``; complex with 3+ dims -> ``"spectral"``;
+real with 3-5 dims -> ``"conv"``; anything else is an error asking for an explicit kind. (An HF ``Conv1D``
+weight is 2-d and guessed as ``"linear"``: its transpose has the same eigenvalues.)
+
+Analysis precision: float32 by default, float64 on request; bf16/fp16 weights are upcast (torch has no
+half-precision eigensolver); complex weights go to complex64/complex128 accordingly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import _backend, _native, reference
+
+KINDS = ("linear", "conv", "conv1d_hf", "spectral", "lora", "embedding")
+CONV_MODES = ("slices", "flatten")
+_MATRIX_KINDS = ("linear", "lora", "embedding")
+
+
+def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The analysis dtype, validated: ``torch.float32`` or ``torch.float64``."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def guess_kind(weight: torch.Tensor) -> str:
+    """The kind ``kind="auto"`` picks for ``weight`` (rules in the module docstring)."""
+    if weight.ndim == 2:
+        return "linear"
+    if weight.is_complex() and weight.ndim >= 3:
+        return "spectral"
+    if not weight.is_complex() and 3 <= weight.ndim <= 5:
+        return "conv"
+    raise ValueError(
+        f"weight of shape {tuple(weight.shape)} and dtype {weight.dtype}: cannot guess its kind; "
+        f"pass kind= one of {KINDS}"
+    )
+
+
+def _check_weight(weight: torch.Tensor, arg: str) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.ndim < 2:
+        raise ValueError(f"{arg} must be at least 2-d (a matrix), got a {weight.ndim}-d tensor of shape "
+                         f"{tuple(weight.shape)}")
+    if weight.numel() == 0:
+        raise ValueError(f"{arg} is empty (shape {tuple(weight.shape)})")
+    if not (weight.is_floating_point() or weight.is_complex()):
+        raise ValueError(f"{arg} must be a floating-point or complex tensor, got dtype {weight.dtype}")
+
+
+def slices(
+    weight: torch.Tensor,
+    kind: str = "auto",
+    *,
+    conv_mode: str = "slices",
+    conv_scale: float = 1.0,
+    dtype: torch.dtype | None = None,
+    arg: str = "weight",
+) -> torch.Tensor:
+    """``weight`` as a contiguous ``(S, m, n)`` stack whose pooled Gram eigenvalues are its ESD.
+
+    ``dtype`` (float32/float64) converts to the analysis precision (complex weights to the matching complex
+    dtype); ``None`` keeps the weight's dtype. The result is detached and on the CPU; ``weight`` is never
+    modified. Errors name ``arg``.
+    """
+    _check_weight(weight, arg)
+    if conv_mode not in CONV_MODES:
+        raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {conv_mode!r}")
+    if not (isinstance(conv_scale, (int, float)) and math.isfinite(conv_scale) and conv_scale > 0):
+        raise ValueError(f"conv_scale must be a finite number > 0, got {conv_scale!r}")
+    if kind == "auto":
+        kind = guess_kind(weight)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'auto' or one of {KINDS}, got {kind!r}")
+    w = weight.detach()
+    if w.device.type != "cpu":
+        w = w.cpu()
+    if dtype is not None:
+        check_dtype(dtype)
+        target = (torch.complex64 if dtype == torch.float32 else torch.complex128) if w.is_complex() else dtype
+        w = w.to(target)
+    shape = tuple(w.shape)
+    if kind in _MATRIX_KINDS or kind == "conv1d_hf":
+        if w.ndim != 2:
+            raise ValueError(f"{arg}: kind {kind!r} needs a 2-d weight, got shape {shape}")
+        stack = (w.t() if kind == "conv1d_hf" else w).unsqueeze(0)
+    elif kind == "conv":
+        if w.ndim < 3:
+            raise ValueError(f"{arg}: kind 'conv' needs an (out, in, k...) weight, got shape {shape}")
+        if conv_mode == "flatten":
+            stack = w.reshape(1, shape[0], -1)
+        else:  # (out, in, k...) -> (k..., out, in) -> (S, out, in)
+            stack = w.permute(*range(2, w.ndim), 0, 1).reshape(-1, shape[0], shape[1])
+        if conv_scale != 1.0:
+            stack = stack * math.sqrt(conv_scale)  # eigenvalues scale by conv_scale
+    else:  # spectral: (in, out, m1, ...) -> (m1, ..., in, out) -> (S, in, out)
+        stack = w.permute(*range(2, w.ndim), 0, 1).reshape(-1, shape[0], shape[1])
+    return stack.contiguous()
+
+
+def gram_dim(stack: torch.Tensor) -> int:
+    """Size of the Gram each slice of ``stack`` is reduced to (its smaller side)."""
+    return min(int(stack.shape[1]), int(stack.shape[2]))
+
+
+def gram_eigvals(
+    stacks: Sequence[torch.Tensor],
+    *,
+    backend: str = "auto",
+    num_threads: int | None = None,
+    top: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
+    """Pooled ascending Gram eigenvalues of every stack in one call (native) or a loop (torch)."""
+    core = _backend.resolve(backend)
+    top = [0] * len(stacks) if top is None else list(top)
+    if core is None:
+        return reference.gram_eigvalsh(stacks, top)
+    if num_threads is None:
+        num_threads = _native.default_threads()
+    mats = [np.ascontiguousarray(s.detach().cpu().numpy()) for s in stacks]
+    return [torch.from_numpy(np.asarray(e)) for e in core.gram_eigvalsh(mats, top, int(num_threads))]
+
+
+def esd(
+    weight: torch.Tensor,
+    *,
+    kind: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    conv_mode: str = "slices",
+    conv_scale: float = 1.0,
+) -> torch.Tensor:
+    """Ascending eigenvalues of one layer's ESD (SPEC §1): squared singular values, pooled over slices.
+
+    ``kind``: ``"auto"`` or one of ``KINDS`` (see the module docstring for the slicing and the auto rule).
+    ``dtype``: analysis precision, float32 or float64; the result is real of that precision. Raises
+    ``ValueError`` naming ``weight`` for 0-/1-d, empty, integer or non-finite weights.
+    """
+    check_dtype(dtype)
+    stack = slices(weight, kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype)
+    bad = int((~torch.isfinite(stack)).sum())
+    if bad:
+        raise ValueError(f"weight has {bad} non-finite (NaN/Inf) entries")
+    return gram_eigvals([stack], backend=backend)[0]

@@ -1,0 +1,96 @@
+"""HF Trainer: TempBalance as the Trainer's scheduler - factors survive the schedule, gradient accumulation counts
+optimizer steps, checkpoints resume TempBalance's state."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers as T
+
+from tempbalance.integrations.hf_trainer import TempBalanceCallback, tempbalance_optimizers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+STEPS, LR, WARMUP = 4, 1e-3, 1
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n=16):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(3, 64, (n, 10), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    return T.BertForSequenceClassification(T.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=16, num_labels=2))
+
+
+def args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                max_steps=STEPS, learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear", weight_decay=0.01,
+                report_to=[], use_cpu=True, logging_steps=1, save_strategy="no", seed=0, dataloader_num_workers=0,
+                disable_tqdm=True)
+    return T.TrainingArguments(**{**base, **kw})
+
+
+def linear_lr(t: int) -> float:
+    """transformers' linear warmup/decay, independently."""
+    return LR * (t / WARMUP if t < WARMUP else max(0.0, (STEPS - t) / (STEPS - WARMUP)))
+
+
+def test_trainer_with_tempbalance_as_scheduler(tmp_path):
+    model = tiny_bert()
+    a = args(tmp_path)
+    opt, tb = tempbalance_optimizers(model, a, STEPS, interval=1, min_eigs=8, backend="torch")
+    calls = []
+    orig_step = opt.step
+
+    def counting_step(*x, **k):
+        calls.append(1)
+        return orig_step(*x, **k)
+
+    opt.step = counting_step
+    trainer = T.Trainer(model=model, args=a, train_dataset=Data(), optimizers=(opt, tb),
+                        callbacks=[TempBalanceCallback(tb)])
+    trainer.train()
+    assert len(calls) == STEPS and tb.step_count == STEPS  # gradient accumulation: one tb.step per optimizer step
+    assert len(tb.history) == STEPS + 1
+    assert tb.units == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    wd = {g["weight_decay"] for g in opt.param_groups}
+    assert wd == {0.01, 0.0}  # the Trainer's decay / no-decay groups survive the split
+    for g, u in zip(opt.param_groups, tb.group_units):
+        assert g["lr"] == pytest.approx(linear_lr(STEPS - 1 + 1) * (tb.factors[u] if u else 1.0), abs=1e-15)
+    # the Trainer logs get_last_lr()[0]: at step 2 that is base(1) x the factor from the refresh after step 1
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == STEPS and all("tb/alpha_std" in h for h in logged)
+    u0 = tb.group_units[0]
+    f0 = tb.history[1]["factors"][u0] if u0 else 1.0
+    assert logged[1]["learning_rate"] == pytest.approx(linear_lr(1) * f0, rel=1e-12)
+
+
+def test_trainer_checkpoint_resumes_tempbalance(tmp_path):
+    def run(resume=None, max_steps=STEPS, save=False):
+        model = tiny_bert()
+        a = args(tmp_path, max_steps=STEPS, save_strategy="steps" if save else "no", save_steps=2)
+        opt, tb = tempbalance_optimizers(model, a, STEPS, interval=1, min_eigs=8, backend="torch")
+        trainer = T.Trainer(model=model, args=a, train_dataset=Data(), optimizers=(opt, tb))
+        trainer.train(resume_from_checkpoint=resume)
+        return model, tb
+
+    straight_model, straight = run()
+    run(save=True)
+    resumed_model, resumed = run(resume=str(tmp_path / "checkpoint-2"))
+    assert resumed.step_count == STEPS and len(resumed.history) == len(straight.history)
+    assert resumed.get_last_lr() == straight.get_last_lr()
+    assert resumed.factors == straight.factors
+    for (n, p), q in zip(straight_model.named_parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
