@@ -6,6 +6,7 @@
 #include <complex>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
@@ -234,15 +235,23 @@ double flop_estimate(const MatrixInput& in) {
   return static_cast<double>(in.slices) * (k * k * d + 4.0 / 3.0 * k * k * k);
 }
 
-// Sets the calling thread's BLAS thread count for its lifetime and restores it afterwards.
+// Sets the BLAS thread count for one call and restores it afterwards. The count is process-wide in OpenBLAS, but
+// this copy of OpenBLAS serves only this core (numpy and torch carry their own), so only concurrent calls into the
+// core share it: a mutex serialises them.
+std::mutex blas_threads_mutex;
+
 class BlasThreadsScope {
  public:
-  explicit BlasThreadsScope(int threads) : previous_(TB_SYM(openblas_set_num_threads_local)(threads)) {}
-  ~BlasThreadsScope() { TB_SYM(openblas_set_num_threads_local)(previous_); }
+  explicit BlasThreadsScope(int threads)
+      : lock_(blas_threads_mutex), previous_(TB_SYM(openblas_get_num_threads)()) {
+    TB_SYM(openblas_set_num_threads)(threads);
+  }
+  ~BlasThreadsScope() { TB_SYM(openblas_set_num_threads)(previous_); }
   BlasThreadsScope(const BlasThreadsScope&) = delete;
   BlasThreadsScope& operator=(const BlasThreadsScope&) = delete;
 
  private:
+  std::lock_guard<std::mutex> lock_;
   int previous_;
 };
 
@@ -288,8 +297,8 @@ void gram_eigvalsh(const std::vector<MatrixInput>& inputs, const std::vector<voi
 
   std::atomic<std::size_t> next{0};
   std::vector<std::exception_ptr> errors(inputs.size());
+  BlasThreadsScope scope(blas_threads);
   auto work = [&]() {
-    BlasThreadsScope scope(blas_threads);
     AnyWorkspace ws;
     for (std::size_t t = next++; t < order.size(); t = next++) {
       const std::size_t j = order[t];

@@ -73,6 +73,7 @@ void TB_SYM(zheevr_)(const char* jobz, const char* range, const char* uplo, cons
                      tb_c128* work, const int* lwork, double* rwork, const int* lrwork, int* iwork,
                      const int* liwork, int* info, tb_len, tb_len, tb_len);
 
-// Per-thread BLAS thread count (OpenBLAS >= 0.3.27); returns the previous value.
-int TB_SYM(openblas_set_num_threads_local)(int num_threads);
+// BLAS thread count of this OpenBLAS copy (process-wide; the per-thread variant is not exported by every build).
+void TB_SYM(openblas_set_num_threads)(int num_threads);
+int TB_SYM(openblas_get_num_threads)(void);
 }

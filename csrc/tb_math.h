@@ -76,7 +76,8 @@ TB_HD inline int64_t best_fit_index(const double* lam, int64_t N, int64_t lo, in
   double best_d = 0.0, best_alpha = 0.0;
   for (int64_t i = hi; i >= lo; --i) {
     suffix += log(lam[i]);
-    if (!(lam[i] > 0.0)) continue;
+    // A flat tail (every value equal to xmin) has a zero denominator that round-off may leave positive.
+    if (!(lam[i] > 0.0) || !(lam[N - 1] > lam[i])) continue;
     const double n = static_cast<double>(N - i);
     const double denom = suffix - n * log(lam[i]);
     if (!(denom > 0.0)) continue;

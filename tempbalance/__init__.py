@@ -1,7 +1,28 @@
-"""tempbalance: per-layer ESD -> PL_Alpha_Hill -> per-layer learning rates (placeholder, replaced by the lead)."""
+"""tempbalance: layer-wise learning rates from the heavy-tailed spectra of weight matrices (TempBalance, HT-SR).
+
+    tb = tempbalance.TempBalance(model, optimizer, base_scheduler=sched, interval=100)
+    ...
+    optimizer.step(); tb.step()
+
+Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report` (PL_Alpha_Hill and friends).
+"""
+from . import _native
 from .analysis import analyze, analyze_specs
 from .hill import alpha_hill
+from .regularizers import SpectralNormRegularizer
 from .report import LayerResult, Report
+from .scheduler import TempBalance
 from .spectra import esd
 
-__all__ = ["esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult"]
+__version__ = "0.1.0"
+
+
+def native_available() -> bool:
+    """True when the compiled spectral core is loaded (else the torch backend is used)."""
+    return _native.core is not None
+
+
+__all__ = [
+    "esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult", "TempBalance",
+    "SpectralNormRegularizer", "native_available", "__version__",
+]

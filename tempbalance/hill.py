@@ -90,8 +90,9 @@ def _native_rows(core, eigs: list[np.ndarray], zero_tol: np.ndarray, zero_rtol: 
     for key in dict.fromkeys(keys):
         idx = [k for k, kk in enumerate(keys) if kk == key]
         out[idx] = np.asarray(core.hill_metrics(
-            [eigs[k] for k in idx], kw["xmin_pos"], kw["xmin_rule"], kw["filter_zeros"], key[0], key[1],
-            kw["min_eigs"],
+            [eigs[k] for k in idx], xmin_pos=kw["xmin_pos"], xmin_rule=kw["xmin_rule"],
+            filter_zeros=kw["filter_zeros"], zero_tol=key[0], zero_rel=0.0, zero_rtol=key[1],
+            min_eigs=kw["min_eigs"],
         ))
     return out
 

@@ -1,0 +1,92 @@
+#include "libs.h"
+
+#include <dlfcn.h>
+
+#include <mutex>
+#include <stdexcept>
+
+#include "plan.h"
+
+namespace tb {
+namespace cuda {
+namespace {
+
+std::once_flag g_once;
+Api g_api;
+bool g_ok = false;
+std::string g_error;
+
+void* open_first(const std::string& lib, int cuda_major, const std::vector<std::string>& dirs, std::string* path,
+                 std::string* tried) {
+  for (const std::string& cand : cuda_plan::library_candidates(lib, cuda_major, dirs)) {
+    const bool noload = cand.rfind("noload:", 0) == 0;
+    const std::string name = noload ? cand.substr(7) : cand;
+    void* h = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL | (noload ? RTLD_NOLOAD : 0));
+    if (h) {
+      *path = (noload ? "already loaded " : "") + name;
+      return h;
+    }
+    if (!noload) {
+      const char* err = dlerror();
+      *tried += "\n  " + name + (err ? std::string(": ") + err : "");
+    }
+  }
+  return nullptr;
+}
+
+template <class F>
+void resolve(void* h, const char* name, F* slot, bool required) {
+  *slot = reinterpret_cast<F>(dlsym(h, name));
+  if (!*slot && required) throw std::runtime_error(std::string("symbol ") + name + " not found");
+}
+
+void load_once(int cuda_major, const std::vector<std::string>& dirs) {
+  try {
+    std::string tried;
+    void* blas = open_first("cublas", cuda_major, dirs, &g_api.cublas_path, &tried);
+    if (!blas) throw std::runtime_error("libcublas not found; tried:" + tried);
+    tried.clear();
+    void* solver = open_first("cusolver", cuda_major, dirs, &g_api.cusolver_path, &tried);
+    if (!solver) throw std::runtime_error("libcusolver not found; tried:" + tried);
+    resolve(blas, "cublasCreate_v2", &g_api.cublasCreate, true);
+    resolve(blas, "cublasDestroy_v2", &g_api.cublasDestroy, true);
+    resolve(blas, "cublasSetStream_v2", &g_api.cublasSetStream, true);
+    resolve(blas, "cublasGemmStridedBatchedEx", &g_api.cublasGemmStridedBatchedEx, true);
+    resolve(solver, "cusolverDnCreate", &g_api.cusolverDnCreate, true);
+    resolve(solver, "cusolverDnDestroy", &g_api.cusolverDnDestroy, true);
+    resolve(solver, "cusolverDnSetStream", &g_api.cusolverDnSetStream, true);
+    resolve(solver, "cusolverDnCreateParams", &g_api.cusolverDnCreateParams, true);
+    resolve(solver, "cusolverDnDestroyParams", &g_api.cusolverDnDestroyParams, true);
+    resolve(solver, "cusolverDnXsyevd_bufferSize", &g_api.cusolverDnXsyevd_bufferSize, true);
+    resolve(solver, "cusolverDnXsyevd", &g_api.cusolverDnXsyevd, true);
+    resolve(solver, "cusolverDnXsyevBatched_bufferSize", &g_api.cusolverDnXsyevBatched_bufferSize, false);
+    resolve(solver, "cusolverDnXsyevBatched", &g_api.cusolverDnXsyevBatched, false);
+    if (!g_api.cusolverDnXsyevBatched_bufferSize) g_api.cusolverDnXsyevBatched = nullptr;
+    g_ok = true;
+  } catch (const std::exception& e) {
+    g_error = e.what();
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& required_symbols() {
+  static const std::vector<std::string> names = {
+      "cublasCreate_v2",        "cublasDestroy_v2",        "cublasSetStream_v2",
+      "cublasGemmStridedBatchedEx", "cusolverDnCreate",    "cusolverDnDestroy",
+      "cusolverDnSetStream",    "cusolverDnCreateParams",  "cusolverDnDestroyParams",
+      "cusolverDnXsyevd_bufferSize", "cusolverDnXsyevd",   "cusolverDnXsyevBatched_bufferSize",
+      "cusolverDnXsyevBatched"};
+  return names;
+}
+
+const Api& load_api(int cuda_major, const std::vector<std::string>& dirs) {
+  std::call_once(g_once, load_once, cuda_major, dirs);
+  if (!g_ok) throw std::runtime_error(g_error);
+  return g_api;
+}
+
+const Api* loaded_api() { return g_ok ? &g_api : nullptr; }
+
+}  // namespace cuda
+}  // namespace tb

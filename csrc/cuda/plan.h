@@ -1,0 +1,116 @@
+// Host-side planning of the CUDA spectral pass, in plain C++ (no CUDA headers) so the CPU build compiles and tests
+// it: which Gram matrices are solved together in one cusolverDnXsyevBatched call, how large the shared Gram buffer
+// is, and where the cuSOLVER/cuBLAS shared libraries are looked for.
+#pragma once
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace tb {
+namespace cuda_plan {
+
+// A run of consecutive slices of one input matrix inside a solve group.
+struct Chunk {
+  int64_t matrix = 0;       // index of the input
+  int64_t slice_begin = 0;  // first slice of that input in this chunk
+  int64_t slices = 0;       // how many of its slices
+  int64_t position = 0;     // index of the chunk's first Gram within the group's batch
+};
+
+// Grams of one size n solved together: `batch` Grams of n x n, stored back to back (lda = n).
+struct Group {
+  int64_t n = 0;
+  int64_t batch = 0;
+  bool batched = true;  // false: one cusolverDnXsyevd per Gram (routine missing or one Gram above the limit)
+  std::vector<Chunk> chunks;
+};
+
+// cusolverDnXsyevBatched indexes the whole batch with 32-bit ints: n * lda * batch must stay <= INT32_MAX.
+constexpr int64_t kBatchedElementLimit = INT32_MAX;
+
+// Groups inputs (slices[k] Grams of size gram_n[k] each) by Gram size, largest size first, inputs in their given
+// order within a size. A group holds at most `max_elements` Gram elements (n*n*batch) and `max_bytes` bytes
+// (elem_bytes per element), so an input with many slices may be split over several groups. A size whose single
+// Gram already exceeds a limit, or every size when `have_batched` is false, becomes per-Gram (batched = false)
+// groups of one Gram each. Inputs with slices == 0 or gram_n == 0 are skipped.
+inline std::vector<Group> plan_groups(const std::vector<int64_t>& slices, const std::vector<int64_t>& gram_n,
+                                      int64_t elem_bytes, bool have_batched,
+                                      int64_t max_elements = kBatchedElementLimit,
+                                      int64_t max_bytes = int64_t(1) << 30) {
+  std::vector<int64_t> order(slices.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return gram_n[a] > gram_n[b]; });
+  std::vector<Group> groups;
+  for (const int64_t k : order) {
+    const int64_t n = gram_n[k], s = slices[k];
+    if (n <= 0 || s <= 0) continue;
+    const int64_t per_gram = n * n;
+    int64_t cap = std::min(max_elements / per_gram, max_bytes / (per_gram * elem_bytes));
+    const bool batched = have_batched && cap >= 1;
+    if (!batched) cap = 1;
+    int64_t done = 0;
+    while (done < s) {
+      const bool open = !groups.empty() && groups.back().n == n && groups.back().batched == batched &&
+                        groups.back().batch < cap;
+      if (!open) {
+        groups.push_back(Group{n, 0, batched, {}});
+      }
+      Group& g = groups.back();
+      const int64_t take = std::min(s - done, cap - g.batch);
+      g.chunks.push_back(Chunk{k, done, take, g.batch});
+      g.batch += take;
+      done += take;
+    }
+  }
+  return groups;
+}
+
+// Bytes of the one Gram buffer every group reuses in turn (stream order makes reuse safe).
+inline int64_t gram_buffer_bytes(const std::vector<Group>& groups, int64_t elem_bytes) {
+  int64_t most = 0;
+  for (const Group& g : groups) most = std::max(most, g.n * g.n * g.batch * elem_bytes);
+  return most;
+}
+
+// Bytes of the eigenvalue buffer every group reuses (real values of the input's precision).
+inline int64_t eig_buffer_bytes(const std::vector<Group>& groups, int64_t real_bytes) {
+  int64_t most = 0;
+  for (const Group& g : groups) most = std::max(most, g.n * g.batch * real_bytes);
+  return most;
+}
+
+// The soname's version suffix of `lib` ("cusolver" | "cublas" | "cublasLt") for a CUDA major release, or "" when
+// unknown. CUDA 12 ships cuSOLVER 11 and cuBLAS 12; CUDA 13 ships cuSOLVER 12 and cuBLAS 13.
+inline std::string soname_version(const std::string& lib, int cuda_major) {
+  if (lib == "cusolver") return cuda_major == 12 ? "11" : cuda_major == 13 ? "12" : "";
+  if (lib == "cublas" || lib == "cublasLt") return cuda_major == 12 ? "12" : cuda_major == 13 ? "13" : "";
+  return "";
+}
+
+// Where `lib` is looked for, in order. An entry starting with "noload:" means dlopen(RTLD_NOLOAD) of that soname:
+// the copy torch already loaded wins, so one process never holds two cuSOLVERs. Then each directory (torch's
+// NVIDIA wheel directories, passed in by Python), then the bare soname for the system loader. With an unknown
+// CUDA major both CUDA 13 and CUDA 12 sonames are tried, newest first.
+inline std::vector<std::string> library_candidates(const std::string& lib, int cuda_major,
+                                                   const std::vector<std::string>& dirs) {
+  std::vector<std::string> versions;
+  const std::string v = soname_version(lib, cuda_major);
+  if (!v.empty()) {
+    versions.push_back(v);
+  } else {
+    for (int major : {13, 12}) versions.push_back(soname_version(lib, major));
+  }
+  std::vector<std::string> out;
+  for (const auto& ver : versions) out.push_back("noload:lib" + lib + ".so." + ver);
+  for (const auto& dir : dirs)
+    for (const auto& ver : versions) out.push_back(dir + "/lib" + lib + ".so." + ver);
+  for (const auto& ver : versions) out.push_back("lib" + lib + ".so." + ver);
+  return out;
+}
+
+}  // namespace cuda_plan
+}  // namespace tb
