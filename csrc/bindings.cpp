@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "cuda/plan_bindings.h"
 #include "gram_eig.h"
+#include "params.h"
 #include "tb_math.h"
 
 namespace py = pybind11;
@@ -76,28 +78,13 @@ py::list gram_eigvalsh(const py::list& mats, const std::vector<int64_t>& top, in
   return out;
 }
 
-int xmin_rule_of(const std::string& name) {
-  if (name == "median") return tb::kMedian;
-  if (name == "fit") return tb::kFit;
-  if (name == "peak") return tb::kPeak;
-  if (name == "peak_compat") return tb::kPeakCompat;
-  throw py::value_error("xmin_rule must be 'median', 'fit', 'peak' or 'peak_compat', got '" + name + "'");
-}
-
 py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const std::string& xmin_rule,
                                  bool filter_zeros, double zero_tol, double zero_rel, double zero_rtol,
                                  int64_t min_eigs, const std::vector<int64_t>& n_total) {
-  if (!(xmin_pos > 1.0)) throw py::value_error("xmin_pos must be > 1, got " + std::to_string(xmin_pos));
   if (!n_total.empty() && n_total.size() != eigs.size())
     throw py::value_error("n_total must be empty or have one entry per spectrum");
-  tb::HillParams p;
-  p.xmin_pos = xmin_pos;
-  p.xmin_rule = xmin_rule_of(xmin_rule);
-  p.filter_zeros = filter_zeros;
-  p.zero_tol = zero_tol;
-  p.zero_rel = zero_rel;
-  p.zero_rtol = zero_rtol;
-  p.min_eigs = min_eigs;
+  const tb::HillParams p = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol,
+                                           min_eigs);
   std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>> spectra;
   for (auto item : eigs) spectra.emplace_back(py::reinterpret_borrow<py::object>(item));
   const auto n = static_cast<py::ssize_t>(spectra.size());
@@ -115,12 +102,7 @@ py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const st
     for (py::ssize_t j = 0; j < n; ++j) {
       tb::HillParams pj = p;
       pj.n_total = n_total.empty() ? 0 : n_total[j];
-      const tb::HillResult r = tb::hill_metrics(ptrs[j], lens[j], pj);
-      double* row = dst + j * tb::kHillColumns;
-      const double vals[tb::kHillColumns] = {r.alpha,          r.xmin,      r.n_tail,      r.ks_distance,
-                                             r.spectral_norm, r.frobenius, r.stable_rank, r.alpha_hat,
-                                             r.n_eigs,         static_cast<double>(r.status)};
-      for (int c = 0; c < tb::kHillColumns; ++c) row[c] = vals[c];
+      tb::write_row(tb::hill_metrics(ptrs[j], lens[j], pj), dst + j * tb::kHillColumns);
     }
   }
   return out;
@@ -144,19 +126,7 @@ py::array_t<double> lr_factors(py::array_t<double, py::array::c_style | py::arra
                                const std::string& mapping, double tau, double s_lo, double s_hi, double s1,
                                double s2, bool compat) {
   if (values.ndim() != 1) throw py::value_error("values must be 1-d");
-  tb::MappingParams p;
-  if (mapping == "sigmoid")
-    p.mapping = tb::kSigmoid;
-  else if (mapping == "linear")
-    p.mapping = tb::kLinear;
-  else
-    throw py::value_error("mapping must be 'sigmoid' or 'linear', got '" + mapping + "'");
-  p.tau = tau;
-  p.s_lo = s_lo;
-  p.s_hi = s_hi;
-  p.s1 = s1;
-  p.s2 = s2;
-  p.compat = compat;
+  const tb::MappingParams p = tb::mapping_params(mapping, tau, s_lo, s_hi, s1, s2, compat);
   py::array_t<double> out(values.shape(0));
   tb::lr_factors(values.data(), values.shape(0), p, out.mutable_data());
   return out;
@@ -181,4 +151,5 @@ PYBIND11_MODULE(_core, m) {
   m.attr("HILL_COLUMNS") = py::make_tuple("alpha", "xmin", "n_tail", "ks_distance", "spectral_norm", "frobenius",
                                           "stable_rank", "alpha_hat", "n_eigs", "status");
   m.attr("cuda_built") = false;
+  tb::bind_cuda_plan(m);  // CUDA host planning, testable without CUDA
 }

@@ -52,6 +52,13 @@ struct HillResult {
 };
 constexpr int kHillColumns = 10;  // the 9 doubles above + status, in this order
 
+// A result as one row of kHillColumns doubles (the HILL_COLUMNS order; status as a double).
+TB_HD inline void write_row(const HillResult& r, double* row) {
+  const double vals[kHillColumns] = {r.alpha,     r.xmin,        r.n_tail,    r.ks_distance, r.spectral_norm,
+                                     r.frobenius, r.stable_rank, r.alpha_hat, r.n_eigs,      double(r.status)};
+  for (int c = 0; c < kHillColumns; ++c) row[c] = vals[c];
+}
+
 // Kolmogorov-Smirnov distance between the empirical tail lam[0..n) (ascending, lam[0] = xmin) and the fitted
 // power law: D = max_t |1 - (lam_t / xmin)^(1 - alpha) - t / n|.
 TB_HD inline double ks_distance(const double* lam, int64_t n, double alpha) {

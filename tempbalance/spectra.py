@@ -130,6 +130,12 @@ def gram_eigvals(
     """Pooled ascending Gram eigenvalues of every stack in one call (native) or a loop (torch)."""
     core = _backend.resolve(backend)
     top = [0] * len(stacks) if top is None else list(top)
+    if backend != "torch" and stacks and stacks[0].is_cuda:
+        from . import cuda_backend  # CUDA tensors stay on the device; None: not usable here, fall through
+
+        on_device = cuda_backend.gram_eigvals(stacks, top)
+        if on_device is not None:
+            return on_device
     if core is None:
         return reference.gram_eigvalsh(stacks, top)
     if num_threads is None:

@@ -13,21 +13,31 @@
 namespace tb {
 namespace cuda {
 
+// cublas_api.h overloads cublasGemmStridedBatchedEx in C++ (a legacy cudaDataType computeType wrapper), so name
+// the exported one's type; the static_cast below fails to compile if the header's prototype differs.
+using GemmStridedBatchedEx = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                                const void*, const void*, cudaDataType, int, long long int,
+                                                const void*, cudaDataType, int, long long int, const void*, void*,
+                                                cudaDataType, int, long long int, int, cublasComputeType_t,
+                                                cublasGemmAlgo_t);
+static_assert(sizeof(static_cast<GemmStridedBatchedEx>(&::cublasGemmStridedBatchedEx)) > 0,
+              "cublasGemmStridedBatchedEx prototype changed");
+
 struct Api {
-  decltype(&cublasCreate_v2) cublasCreate = nullptr;
-  decltype(&cublasDestroy_v2) cublasDestroy = nullptr;
-  decltype(&cublasSetStream_v2) cublasSetStream = nullptr;
-  decltype(&cublasGemmStridedBatchedEx) cublasGemmStridedBatchedEx = nullptr;
-  decltype(&cusolverDnCreate) cusolverDnCreate = nullptr;
-  decltype(&cusolverDnDestroy) cusolverDnDestroy = nullptr;
-  decltype(&cusolverDnSetStream) cusolverDnSetStream = nullptr;
-  decltype(&cusolverDnCreateParams) cusolverDnCreateParams = nullptr;
-  decltype(&cusolverDnDestroyParams) cusolverDnDestroyParams = nullptr;
-  decltype(&cusolverDnXsyevd_bufferSize) cusolverDnXsyevd_bufferSize = nullptr;
-  decltype(&cusolverDnXsyevd) cusolverDnXsyevd = nullptr;
+  decltype(&cublasCreate_v2) blas_create = nullptr;
+  decltype(&cublasDestroy_v2) blas_destroy = nullptr;
+  decltype(&cublasSetStream_v2) blas_set_stream = nullptr;
+  GemmStridedBatchedEx gemm_strided_batched = nullptr;
+  decltype(&cusolverDnCreate) dn_create = nullptr;
+  decltype(&cusolverDnDestroy) dn_destroy = nullptr;
+  decltype(&cusolverDnSetStream) dn_set_stream = nullptr;
+  decltype(&cusolverDnCreateParams) dn_create_params = nullptr;
+  decltype(&cusolverDnDestroyParams) dn_destroy_params = nullptr;
+  decltype(&cusolverDnXsyevd_bufferSize) syevd_buffer_size = nullptr;
+  decltype(&cusolverDnXsyevd) syevd = nullptr;
   // Optional: cuSOLVER >= 11.7.1 (CUDA 12.6.2). Missing -> per-Gram Xsyevd.
-  decltype(&cusolverDnXsyevBatched_bufferSize) cusolverDnXsyevBatched_bufferSize = nullptr;
-  decltype(&cusolverDnXsyevBatched) cusolverDnXsyevBatched = nullptr;
+  decltype(&cusolverDnXsyevBatched_bufferSize) syev_batched_buffer_size = nullptr;
+  decltype(&cusolverDnXsyevBatched) syev_batched = nullptr;
   std::string cusolver_path, cublas_path;
 };
 

@@ -1,0 +1,86 @@
+// pybind11 module `tempbalance._core_cuda`: device pointers and the stream as Python ints, no libtorch.
+// Importing it needs neither a GPU nor cuSOLVER: the libraries are loaded by `load()`, devices counted on demand.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core_cuda.h"
+#include "libs.h"
+#include "params.h"
+
+namespace py = pybind11;
+
+namespace {
+
+tb::cuda::Scalar scalar_of(const std::string& name) {
+  if (name == "float32") return tb::cuda::Scalar::kF32;
+  if (name == "float64") return tb::cuda::Scalar::kF64;
+  if (name == "complex64") return tb::cuda::Scalar::kC64;
+  if (name == "complex128") return tb::cuda::Scalar::kC128;
+  throw py::value_error("dtype must be float32, float64, complex64 or complex128, got '" + name + "'");
+}
+
+py::dict load(int cuda_major, const std::vector<std::string>& dirs) {
+  const tb::cuda::Api& api = tb::cuda::load_api(cuda_major, dirs);  // RuntimeError with every path tried
+  py::dict out;
+  out["cusolver"] = api.cusolver_path;
+  out["cublas"] = api.cublas_path;
+  out["batched"] = api.syev_batched != nullptr;
+  return out;
+}
+
+void gram_eigvalsh(const std::vector<std::tuple<uintptr_t, int64_t, int64_t, int64_t, uintptr_t>>& mats,
+                   const std::string& dtype, uintptr_t stream) {
+  std::vector<tb::cuda::DeviceMatrix> in;
+  for (std::size_t j = 0; j < mats.size(); ++j) {
+    tb::cuda::DeviceMatrix m;
+    std::tie(m.data, m.slices, m.rows, m.cols, m.out) = mats[j];
+    if (!m.data || !m.out || m.slices < 1 || m.rows < 1 || m.cols < 1)
+      throw py::value_error("matrix " + std::to_string(j) + ": null pointer or empty shape");
+    in.push_back(m);
+  }
+  const tb::cuda::Scalar s = scalar_of(dtype);
+  py::gil_scoped_release release;
+  tb::cuda::gram_eigvalsh(in, s, stream);
+}
+
+void hill_lr(uintptr_t eigs, uintptr_t offsets, int64_t n, uintptr_t unit_index, int64_t n_units, double xmin_pos,
+             const std::string& xmin_rule, bool filter_zeros, double zero_tol, double zero_rel, double zero_rtol,
+             int64_t min_eigs, const std::string& mapping, double tau, double s_lo, double s_hi, double s1, double s2,
+             bool compat, uintptr_t metrics, uintptr_t unit_alpha, uintptr_t factors, uintptr_t stream) {
+  const tb::HillParams hp = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol,
+                                            min_eigs);
+  const tb::MappingParams mp = tb::mapping_params(mapping, tau, s_lo, s_hi, s1, s2, compat);
+  py::gil_scoped_release release;
+  tb::cuda::hill_lr(eigs, offsets, n, unit_index, n_units, hp, mp, metrics, unit_alpha, factors, stream);
+}
+
+py::tuple device_count() {
+  std::string why;
+  const int n = tb::cuda::device_count(&why);
+  return py::make_tuple(n, why);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core_cuda, m) {
+  m.doc() = "tempbalance CUDA spectral core (cuBLAS Gram + batched cuSOLVER eigenvalues + Hill/LR kernels)";
+  m.def("load", &load, py::arg("cuda_major"), py::arg("dirs"),
+        "dlopen cuBLAS and cuSOLVER (the copy already in the process first, then `dirs`, then the system loader). "
+        "Returns {'cusolver': path, 'cublas': path, 'batched': bool}; RuntimeError saying what was tried.");
+  m.def("device_count", &device_count, "(count, reason): count < 0 with the CUDA runtime's reason when unusable.");
+  m.def("gram_eigvalsh", &gram_eigvalsh, py::arg("mats"), py::arg("dtype"), py::arg("stream"),
+        "mats: [(data_ptr, slices, rows, cols, out_ptr)]; enqueue Gram + eigenvalues on `stream`.");
+  m.def("hill_lr", &hill_lr, py::arg("eigs"), py::arg("offsets"), py::arg("n"), py::arg("unit_index"),
+        py::arg("n_units"), py::arg("xmin_pos"), py::arg("xmin_rule"), py::arg("filter_zeros"), py::arg("zero_tol"),
+        py::arg("zero_rel"), py::arg("zero_rtol"), py::arg("min_eigs"), py::arg("mapping"), py::arg("tau"),
+        py::arg("s_lo"), py::arg("s_hi"), py::arg("s1"), py::arg("s2"), py::arg("compat"), py::arg("metrics"),
+        py::arg("unit_alpha"), py::arg("factors"), py::arg("stream"),
+        "Enqueue the Hill metrics, per-unit mean alpha and LR factors (all device pointers) on `stream`.");
+  m.attr("required_symbols") = tb::cuda::required_symbols();
+  m.attr("hill_columns") = tb::kHillColumns;
+}

@@ -1,0 +1,182 @@
+"""The CUDA core without a GPU: its host planning (exposed by the CPU `_core`), the Python dispatch's fallbacks,
+and, when `_core_cuda` was built (installed, or TEMPBALANCE_CORE_CUDA=<path to the .so> from .ci/check_cuda.sh),
+that it imports without CUDA, references the cuSOLVER/cuBLAS entry points by name and reports why it cannot run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import warnings
+
+import pytest
+import torch
+
+from tempbalance import _native, cuda_backend
+
+INT32_MAX = 2**31 - 1
+core = _native.core
+needs_plan = pytest.mark.skipif(core is None or not hasattr(core, "cuda_plan_groups"),
+                                reason="native core without the CUDA planning bindings (rebuild the package)")
+
+
+def reference_groups(slices, gram_n, elem_bytes, have_batched, max_elements=INT32_MAX, max_bytes=1 << 30):
+    """Plain-Python statement of the batching rule: sizes largest first (stable), fill each group up to its cap."""
+    order = sorted(range(len(slices)), key=lambda k: -gram_n[k])
+    groups = []
+    for k in order:
+        n, s = gram_n[k], slices[k]
+        if n <= 0 or s <= 0:
+            continue
+        cap = min(max_elements // (n * n), max_bytes // (n * n * elem_bytes))
+        batched = have_batched and cap >= 1
+        cap = cap if batched else 1
+        for sl in range(s):
+            g = groups[-1] if groups else None
+            if g is None or g[0] != n or g[2] != batched or g[1] >= cap:
+                g = [n, 0, batched, []]
+                groups.append(g)
+            chunks = g[3]
+            if chunks and chunks[-1][0] == k and chunks[-1][1] + chunks[-1][2] == sl:
+                m, b, c, p = chunks[-1]
+                chunks[-1] = (m, b, c + 1, p)
+            else:
+                chunks.append((k, sl, 1, g[1]))
+            g[1] += 1
+    return [(n, b, bat, ch) for n, b, bat, ch in groups]
+
+
+def as_plain(groups):
+    return [(n, b, bat, [tuple(c) for c in ch]) for n, b, bat, ch in groups]
+
+
+@needs_plan
+def test_batched_limit_matches_the_documented_counts():
+    # n * lda * batch <= INT32_MAX: at most 127 Grams of 4096^2 and 3640 of 768^2 in one call.
+    g = core.cuda_plan_groups([300], [4096], 4, True, INT32_MAX, 1 << 62)
+    assert [x[1] for x in g] == [127, 127, 46]
+    g = core.cuda_plan_groups([1] * 4000, [768] * 4000, 4, True, INT32_MAX, 1 << 62)
+    assert [x[1] for x in g] == [3640, 360]
+    assert core.CUDA_BATCHED_ELEMENT_LIMIT == INT32_MAX
+
+
+@needs_plan
+def test_gram_above_the_limit_and_missing_routine_go_per_matrix():
+    g = core.cuda_plan_groups([2, 3], [46341, 8], 4, True, INT32_MAX, 1 << 62)  # 46341^2 > INT32_MAX
+    assert g == [(46341, 1, False, [(0, 0, 1, 0)]), (46341, 1, False, [(0, 1, 1, 0)]),
+                 (8, 3, True, [(1, 0, 3, 0)])]
+    g = core.cuda_plan_groups([2, 1], [16, 16], 8, False)
+    assert all(not batched and batch == 1 for _, batch, batched, _ in g) and len(g) == 3
+
+
+@needs_plan
+def test_byte_cap_splits_a_stack_across_groups():
+    # 10 Grams of 100^2 float64 = 80 kB each; a 300 kB cap holds 3 per group.
+    g = core.cuda_plan_groups([10], [100], 8, True, INT32_MAX, 300_000)
+    assert [x[1] for x in g] == [3, 3, 3, 1]
+    assert [c for x in g for c in x[3]] == [(0, 0, 3, 0), (0, 3, 3, 0), (0, 6, 3, 0), (0, 9, 1, 0)]
+
+
+@needs_plan
+@pytest.mark.parametrize("seed", range(6))
+def test_grouping_matches_python_reference(seed):
+    rng = random.Random(seed)
+    count = rng.randint(1, 40)
+    sizes = [rng.choice([0, 1, 7, 64, 300, 768, 1024]) for _ in range(count)]
+    slices = [rng.choice([0, 1, 1, 1, 3, 9, 40]) for _ in range(count)]
+    elem = rng.choice([4, 8, 16])
+    have_batched = rng.random() < 0.8
+    max_elements = rng.choice([INT32_MAX, 5_000_000, 700_000])
+    max_bytes = rng.choice([1 << 30, 20_000_000])
+    got = as_plain(core.cuda_plan_groups(slices, sizes, elem, have_batched, max_elements, max_bytes))
+    assert got == reference_groups(slices, sizes, elem, have_batched, max_elements, max_bytes)
+    # Every slice of every non-empty input appears exactly once, where its chunk says.
+    seen = sorted((m, b + i) for _, _, _, ch in got for m, b, c, _ in ch for i in range(c))
+    assert seen == sorted((k, i) for k in range(count) if sizes[k] > 0 for i in range(slices[k]))
+
+
+@needs_plan
+def test_plan_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="same length"):
+        core.cuda_plan_groups([1, 2], [3], 4)
+    with pytest.raises(ValueError, match="positive"):
+        core.cuda_plan_groups([1], [3], 0)
+
+
+@needs_plan
+@pytest.mark.parametrize("major, solver, blas", [(12, "11", "12"), (13, "12", "13")])
+def test_library_search_order(major, solver, blas):
+    dirs = ["/wheels/nvidia/cu13/lib", "/wheels/nvidia/cusolver/lib"]
+    assert core.cuda_library_candidates("cusolver", major, dirs) == [
+        f"noload:libcusolver.so.{solver}", f"/wheels/nvidia/cu13/lib/libcusolver.so.{solver}",
+        f"/wheels/nvidia/cusolver/lib/libcusolver.so.{solver}", f"libcusolver.so.{solver}"]
+    assert core.cuda_library_candidates("cublas", major, [])[-1] == f"libcublas.so.{blas}"
+
+
+@needs_plan
+def test_library_search_without_a_known_cuda_tries_13_then_12():
+    got = core.cuda_library_candidates("cusolver", 0, ["/d"])
+    assert got == ["noload:libcusolver.so.12", "noload:libcusolver.so.11", "/d/libcusolver.so.12",
+                   "/d/libcusolver.so.11", "libcusolver.so.12", "libcusolver.so.11"]
+
+
+def test_cpu_tensors_never_take_the_cuda_path():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cuda_backend.gram_eigvals([torch.ones(1, 3, 4)]) is None
+        assert cuda_backend.hill_lr([torch.ones(5)], [0], 1) is None
+
+
+def test_cuda_status_is_one_line_saying_why():
+    status = cuda_backend.cuda_status()
+    assert status.startswith(("CUDA core ready: ", "CUDA core unavailable: "))
+    if not torch.cuda.is_available():
+        assert status.startswith("CUDA core unavailable: ")
+        assert "not built" in status or "device" in status or "could not be loaded" in status
+
+
+def _built_module_path() -> str | None:
+    path = os.environ.get("TEMPBALANCE_CORE_CUDA")
+    if path:
+        return path
+    spec = importlib.util.find_spec("tempbalance._core_cuda")
+    return spec.origin if spec else None
+
+
+@pytest.fixture(scope="module")
+def core_cuda():
+    path = _built_module_path()
+    if not path:
+        pytest.skip("tempbalance._core_cuda not built (no nvcc or no cuSOLVER headers at build time)")
+    spec = importlib.util.spec_from_file_location("tempbalance._core_cuda", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path
+
+
+def test_built_module_names_the_cusolver_entry_points(core_cuda):
+    module, path = core_cuda
+    data = open(path, "rb").read()
+    for name in ("cusolverDnXsyevBatched", "cusolverDnXsyevBatched_bufferSize", "cusolverDnXsyevd",
+                 "cublasGemmStridedBatchedEx"):
+        assert name in module.required_symbols
+        assert name.encode() + b"\0" in data  # resolved by dlsym at run time, so present as a string
+    assert module.hill_columns == len(_native.core.HILL_COLUMNS) if _native.core else 10
+
+
+def test_built_module_reports_no_driver_cleanly(core_cuda):
+    module, _ = core_cuda
+    count, why = module.device_count()
+    if count > 0:
+        pytest.skip("a CUDA device is present")
+    assert count < 0 and why  # e.g. "cudaErrorInsufficientDriver: ..." or "cudaErrorNoDevice: ..."
+
+
+def test_built_module_says_which_library_paths_it_tried(core_cuda, tmp_path):
+    module, _ = core_cuda
+    try:
+        result = module.load(13, [str(tmp_path)])
+    except RuntimeError as exc:
+        assert str(tmp_path / "libcublas.so.13") in str(exc) or "libcusolver" in str(exc)
+    else:  # a machine with cuSOLVER/cuBLAS installed system-wide
+        assert set(result) == {"cusolver", "cublas", "batched"}
