@@ -265,6 +265,8 @@ def run_config(set_name, spec, dtype, threads, methods, reps, device, ref_by_sha
     for r in range(reps):
         order = timed_methods[r % len(timed_methods):] + timed_methods[:r % len(timed_methods)]
         for m in order:
+            if m == "reference" and r > 0:
+                continue  # the slow reference way: one repetition
             times[m].append(timed(lambda: METHODS[m](stacks, threads), device))
     if ref_by_shape and "reference" in methods:
         # too slow to run whole: one matrix of every distinct shape, once, scaled by how many there are
@@ -289,20 +291,24 @@ def run_config(set_name, spec, dtype, threads, methods, reps, device, ref_by_sha
     return res
 
 
-def plan(smoke: bool, device: str, full_llama: bool) -> list[tuple[str, torch.dtype, int, int, bool, list[str]]]:
+def plan(smoke: bool, device: str, full_llama: bool, all_configs: bool) -> list[tuple[str, torch.dtype, int, int, bool, list[str]]]:
     """(set, dtype, threads, reps, reference estimated per shape, methods) for every configuration."""
     cpu = [m for m in METHODS if device == "cpu" or m not in NATIVE]
     out = []
     for set_name in ("roberta-base", "llama7b-block", "smollm2-135m", "fno", "unet"):
         for dtype in (torch.float32, torch.float64):
             for threads in (2, 1):
-                big = set_name == "llama7b-block" and not smoke
-                if big and dtype == torch.float64 and not full_llama:
-                    continue  # minutes per repetition on 2 cores; --full-llama runs it
                 headline = dtype == torch.float32 and threads == 2
-                reps = 2 if smoke else 1 if big else 5 if headline else 3
-                methods = [m for m in cpu if not (big and threads == 1 and m == "reference")]
-                out.append((set_name, dtype, threads, reps, big, methods))
+                big = set_name == "llama7b-block" and not smoke
+                if not (smoke or all_configs or headline or set_name == "roberta-base"):
+                    continue  # full mode: every set at the headline config, RoBERTa at all four
+                if big and not headline and not full_llama:
+                    continue  # minutes per repetition on 2 cores; --full-llama runs it
+                reps = 2 if smoke else 1 if big else 3 if headline else 1
+                # the reference way is timed whole (once) only for RoBERTa's headline config and in smoke mode;
+                # elsewhere one matrix per distinct shape, scaled by the count
+                whole_ref = smoke or (headline and set_name == "roberta-base")
+                out.append((set_name, dtype, threads, reps, not whole_ref, list(cpu)))
     return out
 
 
@@ -320,11 +326,22 @@ def table(results: list[dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def write_results(path: Path, out: dict, md: str) -> None:
+    """``out`` as JSON at ``path``, the table ``md`` beside it (.md), and the table on stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    path.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"wrote {path} ({out['total_seconds']:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 repetitions (seconds)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--full-llama", action="store_true", help="also the float64 LLaMA block (slow)")
+    p.add_argument("--full-llama", action="store_true", help="also the LLaMA block at float64 / 1 thread (slow)")
+    p.add_argument("--all-configs", action="store_true",
+                   help="every set at float32/float64 x 1/2 threads (default: RoBERTa at all four, others float32/2)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/esd_cost[_smoke].json)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -338,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     sets = shape_sets(a.smoke)
     results = []
-    for set_name, dtype, threads, reps, big, methods in plan(a.smoke, a.device, a.full_llama):
+    for set_name, dtype, threads, reps, big, methods in plan(a.smoke, a.device, a.full_llama, a.all_configs):
         methods = [m for m in methods if m in METHODS]
         r = run_config(set_name, sets[set_name], dtype, threads, methods, reps, a.device, big, 512 if a.smoke else 2048)
         if set_name == "llama7b-block":
@@ -352,23 +369,24 @@ def main(argv: list[str] | None = None) -> int:
     methods = list(METHODS)
     out = {
         "benchmark": "esd_cost", "mode": "smoke" if a.smoke else "full", "device": a.device,
-        "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "loadavg_at_end": os.getloadavg(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "memory_note": "extra_bytes is an analytic estimate from the buffers each method allocates, not measured",
-        "llama_note": ("llama7b-block: 1 repetition, reference timed on one matrix per shape and scaled; float64 "
-                       "only with --full-llama; 1-thread reference skipped"),
+        "reps_note": ("float32/2 threads: 3 interleaved repetitions (median) of the fast methods, the reference way "
+                      "once; other configurations 1 repetition. The reference way is timed whole only for "
+                      "roberta-base float32/2 threads; elsewhere one matrix per distinct shape is timed once and "
+                      "scaled by the count (reference_estimated)"),
+        "configs_note": ("full mode: every set at float32/2 threads, roberta-base at float32/float64 x 1/2 threads; "
+                         "--all-configs for the rest; llama7b-block 1 repetition, float32/2 threads only unless "
+                         "--full-llama"),
         "methods": methods, "results": results, "accuracy": acc,
         "total_seconds": time.perf_counter() - t_start,
     }
     path = a.out or RESULTS / ("esd_cost_smoke.json" if a.smoke else "esd_cost.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
     md = table(results, methods)
     if acc.get("max_abs_err"):
         md += "\n\nMax |alpha - alpha_ref(float64 svdvals)| over the %d MiniLM linears:\n\n| method/dtype | max abs err |\n|---|---|\n" % acc["n_layers"]
         md += "\n".join(f"| {k} | {v:.2e} |" for k, v in acc["max_abs_err"].items())
-    path.with_suffix(".md").write_text(md + "\n")
-    print(md)
-    print(f"wrote {path} ({out['total_seconds']:.0f} s)")
+    write_results(path, out, md)
     return 0
 
 

