@@ -3,10 +3,12 @@
     python benchmarks/overhead.py            # RoBERTa-base-shaped (random init) + real MiniLM, writes results/
     python benchmarks/overhead.py --smoke    # a tiny RoBERTa config, 2 epochs (seconds); for CI
 
-Regime: 16 examples, batch 4, sequence 64, 10 epochs (4 steps an epoch), AdamW. Runs, in this order: plain,
-TempBalance refreshing every epoch, TempBalance refreshing every step, and with --bracket plain again (the plain
-time is then the mean of the two, which brackets drift from other load on the machine). The TempBalance wall time includes building it
-(its first spectral pass). Reported: overhead in % of the plain run, TempBalance's own ``spectral_seconds`` and
+Regime: 16 examples, batch 4, sequence 64, 10 epochs (4 steps an epoch), AdamW. Runs, in this order (``--arms``):
+plain; TempBalance refreshing every epoch (synchronous); every epoch with the pass in a background thread
+(``lag=2``: applied two steps later); every step (synchronous); ``Adaptive`` cadence (starts every step, doubles
+while no unit's alpha moved more than 0.01); and plain again (the plain time is then the mean of the two, which
+brackets drift from other load on the machine). The TempBalance wall time includes building it (its first spectral
+pass, always synchronous). Reported: overhead in % of the plain run, TempBalance's own ``spectral_seconds`` and
 the estimated overhead of the reference way (one per-layer ``svdvals`` pass, timed here, times the number of
 refreshes).
 """
@@ -24,6 +26,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402
 
+from tempbalance.cadence import Adaptive  # noqa: E402
 from tempbalance.scheduler import TempBalance  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,16 +59,29 @@ def data(vocab: int, n: int, seq: int, seed: int) -> tuple[torch.Tensor, torch.T
     return ids, torch.randint(0, 2, (n,), generator=g)
 
 
+ARMS = {  # name -> TempBalance keyword arguments (None: no TempBalance)
+    "plain": None,
+    "epoch": dict(interval=None),
+    "epoch_bg": dict(interval=None, lag=2),
+    "step": dict(interval=1),
+    "adaptive": dict(interval="adaptive"),
+    "plain2": None,
+}
+
+
 def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> dict:
-    """One fine-tuning run; ``mode`` is "plain", "epoch" (refresh every epoch) or "step" (every step)."""
+    """One fine-tuning run; ``mode`` is a key of ``ARMS``."""
     torch.manual_seed(seed)
     model = build()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
     t0 = time.perf_counter()
     tb = None
-    if mode != "plain":
-        tb = TempBalance(model, opt, interval=1 if mode == "step" else None)
+    if ARMS[mode] is not None:
+        kw = dict(ARMS[mode])
+        if kw.get("interval") == "adaptive":
+            kw["interval"] = Adaptive(1, tol=0.01)
+        tb = TempBalance(model, opt, **kw)
     losses = []
     for _ in range(epochs):
         for i in range(0, len(ids), batch):
@@ -81,7 +97,9 @@ def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> 
     wall = time.perf_counter() - t0
     res = {"mode": mode, "wall_seconds": wall, "final_loss": losses[-1], "steps": len(losses)}
     if tb is not None:
-        res.update(spectral_seconds=tb.spectral_seconds, refreshes=len(tb.history),
+        tb.close()
+        res.update(spectral_seconds=tb.spectral_seconds, blocking_seconds=tb.blocking_seconds,
+                   refreshes=len(tb.history), refresh_steps=[h["started_step"] for h in tb.history],
                    n_matrices=len(tb.last_report.rows) if tb.last_report is not None else 0)
     return res
 
@@ -103,8 +121,8 @@ def bench(name: str, build, vocab: int, a) -> dict:
     ids, labels = data(vocab, a.examples, a.seq, a.seed)
     train(build, "plain", 1, a.batch, ids[:a.batch], labels[:a.batch], a.seed)  # warm-up: first-call allocations
     runs = {}
-    for mode in ("plain", "epoch", "step") + (("plain2",) if a.bracket else ()):
-        r = train(build, mode.rstrip("2"), a.epochs, a.batch, ids, labels, a.seed)
+    for mode in a.arms:
+        r = train(build, mode, a.epochs, a.batch, ids, labels, a.seed)
         runs[mode] = r
         print(f"  {name} {mode}: {r['wall_seconds']:.2f} s" + (
             f" (spectral {r['spectral_seconds']:.2f} s, {r['refreshes']} refreshes)" if "refreshes" in r else ""),
@@ -113,7 +131,7 @@ def bench(name: str, build, vocab: int, a) -> dict:
     plain = sum(plains) / len(plains)
     ref_pass = reference_pass_seconds(build())
     out = {"model": name, "plain_seconds": plain, "runs": runs, "reference_pass_seconds": ref_pass}
-    for mode in ("epoch", "step"):
+    for mode in [m for m in a.arms if ARMS[m] is not None]:
         r = runs[mode]
         out[f"overhead_pct_{mode}"] = 100.0 * (r["wall_seconds"] - plain) / plain
         out[f"spectral_pct_{mode}"] = 100.0 * r["spectral_seconds"] / plain
@@ -133,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--bracket", action="store_true", help="a second plain run after the others (on in --smoke)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                   help="runs, in this order (default: all)")
     a = p.parse_args(argv)
-    a.bracket = a.bracket or a.smoke
     if a.epochs is None:
         a.epochs = 2 if a.smoke else 10
     torch.set_num_threads(a.threads)  # pinned: the machine is shared
@@ -150,15 +168,17 @@ def main(argv: list[str] | None = None) -> int:
            "seed": a.seed, "backend": "auto (native core when built)", "benches": benches,
            "total_seconds": time.perf_counter() - t0}
     path = a.out or RESULTS / ("overhead_smoke.json" if a.smoke else "overhead.json")
-    lines = ["| model | plain s | +TB/epoch s | overhead/epoch | +TB/step s | overhead/step | spectral s (epoch, step) "
-             "| reference way est. (epoch, step) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | run | wall s | overhead | refreshes | spectral s | blocking s | reference way est. |",
+             "|---|---|---|---|---|---|---|---|"]
     for b in benches:
-        r = b["runs"]
-        lines.append(
-            f"| {b['model']} | {b['plain_seconds']:.1f} | {r['epoch']['wall_seconds']:.1f} | "
-            f"{b['overhead_pct_epoch']:+.1f}% | {r['step']['wall_seconds']:.1f} | {b['overhead_pct_step']:+.1f}% | "
-            f"{r['epoch']['spectral_seconds']:.2f}, {r['step']['spectral_seconds']:.2f} | "
-            f"{b['reference_way_est_pct_epoch']:.0f}%, {b['reference_way_est_pct_step']:.0f}% |")
+        lines.append(f"| {b['model']} | plain (mean of {sum(m.startswith('plain') for m in a.arms)}) | "
+                     f"{b['plain_seconds']:.1f} | | | | | |")
+        for mode, r in b["runs"].items():
+            if ARMS[mode] is None:
+                continue
+            lines.append(f"| | {mode} | {r['wall_seconds']:.1f} | {b[f'overhead_pct_{mode}']:+.1f}% | "
+                         f"{r['refreshes']} | {r['spectral_seconds']:.2f} | {r['blocking_seconds']:.2f} | "
+                         f"{b[f'reference_way_est_pct_{mode}']:.0f}% |")
     write_results(path, out, "\n".join(lines))
     return 0
 

@@ -31,15 +31,18 @@ import math
 import re
 import time
 import warnings
-from typing import Any, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import analysis, mapping as _mapping
+from . import analysis, distributed, mapping as _mapping
 from .adapters import MatrixSpec, get_adapter
-from .report import Report
+from .cadence import Cadence, as_cadence
+from .report import LayerResult, Report
 
 METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")
 TARGETS = ("lr", "weight_decay")
@@ -48,7 +51,45 @@ TARGETS = ("lr", "weight_decay")
 _FAILED = ("non_finite", "error", "empty")
 # scheduler attributes that hold one entry per param group (torch's schedulers; transformers' are LambdaLRs)
 _PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs", "base_momentums", "max_momentums")
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+
+
+@dataclass
+class _PendingPass:
+    """A background pass on the weights of ``started_step``, to be applied at ``due_step``."""
+
+    started_step: int
+    due_step: int
+    future: Future
+    snapshot_seconds: float
+
+
+def _raise(error: BaseException) -> torch.Tensor:
+    raise error
+
+
+def _snapshot(specs: list[MatrixSpec]) -> list[MatrixSpec]:
+    """Copies of the analysed weights as they are now, for a pass that runs while training changes them. A layer
+    whose weight cannot be read fails in the pass, with its error, like in a synchronous one."""
+    out = []
+    with torch.no_grad():
+        for s in specs:
+            try:
+                w = s.weight().detach().clone()
+                fn = (lambda w=w: w)
+            except Exception as e:  # noqa: BLE001
+                fn = (lambda e=e: _raise(e))
+            out.append(MatrixSpec(s.name, s.kind, fn, s.unit))
+    return out
+
+
+def _report_state(report: Report) -> dict[str, Any]:
+    return dict(rows=[asdict(r) for r in report.rows], seconds=report.seconds, settings=dict(report.settings))
+
+
+def _report_from_state(state: dict[str, Any]) -> Report:
+    rows = [LayerResult(**{**r, "shape": tuple(r["shape"])}) for r in state["rows"]]
+    return Report(rows, seconds=float(state["seconds"]), settings=dict(state["settings"]))
 
 
 def _patterns(arg: str, value: Any) -> list[re.Pattern]:
@@ -110,8 +151,18 @@ class TempBalance:
         mapping: ``"sigmoid"`` (TBSigmoid: ``tau``, ``s_lo``, ``s_hi``) or ``"linear"`` (TBLinearMap: ``s1``, ``s2``).
         xmin_pos, xmin_rule, min_eigs, dtype, backend: analysis options (:func:`tempbalance.analyze`);
             ``min_eigs=None`` = the adapter's default.
-        interval: re-analyse every ``interval`` calls of :meth:`step`; ``None`` = only at construction and at
-            each :meth:`epoch_end` (per-epoch use).
+        interval: when to re-analyse (always also once at construction): an integer = every ``interval`` calls
+            of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end`; ``"adaptive"`` or a
+            :class:`~tempbalance.cadence.Adaptive` = often while the alphas move, rarely once they settle; any
+            :class:`~tempbalance.cadence.Cadence`.
+        lag: ``0`` = analyse synchronously inside :meth:`step` / :meth:`epoch_end`. ``k >= 1`` = copy the weights
+            then, analyse the copy in a background thread while training goes on, and apply its factors exactly
+            ``k`` steps later (waiting only if the pass has not finished by then). Runs stay deterministic: the
+            factors depend on step counts, never on timing. A refresh that falls due while a pass is still
+            pending is skipped (its step is recorded in ``skipped_refreshes``); choose an interval larger than ``lag``.
+        num_threads: threads of the spectral pass (``None``: torch's intra-op thread count).
+        chunk_bytes: the most memory (weights in the analysis dtype + their Grams) one native call holds; bounds
+            the pass's peak extra memory (``None``: 1 GiB).
         include, exclude: regular expressions (``re.search``) on matrix names; only included, non-excluded
             matrices are analysed and tuned.
         remove_first, remove_last: leave the first / last unit untuned (factor 1), as the reference code can.
@@ -122,6 +173,10 @@ class TempBalance:
             alphas equal -> s2).
         adapter: ``"auto"``, a registered adapter name or an :class:`~tempbalance.adapters.Adapter`.
         include_embeddings: analyse and tune embedding matrices too.
+        process_group: under ``torch.distributed`` (DDP, FSDP2), the group whose ranks share the spectral work
+            (each rank analyses its share of the matrices, the results are all-gathered and every rank checks it
+            sets the same factors); ``None`` = the default group when torch.distributed is initialised, else a
+            single-process run.
 
     Failures of a spectral pass (non-finite weights, a layer that cannot be analysed any more) leave the
     affected units at their last factor with one warning naming them; all new factors are computed before any
@@ -143,7 +198,10 @@ class TempBalance:
         s2: float = 1.5,
         xmin_pos: float = 2.0,
         xmin_rule: str = "median",
-        interval: int | None = None,
+        interval: int | str | Cadence | None = None,
+        lag: int = 0,
+        num_threads: int | None = None,
+        chunk_bytes: int | None = None,
         min_eigs: int | None = None,
         include: str | Iterable[str] | None = None,
         exclude: str | Iterable[str] | None = None,
@@ -156,6 +214,7 @@ class TempBalance:
         backend: str = "auto",
         dtype: torch.dtype = torch.float32,
         include_embeddings: bool = False,
+        process_group: Any = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -165,8 +224,9 @@ class TempBalance:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
-            raise ValueError(f"interval must be None (per epoch) or an integer >= 1, got {interval!r}")
+        cadence = as_cadence(interval)
+        if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
+            raise ValueError(f"lag must be an integer >= 0 (0 = synchronous), got {lag!r}")
         for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("compat", compat)):
             if not isinstance(v, bool):
                 raise ValueError(f"{arg} must be True or False, got {v!r}")
@@ -177,7 +237,7 @@ class TempBalance:
         self.unit = unit if unit is not None else getattr(self.adapter, "default_unit", "block")
         if self.unit not in ("block", "layer"):
             raise ValueError(f"unit must be 'block', 'layer' or None (the adapter's choice), got {unit!r}")
-        self.interval, self.metric, self.target = interval, metric, target
+        self.interval, self.cadence, self.lag, self.metric, self.target = interval, cadence, lag, metric, target
         self.map_options = dict(mapping=mapping, tau=_number("tau", tau, 0, strict=True), s_lo=_number("s_lo", s_lo, 0),
                                 s_hi=_number("s_hi", s_hi, 0), s1=_number("s1", s1), s2=_number("s2", s2),
                                 compat=compat, backend=backend)
@@ -185,10 +245,14 @@ class TempBalance:
         self.analysis_options = dict(
             xmin_pos=xmin_pos, xmin_rule=xmin_rule, dtype=dtype, backend=backend,
             min_eigs=getattr(self.adapter, "min_eigs", analysis.DEFAULT_MIN_EIGS) if min_eigs is None else min_eigs,
-            conv_scale=0.5 if compat else 1.0,
+            conv_scale=0.5 if compat else 1.0, num_threads=num_threads,
+            chunk_bytes=chunk_bytes,
         )
         self._check_base_scheduler()
         self._check_optimizer()
+        self._dist = distributed.Coordinator.maybe(process_group)
+        if self._dist is not None and lag:
+            raise ValueError("lag >= 1 (background passes) is not supported under torch.distributed yet; use lag=0")
 
         self._specs, self.units = self._select_specs(include, exclude, remove_first, remove_last, include_embeddings)
         self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
@@ -206,9 +270,14 @@ class TempBalance:
         self.step_count = 0
         self.epoch = 0
         self.spectral_seconds = 0.0
+        self.blocking_seconds = 0.0
         self.history: list[dict[str, Any]] = []
+        self.skipped_refreshes: list[int] = []
         self.last_report: Report | None = None
         self._warned_external = False
+        self._pending: _PendingPass | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._callbacks: list[Callable[[dict[str, Any]], None]] = []
         self.refresh()
 
     # --- setup ------------------------------------------------------------------------------------------------
@@ -325,16 +394,17 @@ class TempBalance:
             if self.target == "lr":
                 self._base = [_get(g, "lr") for g in groups]
         self.step_count += 1
-        if self.interval is not None and self.step_count % self.interval == 0:
-            self._refresh_safely()
+        self._collect_due()
+        if self.cadence.due_after_step(self.step_count):
+            self._start_refresh()
         self._apply()
 
     def epoch_end(self) -> None:
-        """Per-epoch use (``interval=None``): re-analyse now and apply the new factors. With an ``interval`` set
-        this only counts the epoch."""
+        """Call at the end of every epoch: counts it, and with a per-epoch cadence (``interval=None``) re-analyses
+        now (``lag=0``) or starts the background pass."""
         self.epoch += 1
-        if self.interval is None:
-            self._refresh_safely()
+        if self.cadence.due_at_epoch_end(self.epoch):
+            self._start_refresh()
             self._apply()
 
     def _sync_groups(self, groups: list[dict]) -> None:
@@ -368,21 +438,95 @@ class TempBalance:
 
     # --- analysis ---------------------------------------------------------------------------------------------
     def refresh(self) -> Report:
-        """Analyse the weights now and apply the new factors (exceptions propagate; groups are untouched then)."""
-        report = self._compute()
+        """Analyse the weights now, synchronously, and apply the new factors (exceptions propagate; groups are
+        untouched then). A pending background pass is dropped: this one is newer."""
+        self._drop_pending()
+        start = time.perf_counter()
+        report = self._analyze(self._specs)
+        self._commit(report, started_step=self.step_count, blocking=time.perf_counter() - start)
         self._apply()
         return report
 
-    def _refresh_safely(self) -> None:
-        try:
-            self._compute()
-        except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
-            warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed "
-                          f"({type(e).__name__}: {e}); every unit keeps its factor", RuntimeWarning, stacklevel=3)
+    def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``fn(record)`` after every applied refresh with its ``history`` record (step, epoch, seconds,
+        blocking_seconds, started_step, unit_values, factors, alpha_std, failed, alphas). For loggers; an
+        exception in ``fn`` is turned into a warning so training goes on."""
+        if not callable(fn):
+            raise TypeError(f"refresh callback must be callable, got {type(fn).__name__}")
+        self._callbacks.append(fn)
 
-    def _compute(self) -> Report:
+    def _analyze(self, specs: list[MatrixSpec]) -> Report:
+        if self._dist is not None:
+            return self._dist.analyze_specs(specs, **self.analysis_options)
+        return analysis.analyze_specs(specs, **self.analysis_options)
+
+    def _start_refresh(self) -> None:
+        """A refresh is due: synchronous with ``lag=0``, else snapshot + background pass due ``lag`` steps on."""
+        if not self.lag:
+            start = time.perf_counter()
+            try:
+                report = self._analyze(self._specs)
+                self._commit(report, started_step=self.step_count, blocking=time.perf_counter() - start)
+            except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
+                self._warn_failed(e)
+            return
+        if self._pending is not None:
+            self.skipped_refreshes.append(self.step_count)  # deterministic: depends on step counts only
+            return
         start = time.perf_counter()
-        report = analysis.analyze_specs(self._specs, **self.analysis_options)
+        try:
+            snapshot = _snapshot(self._specs)
+        except Exception as e:  # noqa: BLE001
+            self._warn_failed(e)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
+        future = self._executor.submit(self._analyze, snapshot)
+        self._pending = _PendingPass(self.step_count, self.step_count + self.lag, future,
+                                     time.perf_counter() - start)
+
+    def _collect_due(self) -> None:
+        """Apply the background pass due at this step, waiting for it if it has not finished."""
+        p = self._pending
+        if p is None or self.step_count < p.due_step:
+            return
+        start = time.perf_counter()
+        self._pending = None
+        try:
+            report = p.future.result()
+            self._commit(report, started_step=p.started_step,
+                         blocking=p.snapshot_seconds + time.perf_counter() - start)
+        except Exception as e:  # noqa: BLE001
+            self._warn_failed(e)
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.future.cancel()
+            self._pending = None
+
+    def wait(self) -> None:
+        """Block until a pending background pass has finished (it is still applied at its due step)."""
+        if self._pending is not None:
+            wait([self._pending.future])
+
+    def close(self) -> None:
+        """Drop a pending pass and stop the background thread (also done when the object is collected)."""
+        self._drop_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __del__(self) -> None:
+        ex = getattr(self, "_executor", None)
+        if ex is not None:
+            ex.shutdown(wait=False)
+
+    def _warn_failed(self, e: BaseException) -> None:
+        warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed ({type(e).__name__}: {e}); "
+                      "every unit keeps its factor", RuntimeWarning, stacklevel=4)
+
+    def _commit(self, report: Report, *, started_step: int, blocking: float) -> None:
+        """Map a finished pass to factors and commit them (all computed before anything changes)."""
         rows = report.rows
         if [r.name for r in rows] != [s.name for s in self._specs]:
             raise RuntimeError("analysis returned rows that do not match the analysed matrices")
@@ -401,25 +545,37 @@ class TempBalance:
         new = {u: (self._factors.get(u, 1.0) if u in failed else float(factors[k])) for k, u in enumerate(self.units)}
         if not all(math.isfinite(f) and f > 0 for f in new.values()):
             raise RuntimeError(f"non-finite or non-positive factors {new}")
+        if self._dist is not None:
+            self._dist.check_identical(new, step=self.step_count)
         # all computed: commit
+        previous = self._unit_values
         self._factors = new
         self._unit_values = {u: (self._unit_values.get(u, math.nan) if u in failed else float(means[k]))
                              for k, u in enumerate(self.units)}
         self._alphas = {r.name: float(r.alpha) for r in rows}
         ok = np.array([r.alpha for r in rows if r.ok and math.isfinite(r.alpha)], dtype=np.float64)
         self._alpha_std = float(ok.std()) if ok.size else math.nan
-        seconds = time.perf_counter() - start
-        self.spectral_seconds += seconds
+        self.spectral_seconds += report.seconds
+        self.blocking_seconds += blocking
         self.last_report = report
-        self.history.append(dict(step=self.step_count, epoch=self.epoch, seconds=seconds,
-                                 unit_values=dict(self._unit_values), factors=dict(new), alpha_std=self._alpha_std,
-                                 failed=sorted(failed)))
+        record = dict(step=self.step_count, epoch=self.epoch, started_step=started_step, seconds=report.seconds,
+                      blocking_seconds=blocking, unit_values=dict(self._unit_values), factors=dict(new),
+                      alpha_std=self._alpha_std, failed=sorted(failed), alphas=dict(self._alphas))
+        self.history.append(record)
+        drift = [abs(self._unit_values[u] - previous[u]) for u in self.units
+                 if math.isfinite(self._unit_values[u]) and math.isfinite(previous.get(u, math.nan))]
+        self.cadence.observe(self.step_count, max(drift) if drift else math.nan)
         if failed:
             reasons = "; ".join(r for rs in failed.values() for r in rs[:2])
             warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
                           f"{sorted(failed)} ({reasons}); they keep their previous factor", RuntimeWarning,
                           stacklevel=4)
-        return report
+        for fn in self._callbacks:
+            try:
+                fn(record)
+            except Exception as e:  # noqa: BLE001 - a logger must not stop training
+                warnings.warn(f"TempBalance: refresh callback {getattr(fn, '__name__', fn)!r} raised "
+                              f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=4)
 
     # --- read access ------------------------------------------------------------------------------------------
     @property
@@ -458,14 +614,17 @@ class TempBalance:
     # --- checkpointing ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly, the base scheduler's state included (plain Python + tensors,
-        loadable with ``torch.load(weights_only=True)``)."""
+        loadable with ``torch.load(weights_only=True)``). A pending background pass is waited for and saved with
+        its due step, so the resumed run applies it at the same step."""
         return dict(
             version=_STATE_VERSION, step_count=self.step_count, epoch=self.epoch, unit=self.unit,
             metric=self.metric, target=self.target, base=list(self._base), base_wd=list(self._base_wd),
             written=list(self._written), factors=dict(self._factors), unit_values=dict(self._unit_values),
             alphas=dict(self._alphas), alpha_std=self._alpha_std, group_units=list(self._group_units),
             fingerprint=[list(x) for x in self._fingerprint], spectral_seconds=self.spectral_seconds,
-            history=copy.deepcopy(self.history),
+            blocking_seconds=self.blocking_seconds, history=copy.deepcopy(self.history),
+            cadence=self.cadence.state_dict(), lag=self.lag, pending=self._pending_state(),
+            skipped_refreshes=list(self.skipped_refreshes),
             base_scheduler=self.base_scheduler.state_dict() if self.base_scheduler is not None else None,
         )
 
@@ -475,7 +634,7 @@ class TempBalance:
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"not a TempBalance state_dict of version {_STATE_VERSION}")
         self._check_fingerprint(state["fingerprint"])
-        for key, mine in (("unit", self.unit), ("metric", self.metric), ("target", self.target)):
+        for key, mine in (("unit", self.unit), ("metric", self.metric), ("target", self.target), ("lag", self.lag)):
             if state[key] != mine:
                 raise ValueError(f"TempBalance.load_state_dict: saved with {key}={state[key]!r}, this object has "
                                  f"{key}={mine!r}")
@@ -496,8 +655,29 @@ class TempBalance:
         self._unit_values = dict(state["unit_values"])
         self._alphas, self._alpha_std = dict(state["alphas"]), float(state["alpha_std"])
         self.spectral_seconds = float(state["spectral_seconds"])
+        self.blocking_seconds = float(state["blocking_seconds"])
         self.history = copy.deepcopy(list(state["history"]))
+        self.cadence.load_state_dict(state["cadence"])
+        self.skipped_refreshes = [int(x) for x in state["skipped_refreshes"]]
+        self._drop_pending()
+        if state["pending"] is not None:
+            p = state["pending"]
+            future: Future = Future()
+            future.set_result(_report_from_state(p["report"]))
+            self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]), future, 0.0)
         self._apply()
+
+    def _pending_state(self) -> dict[str, Any] | None:
+        p = self._pending
+        if p is None:
+            return None
+        try:
+            report = p.future.result()
+        except Exception as e:  # noqa: BLE001 - it fails the same way at its due step; nothing to resume
+            self._pending = None
+            self._warn_failed(e)
+            return None
+        return dict(started_step=p.started_step, due_step=p.due_step, report=_report_state(report))
 
     def _check_fingerprint(self, saved: list) -> None:
         mine = {n: tuple(s) for n, s in self._fingerprint}

@@ -46,15 +46,14 @@ def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int,
 
 
 class TempBalanceCallback(TrainerCallback):
-    """Optional companion: per-epoch re-analysis (``interval=None``: ``tb.epoch_end()`` at each epoch's end) and
+    """Optional companion: ``tb.epoch_end()`` at each epoch's end (a per-epoch cadence, ``interval=None``, re-analyses there) and
     TempBalance's numbers in the Trainer's logs (``tb/alpha_std``, ``tb/factor_min``, ``tb/factor_max``)."""
 
     def __init__(self, tb: TempBalance):
         self.tb = tb
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.tb.interval is None:
-            self.tb.epoch_end()
+        self.tb.epoch_end()  # refreshes when the cadence is per epoch, else only counts the epoch
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:

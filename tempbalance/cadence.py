@@ -1,0 +1,119 @@
+"""When TempBalance re-analyses the weights (SPEC §4): every N steps, every epoch, or adaptively.
+
+A cadence is asked after every optimizer step (:meth:`Cadence.due_after_step`) and at every epoch end
+(:meth:`Cadence.due_at_epoch_end`), and is told what each refresh found (:meth:`Cadence.observe`), so an adaptive
+cadence can space refreshes out while the alphas hold still. Cadences are deterministic (they never look at the
+clock), so a resumed run refreshes at the same steps as an uninterrupted one; their state is in ``state_dict``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class Cadence:
+    """Base class: never refreshes after the initial analysis."""
+
+    per_epoch = False
+
+    def due_after_step(self, step: int) -> bool:
+        """``step``: optimizer steps taken so far (1 after the first). True = analyse now."""
+        return False
+
+    def due_at_epoch_end(self, epoch: int) -> bool:
+        """``epoch``: epochs completed so far. True = analyse now."""
+        return False
+
+    def observe(self, step: int, drift: float) -> None:
+        """A refresh at ``step`` was applied; ``drift`` = the largest change of a unit's mean alpha (metric) since
+        the refresh before it (NaN for the first)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class EveryN(Cadence):
+    """Every ``n`` optimizer steps."""
+
+    def __init__(self, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"interval must be None (per epoch), 'adaptive', a Cadence or an integer >= 1, got {n!r}")
+        self.n = n
+
+    def due_after_step(self, step: int) -> bool:
+        return step % self.n == 0
+
+    def describe(self) -> str:
+        return f"every {self.n} steps"
+
+
+class PerEpoch(Cadence):
+    """At every :meth:`TempBalance.epoch_end` (the papers' cadence for fine-tuning)."""
+
+    per_epoch = True
+
+    def due_at_epoch_end(self, epoch: int) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "every epoch"
+
+
+class Adaptive(Cadence):
+    """Refresh often while the alphas move, rarely once they settle.
+
+    Starts at ``start`` steps between refreshes. After each refresh the interval doubles (up to ``max``) if no
+    unit's mean alpha moved more than ``tol / 2`` since the previous refresh, and halves (down to ``min``) if one
+    moved more than ``tol``. The result: the factors lag the weights by roughly ``tol`` in alpha at most, at the
+    smallest number of passes that keeps them there.
+    """
+
+    def __init__(self, start: int = 10, *, min: int = 1, max: int = 1000, tol: float = 0.02):  # noqa: A002
+        for arg, v in (("start", start), ("min", min), ("max", max)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Adaptive: {arg} must be an integer >= 1, got {v!r}")
+        if not min <= start <= max:
+            raise ValueError(f"Adaptive: need min <= start <= max, got {min}, {start}, {max}")
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"Adaptive: tol must be a finite number > 0, got {tol!r}")
+        self.min, self.max, self.tol = min, max, float(tol)
+        self.interval = start
+        self.next_step = start
+
+    def due_after_step(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def observe(self, step: int, drift: float) -> None:
+        if math.isfinite(drift):
+            if drift <= self.tol / 2:
+                self.interval = min(2 * self.interval, self.max)
+            elif drift > self.tol:
+                self.interval = max(self.interval // 2, self.min)
+        self.next_step = step + self.interval
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(interval=self.interval, next_step=self.next_step)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.interval, self.next_step = int(state["interval"]), int(state["next_step"])
+
+    def describe(self) -> str:
+        return f"adaptive (now every {self.interval} steps, tol {self.tol:g} in alpha)"
+
+
+def as_cadence(interval: Any) -> Cadence:
+    """``None`` or ``"epoch"`` -> :class:`PerEpoch`; an int -> :class:`EveryN`; ``"adaptive"`` ->
+    :class:`Adaptive` with its defaults; a :class:`Cadence` is used as is."""
+    if isinstance(interval, Cadence):
+        return interval
+    if interval is None or interval == "epoch":
+        return PerEpoch()
+    if interval == "adaptive":
+        return Adaptive()
+    return EveryN(interval)
