@@ -6,7 +6,8 @@
 Regime: 16 examples, batch 4, sequence 64, 10 epochs (4 steps an epoch), AdamW. Runs, in this order (``--arms``):
 plain; TempBalance refreshing every epoch (synchronous); every epoch with the pass in a background thread
 (``lag=2``: applied two steps later); every step (synchronous); ``Adaptive`` cadence (starts every step, doubles
-while no unit's alpha moved more than 0.01); and plain again (the plain time is then the mean of the two, which
+while no unit's alpha moved more than 0.01); ``Budget(0.05)`` (refreshes spaced so that the measured pass time
+stays under 5% of the measured training time); and plain again (the plain time is then the mean of the two, which
 brackets drift from other load on the machine). The TempBalance wall time includes building it (its first spectral
 pass, always synchronous). Reported: overhead in % of the plain run, TempBalance's own ``spectral_seconds`` and
 the estimated overhead of the reference way (one per-layer ``svdvals`` pass, timed here, times the number of
@@ -26,7 +27,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402
 
-from tempbalance.cadence import Adaptive  # noqa: E402
+from tempbalance.cadence import Adaptive, Budget  # noqa: E402
 from tempbalance.scheduler import TempBalance  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,6 +66,7 @@ ARMS = {  # name -> TempBalance keyword arguments (None: no TempBalance)
     "epoch_bg": dict(interval=None, lag=2),
     "step": dict(interval=1),
     "adaptive": dict(interval="adaptive"),
+    "budget": dict(interval="budget"),
     "plain2": None,
 }
 
@@ -81,6 +83,8 @@ def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> 
         kw = dict(ARMS[mode])
         if kw.get("interval") == "adaptive":
             kw["interval"] = Adaptive(1, tol=0.01)
+        elif kw.get("interval") == "budget":
+            kw["interval"] = Budget(0.05, start=4)
         tb = TempBalance(model, opt, **kw)
     losses = []
     for _ in range(epochs):

@@ -8,6 +8,7 @@ Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report
 """
 from . import _native
 from .analysis import analyze, analyze_specs
+from .cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
 from .hill import alpha_hill
 from .regularizers import SpectralNormRegularizer
 from .report import LayerResult, Report
@@ -24,5 +25,6 @@ def native_available() -> bool:
 
 __all__ = [
     "esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult", "TempBalance",
-    "SpectralNormRegularizer", "native_available", "__version__",
+    "SpectralNormRegularizer", "native_available", "Cadence", "EveryN", "PerEpoch", "Adaptive", "Budget",
+    "__version__",
 ]

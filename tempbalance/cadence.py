@@ -1,9 +1,11 @@
 """When TempBalance re-analyses the weights (SPEC §4): every N steps, every epoch, or adaptively.
 
 A cadence is asked after every optimizer step (:meth:`Cadence.due_after_step`) and at every epoch end
-(:meth:`Cadence.due_at_epoch_end`), and is told what each refresh found (:meth:`Cadence.observe`), so an adaptive
-cadence can space refreshes out while the alphas hold still. Cadences are deterministic (they never look at the
-clock), so a resumed run refreshes at the same steps as an uninterrupted one; their state is in ``state_dict``.
+(:meth:`Cadence.due_at_epoch_end`), and is told what each refresh found and cost (:meth:`Cadence.observe`), so an
+adaptive cadence can space refreshes out while the alphas hold still (:class:`Adaptive`) or keep the spectral
+work within a share of the training time (:class:`Budget`). All but :class:`Budget` are deterministic (they never
+look at the clock), so a resumed run refreshes at the same steps as an uninterrupted one; every cadence's state
+is in ``state_dict``.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ class Cadence:
         """``epoch``: epochs completed so far. True = analyse now."""
         return False
 
-    def observe(self, step: int, drift: float) -> None:
-        """A refresh at ``step`` was applied; ``drift`` = the largest change of a unit's mean alpha (metric) since
-        the refresh before it (NaN for the first)."""
+    def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
+                step_seconds: float = math.nan) -> None:
+        """A refresh at ``step`` was applied. ``drift``: the largest change of a unit's mean alpha (metric) since
+        the refresh before it (NaN for the first); ``blocking_seconds``: what it held the training loop up;
+        ``step_seconds``: the mean wall time of a training step since the refresh before it (NaN if unknown)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -89,7 +93,8 @@ class Adaptive(Cadence):
     def due_after_step(self, step: int) -> bool:
         return step >= self.next_step
 
-    def observe(self, step: int, drift: float) -> None:
+    def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
+                step_seconds: float = math.nan) -> None:
         if math.isfinite(drift):
             if drift <= self.tol / 2:
                 self.interval = min(2 * self.interval, self.max)
@@ -105,6 +110,49 @@ class Adaptive(Cadence):
 
     def describe(self) -> str:
         return f"adaptive (now every {self.interval} steps, tol {self.tol:g} in alpha)"
+
+
+class Budget(Cadence):
+    """Keep the spectral work at most ``max_overhead`` of the training time.
+
+    After each refresh the next one is placed ``ceil(blocking / (max_overhead * step_seconds))`` steps later
+    (within ``[min, max]``), where ``blocking`` is what the refresh held the loop up and ``step_seconds`` the mean
+    measured step time since the previous refresh; until a step time is known the interval is ``start``. The
+    steps at which refreshes happen depend on measured times, so two runs need not refresh at the same steps
+    (a resumed run continues from the saved interval).
+    """
+
+    def __init__(self, max_overhead: float = 0.05, *, start: int = 10, min: int = 1,  # noqa: A002
+                 max: int = 100_000):  # noqa: A002
+        if not (isinstance(max_overhead, (int, float)) and 0 < max_overhead <= 1):
+            raise ValueError(f"Budget: max_overhead must be a number in (0, 1], got {max_overhead!r}")
+        for arg, v in (("start", start), ("min", min), ("max", max)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Budget: {arg} must be an integer >= 1, got {v!r}")
+        if not min <= start <= max:
+            raise ValueError(f"Budget: need min <= start <= max, got {min}, {start}, {max}")
+        self.max_overhead, self.min, self.max = float(max_overhead), min, max
+        self.interval = start
+        self.next_step = start
+
+    def due_after_step(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
+                step_seconds: float = math.nan) -> None:
+        if math.isfinite(blocking_seconds) and math.isfinite(step_seconds) and step_seconds > 0:
+            steps = math.ceil(blocking_seconds / (self.max_overhead * step_seconds))
+            self.interval = int(min(max(steps, self.min), self.max))
+        self.next_step = step + self.interval
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(interval=self.interval, next_step=self.next_step)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.interval, self.next_step = int(state["interval"]), int(state["next_step"])
+
+    def describe(self) -> str:
+        return f"budget {100 * self.max_overhead:g}% of training time (now every {self.interval} steps)"
 
 
 def as_cadence(interval: Any) -> Cadence:

@@ -153,8 +153,9 @@ class TempBalance:
             ``min_eigs=None`` = the adapter's default.
         interval: when to re-analyse (always also once at construction): an integer = every ``interval`` calls
             of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end`; ``"adaptive"`` or a
-            :class:`~tempbalance.cadence.Adaptive` = often while the alphas move, rarely once they settle; any
-            :class:`~tempbalance.cadence.Cadence`.
+            :class:`~tempbalance.cadence.Adaptive` = often while the alphas move, rarely once they settle;
+            :class:`~tempbalance.cadence.Budget` = as often as keeps the spectral work under a share of the
+            training time; any :class:`~tempbalance.cadence.Cadence`.
         lag: ``0`` = analyse synchronously inside :meth:`step` / :meth:`epoch_end`. ``k >= 1`` = copy the weights
             then, analyse the copy in a background thread while training goes on, and apply its factors exactly
             ``k`` steps later (waiting only if the pass has not finished by then). Runs stay deterministic: the
@@ -278,6 +279,7 @@ class TempBalance:
         self._pending: _PendingPass | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._last_commit = (0, time.perf_counter())  # (step, clock) of the last applied refresh, for Budget
         self.refresh()
 
     # --- setup ------------------------------------------------------------------------------------------------
@@ -564,7 +566,12 @@ class TempBalance:
         self.history.append(record)
         drift = [abs(self._unit_values[u] - previous[u]) for u in self.units
                  if math.isfinite(self._unit_values[u]) and math.isfinite(previous.get(u, math.nan))]
-        self.cadence.observe(self.step_count, max(drift) if drift else math.nan)
+        now = time.perf_counter()
+        steps = self.step_count - self._last_commit[0]
+        step_seconds = max(now - self._last_commit[1] - blocking, 0.0) / steps if steps > 0 else math.nan
+        self._last_commit = (self.step_count, now)
+        self.cadence.observe(self.step_count, max(drift) if drift else math.nan, blocking_seconds=blocking,
+                             step_seconds=step_seconds)
         if failed:
             reasons = "; ".join(r for rs in failed.values() for r in rs[:2])
             warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
@@ -658,6 +665,7 @@ class TempBalance:
         self.blocking_seconds = float(state["blocking_seconds"])
         self.history = copy.deepcopy(list(state["history"]))
         self.cadence.load_state_dict(state["cadence"])
+        self._last_commit = (self.step_count, time.perf_counter())
         self.skipped_refreshes = [int(x) for x in state["skipped_refreshes"]]
         self._drop_pending()
         if state["pending"] is not None:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tempbalance.cadence import Adaptive, EveryN, PerEpoch, as_cadence
+from tempbalance.cadence import Adaptive, Budget, EveryN, PerEpoch, as_cadence
 
 
 def test_every_n_and_per_epoch():
@@ -56,3 +56,22 @@ def test_adaptive_doubles_while_still_halves_when_moving():
 def test_adaptive_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         Adaptive(**kw)
+
+
+def test_budget_places_the_next_refresh_by_measured_cost():
+    c = Budget(0.1, start=3, min=2, max=50)
+    assert [s for s in range(1, 4) if c.due_after_step(s)] == [3]
+    c.observe(3, math.nan)                                       # no timing yet: keep start
+    assert (c.interval, c.next_step) == (3, 6)
+    c.observe(6, 0.0, blocking_seconds=0.5, step_seconds=1.0)    # 0.5 / (0.1 * 1.0) = 5 steps
+    assert (c.interval, c.next_step) == (5, 11)
+    c.observe(11, 0.0, blocking_seconds=0.01, step_seconds=1.0)  # 0.1 -> 1 step, floored at min
+    assert c.interval == 2
+    c.observe(13, 0.0, blocking_seconds=100.0, step_seconds=1.0)  # capped at max
+    assert c.interval == 50
+    d = Budget(0.1, start=3, min=2, max=50)
+    d.load_state_dict(c.state_dict())
+    assert (d.interval, d.next_step) == (50, 63)
+    for bad in (dict(max_overhead=0), dict(max_overhead=1.5), dict(start=0), dict(start=9, max=5)):
+        with pytest.raises(ValueError, match="Budget"):
+            Budget(**bad)

@@ -216,3 +216,32 @@ def test_chunk_bytes_bounds_the_pass_without_changing_it():
     assert small.alphas == pytest.approx(whole.alphas, nan_ok=True) and small.factors == whole.factors
     with pytest.raises(ValueError, match="chunk_bytes"):
         TempBalance(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1), chunk_bytes=0, **KW)
+
+
+def test_budget_cadence_spaces_refreshes_by_measured_step_and_pass_time(monkeypatch):
+    """A fake clock: every training step takes 1.0 s, every pass 0.5 s -> at most 10% overhead = a refresh every
+    5 steps."""
+    import tempbalance.scheduler as sched_mod
+    from tempbalance.cadence import Budget
+
+    clock = [0.0]
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+    real = analysis.analyze_specs
+
+    def timed_analyze(*a, **k):
+        clock[0] += 0.5
+        return real(*a, **k)
+    monkeypatch.setattr(sched_mod, "time", FakeTime)
+    monkeypatch.setattr(analysis, "analyze_specs", timed_analyze)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    tb = TempBalance(model, opt, interval=Budget(0.1, start=2), **KW)
+    for _ in range(20):
+        clock[0] += 1.0
+        tb.step()
+    assert [h["step"] for h in tb.history] == [0, 2, 7, 12, 17]
+    assert all(h["blocking_seconds"] == 0.5 for h in tb.history)
