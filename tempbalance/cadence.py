@@ -69,7 +69,34 @@ class PerEpoch(Cadence):
         return "every epoch"
 
 
-class Adaptive(Cadence):
+class _Spaced(Cadence):
+    """A cadence that places each next refresh ``interval`` steps after the last one, within ``[min, max]``."""
+
+    def __init__(self, name: str, start: int, lo: int, hi: int):
+        for arg, v in (("start", start), ("min", lo), ("max", hi)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: {arg} must be an integer >= 1, got {v!r}")
+        if not lo <= start <= hi:
+            raise ValueError(f"{name}: need min <= start <= max, got {lo}, {start}, {hi}")
+        self.min, self.max = lo, hi
+        self.interval = start
+        self.next_step = start
+
+    def due_after_step(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def _place_next(self, step: int, interval: int) -> None:
+        self.interval = int(min(max(interval, self.min), self.max))
+        self.next_step = step + self.interval
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(interval=self.interval, next_step=self.next_step)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.interval, self.next_step = int(state["interval"]), int(state["next_step"])
+
+
+class Adaptive(_Spaced):
     """Refresh often while the alphas move, rarely once they settle.
 
     Starts at ``start`` steps between refreshes. After each refresh the interval doubles (up to ``max``) if no
@@ -79,40 +106,26 @@ class Adaptive(Cadence):
     """
 
     def __init__(self, start: int = 10, *, min: int = 1, max: int = 1000, tol: float = 0.02):  # noqa: A002
-        for arg, v in (("start", start), ("min", min), ("max", max)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"Adaptive: {arg} must be an integer >= 1, got {v!r}")
-        if not min <= start <= max:
-            raise ValueError(f"Adaptive: need min <= start <= max, got {min}, {start}, {max}")
+        super().__init__("Adaptive", start, min, max)
         if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
             raise ValueError(f"Adaptive: tol must be a finite number > 0, got {tol!r}")
-        self.min, self.max, self.tol = min, max, float(tol)
-        self.interval = start
-        self.next_step = start
-
-    def due_after_step(self, step: int) -> bool:
-        return step >= self.next_step
+        self.tol = float(tol)
 
     def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
                 step_seconds: float = math.nan) -> None:
+        interval = self.interval
         if math.isfinite(drift):
             if drift <= self.tol / 2:
-                self.interval = min(2 * self.interval, self.max)
+                interval = 2 * interval
             elif drift > self.tol:
-                self.interval = max(self.interval // 2, self.min)
-        self.next_step = step + self.interval
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(interval=self.interval, next_step=self.next_step)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.interval, self.next_step = int(state["interval"]), int(state["next_step"])
+                interval = interval // 2
+        self._place_next(step, interval)
 
     def describe(self) -> str:
         return f"adaptive (now every {self.interval} steps, tol {self.tol:g} in alpha)"
 
 
-class Budget(Cadence):
+class Budget(_Spaced):
     """Keep the spectral work at most ``max_overhead`` of the training time.
 
     After each refresh the next one is placed ``ceil(blocking / (max_overhead * step_seconds))`` steps later
@@ -124,32 +137,17 @@ class Budget(Cadence):
 
     def __init__(self, max_overhead: float = 0.05, *, start: int = 10, min: int = 1,  # noqa: A002
                  max: int = 100_000):  # noqa: A002
+        super().__init__("Budget", start, min, max)
         if not (isinstance(max_overhead, (int, float)) and 0 < max_overhead <= 1):
             raise ValueError(f"Budget: max_overhead must be a number in (0, 1], got {max_overhead!r}")
-        for arg, v in (("start", start), ("min", min), ("max", max)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"Budget: {arg} must be an integer >= 1, got {v!r}")
-        if not min <= start <= max:
-            raise ValueError(f"Budget: need min <= start <= max, got {min}, {start}, {max}")
-        self.max_overhead, self.min, self.max = float(max_overhead), min, max
-        self.interval = start
-        self.next_step = start
-
-    def due_after_step(self, step: int) -> bool:
-        return step >= self.next_step
+        self.max_overhead = float(max_overhead)
 
     def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
                 step_seconds: float = math.nan) -> None:
+        interval = self.interval
         if math.isfinite(blocking_seconds) and math.isfinite(step_seconds) and step_seconds > 0:
-            steps = math.ceil(blocking_seconds / (self.max_overhead * step_seconds))
-            self.interval = int(min(max(steps, self.min), self.max))
-        self.next_step = step + self.interval
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(interval=self.interval, next_step=self.next_step)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.interval, self.next_step = int(state["interval"]), int(state["next_step"])
+            interval = math.ceil(blocking_seconds / (self.max_overhead * step_seconds))
+        self._place_next(step, interval)
 
     def describe(self) -> str:
         return f"budget {100 * self.max_overhead:g}% of training time (now every {self.interval} steps)"
