@@ -315,7 +315,8 @@ def run_config(set_name, spec, dtype, threads, methods, reps, device, ref_by_sha
     return res
 
 
-def plan(smoke: bool, device: str, full_llama: bool, all_configs: bool) -> list[tuple[str, torch.dtype, int, int, bool, list[str]]]:
+def plan(smoke: bool, device: str, full_llama: bool, all_configs: bool,
+         headline_only: bool = False) -> list[tuple[str, torch.dtype, int, int, bool, list[str]]]:
     """(set, dtype, threads, reps, reference estimated per shape, methods) for every configuration."""
     cpu = [m for m in METHODS if device == "cpu" or m not in NATIVE]
     out = []
@@ -326,6 +327,8 @@ def plan(smoke: bool, device: str, full_llama: bool, all_configs: bool) -> list[
                 big = set_name == "llama7b-block" and not smoke
                 if not (smoke or all_configs or headline or set_name == "roberta-base"):
                     continue  # full mode: every set at the headline config, RoBERTa at all four
+                if headline_only and not headline:
+                    continue
                 if big and not headline and not full_llama:
                     continue  # minutes per repetition on 2 cores; --full-llama runs it
                 reps = 2 if smoke else 1 if big else 3 if headline else 1
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-llama", action="store_true", help="also the LLaMA block at float64 / 1 thread (slow)")
     p.add_argument("--all-configs", action="store_true",
                    help="every set at float32/float64 x 1/2 threads (default: RoBERTa at all four, others float32/2)")
+    p.add_argument("--headline-only", action="store_true", help="only float32 / 2 threads, for every set")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/esd_cost[_smoke].json)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -379,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     sets = shape_sets(a.smoke)
     results = []
-    for set_name, dtype, threads, reps, big, methods in plan(a.smoke, a.device, a.full_llama, a.all_configs):
+    for set_name, dtype, threads, reps, big, methods in plan(a.smoke, a.device, a.full_llama, a.all_configs, a.headline_only):
         methods = [m for m in methods if m in METHODS]
         r = run_config(set_name, sets[set_name], dtype, threads, methods, reps, a.device, big, 512 if a.smoke else 2048)
         if set_name == "llama7b-block":

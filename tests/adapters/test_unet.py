@@ -72,3 +72,14 @@ def test_plain_unet_detected_by_name():
     bn = {id(p) for p in m.down[1].parameters()}
     assert [u for g, u in zip(tb2.optimizer.param_groups, tb2.group_units) if {id(p) for p in g["params"]} & bn] \
         == ["down"]
+
+
+def test_narrow_1d_unet_layers_are_tuned_by_default():
+    """A 16-channel kernel-3 Conv1d pools 3 x 16 = 48 eigenvalues: above the UNet adapter's minimum (32)."""
+    from tempbalance import analyze
+
+    torch.manual_seed(0)
+    m = BasicUNet(spatial_dims=1, in_channels=1, out_channels=1, features=(16, 16, 32, 64, 128, 16))
+    rep = analyze(m, backend="torch")
+    narrow = [r for r in rep.rows if r.n_eigs == 48]
+    assert narrow and all(r.ok for r in narrow), [(r.name, r.status) for r in narrow]
