@@ -63,22 +63,58 @@ if command -v cuobjdump >/dev/null; then
   say "SASS: $(cuobjdump --list-elf "$SO" | grep -o 'sm_[0-9]*' | sort -u | tr '\n' ' ' || true)"
 fi
 
-# 4. Import without a GPU and the host-side tests against this build.
-TEMPBALANCE_CORE_CUDA="$SO" "$PY" -m pytest -q "$ROOT/tests/test_cuda_build.py" -p no:cacheprovider
+# 4. Import without a GPU and the host-side tests against this build. Run from $WORK, not $ROOT: `python -m`
+#    puts the working directory first on sys.path, and from $ROOT `import tempbalance` would pick up the source
+#    tree, which has no compiled `_core` (the installed package has), so the planning tests used to skip (13 of
+#    18). With TEMPBALANCE_CORE_CUDA set, test_cuda_build.py now fails instead of skipping when `_core` is missing.
+(cd "$WORK" && TEMPBALANCE_CORE_CUDA="$SO" "$PY" -m pytest -q -rs -p no:cacheprovider \
+  "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_backend.py" | tee "$WORK/pytest.log")
+if grep -q "skipped" "$WORK/pytest.log" && ! grep -q "a CUDA device is present" "$WORK/pytest.log"; then
+  say "FAIL: tests were skipped in the CUDA check (see above)"; exit 1
+fi
+
+# dlopen + dlsym every entry point through the built module's own loader: resolve_all <cuda major> <dir>...
+resolve_all() {
+  "$PY" - "$SO" "$@" <<'PYEOF'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("tempbalance._core_cuda", sys.argv[1])
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+got = m.load(int(sys.argv[2]), sys.argv[3:])
+assert got["batched"], got
+print("[check_cuda] ok: all entry points resolve in", got["cusolver"], "and", got["cublas"])
+PYEOF
+}
 
 # 5. Resolve every entry point in the real cuSOLVER/cuBLAS of the PyPI wheels (dlopen + dlsym need no GPU).
 #    Only with the throwaway header venv (it gets cuSOLVER's own dependencies, ~0.3 GB); CUDA_LOAD_CHECK=0 skips.
 if [ -z "${TEMPBALANCE_CUDA_INCLUDE:-}" ] && [ "${CUDA_LOAD_CHECK:-1}" = 1 ]; then
   "$WORK/hdr/bin/pip" install -q --no-deps nvidia-cusparse nvidia-nvjitlink
   LIBDIR="$(dirname "$INC")/lib"
-  "$PY" - "$SO" "$LIBDIR" <<'PYEOF'
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("tempbalance._core_cuda", sys.argv[1])
-m = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(m)
-got = m.load(13, [sys.argv[2]])
-assert got["batched"], got
-print("[check_cuda] ok: all entry points resolve in", got["cusolver"], "and", got["cublas"])
-PYEOF
+  resolve_all 13 "$LIBDIR"
+fi
+
+# 6. The wheel a release build makes (TEMPBALANCE_CUDA=ON): it carries `_core_cuda`, installs into a fresh venv
+#    and passes the wheel smoke test there (the CUDA core imports and says why it cannot run). WHEEL_CHECK=0 skips.
+if [ "${WHEEL_CHECK:-1}" = 1 ]; then
+  rm -rf "$WORK/dist" "$WORK/wheelenv"
+  "$PY" -m pip wheel -q --no-deps -w "$WORK/dist" -C cmake.define.TEMPBALANCE_CUDA=ON \
+    -C cmake.define.TEMPBALANCE_CUDA_INCLUDE="$INC" -C build-dir="$WORK/wheel-build" "$ROOT" >"$WORK/wheel.log" 2>&1 \
+    || { tail -30 "$WORK/wheel.log"; say "FAIL: CUDA wheel build"; exit 1; }
+  WHL="$(ls "$WORK"/dist/tempbalance-*.whl)"
+  "$PY" -m zipfile -l "$WHL" | grep -q "tempbalance/_core_cuda" || { say "FAIL: $WHL has no _core_cuda"; exit 1; }
+  "$PY" -m venv "$WORK/wheelenv"
+  "$WORK/wheelenv/bin/python" -m pip install -q torch==2.13.0 "$WHL"
+  TB_EXPECT_CUDA_BUILT=1 bash "$ROOT/scripts/wheel_smoke.sh" --installed "$WORK/wheelenv/bin/python"
+  say "ok: CUDA wheel $(basename "$WHL") ($(du -k "$WHL" | cut -f1) kB) installs and smoke-tests"
+fi
+
+# 7. (opt-in, CUDA12_LOAD_CHECK=1, ~1.5 GB) The same against the CUDA 12 wheels the `[cu12]` extra installs, whose
+#    libraries sit in one directory per package: checks that cuSOLVER's dependencies are found (preloaded).
+if [ "${CUDA12_LOAD_CHECK:-0}" = 1 ]; then
+  [ -d "$WORK/cu12" ] || "$PY" -m venv "$WORK/cu12"
+  "$WORK/cu12/bin/pip" install -q "nvidia-cusolver-cu12>=11.7.1" "nvidia-cublas-cu12>=12.6"
+  NV="$(ls -d "$WORK"/cu12/lib/python3*/site-packages/nvidia)"
+  resolve_all 12 "$NV/cusolver/lib" "$NV/cublas/lib" "$NV/cusparse/lib" "$NV/nvjitlink/lib"
 fi
 say "passed"

@@ -78,16 +78,38 @@ py::list gram_eigvalsh(const py::list& mats, const std::vector<int64_t>& top, in
   return out;
 }
 
+// A per-spectrum option: one number for every spectrum, or one per spectrum (an empty sequence: `fallback` for all).
+// Raises ValueError naming the argument when the length is neither.
+template <class T>
+std::vector<T> per_spectrum(const py::object& value, std::size_t n, T fallback, const char* arg) {
+  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(value);
+  if (!a) throw py::value_error(std::string(arg) + " must be a number or a sequence of numbers");
+  if (a.ndim() == 0) return std::vector<T>(n, *a.data());
+  if (a.ndim() == 1 && a.shape(0) == 0) return std::vector<T>(n, fallback);
+  if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != n)
+    throw py::value_error(std::string(arg) + " must be one number or one per spectrum (" + std::to_string(n) +
+                          "), got " + std::to_string(a.ndim()) + "-d of size " + std::to_string(a.size()));
+  return std::vector<T>(a.data(), a.data() + n);
+}
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
 py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const std::string& xmin_rule,
-                                 bool filter_zeros, double zero_tol, double zero_rel, double zero_rtol,
-                                 int64_t min_eigs, const std::vector<int64_t>& n_total) {
-  if (!n_total.empty() && n_total.size() != eigs.size())
-    throw py::value_error("n_total must be empty or have one entry per spectrum");
-  const tb::HillParams p = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol,
-                                           min_eigs);
-  std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>> spectra;
+                                 bool filter_zeros, const py::object& zero_tol, double zero_rel,
+                                 const py::object& zero_rtol, int64_t min_eigs, const py::object& n_total) {
+  const tb::HillParams p = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, 0.0, zero_rel, 0.0, min_eigs);
+  std::vector<CArray<double>> spectra;
   for (auto item : eigs) spectra.emplace_back(py::reinterpret_borrow<py::object>(item));
-  const auto n = static_cast<py::ssize_t>(spectra.size());
+  const std::size_t count = spectra.size();
+  const auto tol = per_spectrum<double>(zero_tol, count, 1e-5, "zero_tol");
+  const auto rtol = per_spectrum<double>(zero_rtol, count, 0.0, "zero_rtol");
+  const auto total = per_spectrum<int64_t>(n_total, count, 0, "n_total");
+  tb::HillPerSpectrum per;
+  per.zero_tol = tol.data();
+  per.zero_rtol = rtol.data();
+  per.n_total = total.data();
+  const auto n = static_cast<py::ssize_t>(count);
   py::array_t<double> out({n, static_cast<py::ssize_t>(tb::kHillColumns)});
   double* dst = out.mutable_data();
   std::vector<const double*> ptrs;
@@ -99,13 +121,47 @@ py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const st
   }
   {
     py::gil_scoped_release release;
-    for (py::ssize_t j = 0; j < n; ++j) {
-      tb::HillParams pj = p;
-      pj.n_total = n_total.empty() ? 0 : n_total[j];
-      tb::write_row(tb::hill_metrics(ptrs[j], lens[j], pj), dst + j * tb::kHillColumns);
-    }
+    for (py::ssize_t j = 0; j < n; ++j)
+      tb::write_row(tb::hill_metrics(ptrs[j], lens[j], tb::params_for(p, per, j)), dst + j * tb::kHillColumns);
   }
   return out;
+}
+
+// The CUDA core's Hill/LR kernels run on the CPU: the same tb_math.h functions over the same packed layout, so the
+// layout the Python side builds for the device is tested on machines without a GPU.
+py::tuple hill_lr_packed(const CArray<double>& eigs, const CArray<int64_t>& offsets, const CArray<int64_t>& unit_index,
+                         int64_t n_units, double xmin_pos, const std::string& xmin_rule, bool filter_zeros,
+                         const py::object& zero_tol, double zero_rel, const py::object& zero_rtol, int64_t min_eigs,
+                         const std::string& mapping, double tau, double s_lo, double s_hi, double s1, double s2,
+                         bool compat) {
+  if (eigs.ndim() != 1 || offsets.ndim() != 1 || unit_index.ndim() != 1 || offsets.shape(0) < 1)
+    throw py::value_error("eigs, offsets and unit_index must be 1-d, offsets of length n + 1");
+  const int64_t n = offsets.shape(0) - 1;
+  if (unit_index.shape(0) != n) throw py::value_error("unit_index must have one entry per spectrum");
+  if (n_units < 0) throw py::value_error("n_units must be >= 0");
+  const int64_t* off = offsets.data();
+  if (off[0] != 0 || off[n] != eigs.shape(0))
+    throw py::value_error("offsets must start at 0 and end at len(eigs)");
+  for (int64_t j = 0; j < n; ++j)
+    if (off[j + 1] < off[j]) throw py::value_error("offsets must be non-decreasing");
+  const tb::HillParams hp = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, 0.0, zero_rel, 0.0, min_eigs);
+  const tb::MappingParams mp = tb::mapping_params(mapping, tau, s_lo, s_hi, s1, s2, compat);
+  const auto tol = per_spectrum<double>(zero_tol, n, 1e-5, "zero_tol");
+  const auto rtol = per_spectrum<double>(zero_rtol, n, 0.0, "zero_rtol");
+  tb::HillPerSpectrum per;
+  per.zero_tol = tol.data();
+  per.zero_rtol = rtol.data();
+  py::array_t<double> metrics({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(tb::kHillColumns)});
+  py::array_t<double> unit_alpha(n_units), factors(n_units);
+  std::vector<double> alpha(n), sums(n_units);
+  std::vector<int64_t> counts(n_units);
+  {
+    py::gil_scoped_release release;
+    for (int64_t j = 0; j < n; ++j) tb::packed_hill_row(eigs.data(), off, j, hp, per, metrics.mutable_data());
+    tb::packed_unit_lr(metrics.data(), unit_index.data(), n, n_units, mp, alpha.data(), sums.data(), counts.data(),
+                       unit_alpha.mutable_data(), factors.mutable_data());
+  }
+  return py::make_tuple(metrics, unit_alpha, factors);
 }
 
 py::array_t<double> unit_means(py::array_t<double, py::array::c_style | py::array::forcecast> values,
@@ -141,9 +197,17 @@ PYBIND11_MODULE(_core, m) {
         "Ascending eigenvalues of the Gram of the smaller side of every matrix (pooled over slices).");
   m.def("hill_metrics", &hill_metrics, py::arg("eigs"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
         py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
-        py::arg("zero_rtol") = 0.0, py::arg("min_eigs") = 50, py::arg("n_total") = std::vector<int64_t>{},
+        py::arg("zero_rtol") = 0.0, py::arg("min_eigs") = 50, py::arg("n_total") = py::list(),
         "Per-spectrum metrics, one row each: alpha, xmin, n_tail, ks_distance, spectral_norm, frobenius, "
-        "stable_rank, alpha_hat, n_eigs, status.");
+        "stable_rank, alpha_hat, n_eigs, status. zero_tol, zero_rtol and n_total: one number or one per spectrum.");
+  m.def("hill_lr_packed", &hill_lr_packed, py::arg("eigs"), py::arg("offsets"), py::arg("unit_index"),
+        py::arg("n_units"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
+        py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
+        py::arg("zero_rtol") = 0.0, py::arg("min_eigs") = 50, py::arg("mapping") = "sigmoid",
+        py::arg("tau") = 10.0, py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5,
+        py::arg("s2") = 1.5, py::arg("compat") = false,
+        "The CUDA core's Hill/LR kernels on the CPU (same functions, same packed layout): spectrum j is "
+        "eigs[offsets[j]:offsets[j+1]]. Returns (metrics (n, 10), mean alpha per unit, LR factor per unit).");
   m.def("unit_means", &unit_means, py::arg("values"), py::arg("unit_index"), py::arg("n_units"));
   m.def("lr_factors", &lr_factors, py::arg("values"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
         py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,

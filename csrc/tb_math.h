@@ -52,6 +52,22 @@ struct HillResult {
 };
 constexpr int kHillColumns = 10;  // the 9 doubles above + status, in this order
 
+// Options that may differ between the spectra of one call; nullptr: the HillParams value holds for every spectrum.
+// (The numerical-zero guard zero_rtol depends on each matrix's Gram size, so one model has many values.)
+struct HillPerSpectrum {
+  const double* zero_tol = nullptr;
+  const double* zero_rtol = nullptr;
+  const int64_t* n_total = nullptr;
+};
+
+// The parameters of spectrum j: `p` with the per-spectrum values of `per` filled in.
+TB_HD inline HillParams params_for(HillParams p, const HillPerSpectrum& per, int64_t j) {
+  if (per.zero_tol) p.zero_tol = per.zero_tol[j];
+  if (per.zero_rtol) p.zero_rtol = per.zero_rtol[j];
+  if (per.n_total) p.n_total = per.n_total[j];
+  return p;
+}
+
 // A result as one row of kHillColumns doubles (the HILL_COLUMNS order; status as a double).
 TB_HD inline void write_row(const HillResult& r, double* row) {
   const double vals[kHillColumns] = {r.alpha,     r.xmin,        r.n_tail,    r.ks_distance, r.spectral_norm,
@@ -279,6 +295,26 @@ TB_HD inline void lr_factors(const double* values, int64_t n, const MappingParam
       out[j] = sigmoid_factor(values[j] - mean, p);
     }
   }
+}
+
+// ---- The packed layout of a whole model's spectra: what the CUDA kernels run, and their CPU twin in `_core` ----
+// Spectrum j is eigs[offsets[j] .. offsets[j+1]) (float64, ascending); metrics is (n, kHillColumns) row-major.
+
+// Metrics row of spectrum j (one CUDA thread each; a loop on the CPU).
+TB_HD inline void packed_hill_row(const double* eigs, const int64_t* offsets, int64_t j, const HillParams& p,
+                                  const HillPerSpectrum& per, double* metrics) {
+  write_row(hill_metrics(eigs + offsets[j], offsets[j + 1] - offsets[j], params_for(p, per, j)),
+            metrics + j * kHillColumns);
+}
+
+// From the metrics rows to the mean alpha per unit and the LR factor per unit. Scratch: alpha[n], sums[n_units],
+// counts[n_units]. unit_index[j] < 0: spectrum j belongs to no unit.
+TB_HD inline void packed_unit_lr(const double* metrics, const int64_t* unit_index, int64_t n, int64_t n_units,
+                                 const MappingParams& p, double* alpha, double* sums, int64_t* counts,
+                                 double* unit_alpha, double* factors) {
+  for (int64_t j = 0; j < n; ++j) alpha[j] = metrics[j * kHillColumns];
+  unit_means(alpha, unit_index, n, n_units, sums, counts, unit_alpha);
+  lr_factors(unit_alpha, n_units, p, factors);
 }
 
 }  // namespace tb

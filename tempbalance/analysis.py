@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import _backend, hill, spectra
+from . import _backend, cuda_backend, hill, spectra
 from .adapters import MatrixSpec, get_adapter, specs_from_named_weights
 from .report import LayerResult, Report
 
@@ -47,7 +47,7 @@ def _failed(spec: MatrixSpec, shape: tuple[int, ...], status: str, reason: str, 
                        status, reason)
 
 
-def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, stack: torch.Tensor, dtype: torch.dtype) -> str:
+def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, stack: torch.Tensor | None, dtype: torch.dtype) -> str:
     w = weight.detach()
     n_nan = int(torch.isnan(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
     n_inf = int(torch.isinf(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
@@ -56,22 +56,35 @@ def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, stack: torch.Tens
     return f"layer '{spec.name}': weight overflows {dtype} (largest |w| = {w.abs().max().item():.3g}); use float64"
 
 
+def _non_finite_reason_late(spec: MatrixSpec, dtype: torch.dtype) -> str:
+    try:
+        return _non_finite_reason(spec, spec.weight(), None, dtype)
+    except Exception as e:  # noqa: BLE001
+        return f"layer '{spec.name}': non-finite weight or Gram ({type(e).__name__}: {e})"
+
+
 class _GramBatcher:
-    """Collects slice stacks and solves them a chunk at a time, so memory stays within ``chunk_bytes``."""
+    """Collects slice stacks and solves them a chunk at a time, so memory stays within ``chunk_bytes``.
+
+    CPU stacks give numpy spectra. CUDA stacks (CUDA core usable) give device tensors, and their finiteness is
+    checked here, once per chunk, instead of once per layer (each check waits for the GPU): a non-finite stack
+    is never handed to cuSOLVER; its index lands in ``non_finite``.
+    """
 
     def __init__(self, backend: str, num_threads: int | None, chunk_bytes: int):
         self.backend, self.num_threads, self.chunk_bytes = backend, num_threads, chunk_bytes
-        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.pending: list[tuple[int, torch.Tensor, bool]] = []
         self.bytes = 0
         self.eigs: dict[int, Any] = {}
         self.errors: dict[int, str] = {}
+        self.non_finite: set[int] = set()
 
-    def add(self, idx: int, stack: torch.Tensor) -> None:
+    def add(self, idx: int, stack: torch.Tensor, on_device: bool = False) -> None:
         d = spectra.gram_dim(stack)
         nbytes = stack.numel() * stack.element_size() + stack.shape[0] * d * d * stack.element_size()
         if self.pending and self.bytes + nbytes > self.chunk_bytes:
             self.flush()
-        self.pending.append((idx, stack))
+        self.pending.append((idx, stack, on_device))
         self.bytes += nbytes
         if self.bytes >= self.chunk_bytes:
             self.flush()
@@ -79,8 +92,20 @@ class _GramBatcher:
     def flush(self) -> None:
         if not self.pending:
             return
-        idxs, stacks = zip(*self.pending)
-        self.pending, self.bytes = [], 0
+        pending, self.pending, self.bytes = self.pending, [], 0
+        groups: dict[torch.device | None, list[tuple[int, torch.Tensor]]] = {}  # None: the CPU path
+        for idx, stack, on_device in pending:
+            groups.setdefault(stack.device if on_device else None, []).append((idx, stack))
+        for device, items in groups.items():
+            if device is not None:
+                finite = torch.stack([torch.isfinite(s).all() for _, s in items]).tolist()  # one wait per chunk
+                self.non_finite.update(idx for (idx, _), ok in zip(items, finite) if not ok)
+                items = [item for item, ok in zip(items, finite) if ok]
+            if items:
+                self._solve(items, keep_device=device is not None)
+
+    def _solve(self, items: list[tuple[int, torch.Tensor]], keep_device: bool) -> None:
+        idxs, stacks = zip(*items)
         try:
             results = spectra.gram_eigvals(stacks, backend=self.backend, num_threads=self.num_threads)
         except Exception:  # noqa: BLE001 - isolate the matrix that failed; the others still get analysed
@@ -93,7 +118,9 @@ class _GramBatcher:
                     results.append(None)
         for idx, e in zip(idxs, results):
             if e is not None:
-                self.eigs[idx] = e.to(torch.float64).numpy()
+                e = e.to(torch.float64)
+                keep = keep_device and cuda_backend.is_device(e)
+                self.eigs[idx] = e if keep else e.cpu().numpy()  # device spectra stay there for the Hill kernel
 
 
 def analyze_specs(
@@ -119,11 +146,12 @@ def analyze_specs(
               num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode, conv_scale=conv_scale,
               zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=zero_rtol, filter_zeros=filter_zeros)
     backend_used = _backend.name(backend)
+    use_cuda = backend != "torch"  # CUDA weights go to the CUDA core unless the torch reference was asked for
     start = time.perf_counter()
     results: list[LayerResult | None] = [None] * len(specs)
     shapes: dict[int, tuple[int, ...]] = {}
     dims: dict[int, int] = {}
-    batch = _GramBatcher(backend_used, num_threads, chunk_bytes or DEFAULT_CHUNK_BYTES)
+    batch = _GramBatcher(backend, num_threads, chunk_bytes or DEFAULT_CHUNK_BYTES)
     with torch.no_grad():
         for idx, spec in enumerate(specs):
             shape: tuple[int, ...] = ()
@@ -133,41 +161,70 @@ def analyze_specs(
                 if w.numel() == 0:
                     results[idx] = _failed(spec, shape, "empty", f"layer '{spec.name}': empty weight of shape {shape}")
                     continue
+                on_device = use_cuda and cuda_backend.use_for(w)
                 stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype,
-                                       arg=f"layer '{spec.name}'")
-                if not bool(torch.isfinite(stack).all()):
+                                       arg=f"layer '{spec.name}'", keep_device=on_device)
+                if not on_device and not bool(torch.isfinite(stack).all()):
                     results[idx] = _failed(spec, shape, "non_finite", _non_finite_reason(spec, w, stack, dtype))
                     continue
             except Exception as e:  # noqa: BLE001 - one bad layer never stops the pass
                 results[idx] = _failed(spec, shape, "error", f"layer '{spec.name}': {type(e).__name__}: {e}")
                 continue
             shapes[idx], dims[idx] = shape, spectra.gram_dim(stack)
-            batch.add(idx, stack)
+            batch.add(idx, stack, on_device)
             del w, stack
         batch.flush()
 
     for idx, msg in batch.errors.items():
         results[idx] = _failed(specs[idx], shapes[idx], "error", f"layer '{specs[idx].name}': {msg}")
+    for idx in batch.non_finite:  # CUDA stacks, checked in the batcher
+        results[idx] = _failed(specs[idx], shapes[idx], "non_finite", _non_finite_reason_late(specs[idx], dtype))
     done = [idx for idx in shapes if idx in batch.eigs]
-    rtol = [hill.default_zero_rtol(dims[idx], dtype) if zero_rtol is None else zero_rtol for idx in done]
-    metrics = hill.hill_metrics(
-        [batch.eigs[idx] for idx in done], xmin_pos=xmin_pos, xmin_rule=xmin_rule, filter_zeros=filter_zeros,
-        zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=rtol, min_eigs=min_eigs, backend=backend_used,
-        assume_sorted=True,
-    )
-    for idx, m in zip(done, metrics):
-        spec = specs[idx]
+    rtol = {idx: hill.default_zero_rtol(dims[idx], dtype) if zero_rtol is None else zero_rtol for idx in done}
+    options = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, filter_zeros=filter_zeros, zero_tol=zero_tol,
+                   zero_rel=zero_rel, min_eigs=min_eigs)
+    metrics = _device_metrics(batch.eigs, done, rtol, options)  # spectra on a GPU: Hill on the GPU
+    on_host = [idx for idx in done if idx not in metrics]
+    metrics.update(zip(on_host, hill.hill_metrics(
+        [batch.eigs[idx] for idx in on_host], zero_rtol=[rtol[idx] for idx in on_host], backend=backend_used,
+        assume_sorted=True, **options)))
+    for idx in done:
+        spec, m = specs[idx], metrics[idx]
         reason = f"layer '{spec.name}': {m['reason']}" if m["status"] != "ok" else ""
         results[idx] = LayerResult(
             spec.name, spec.unit, spec.kind, shapes[idx], m["n_eigs"], m["alpha"], m["xmin"], m["n_tail"],
             m["spectral_norm"], m["frobenius"], m["stable_rank"], m["alpha_hat"], m["ks_distance"], m["status"],
             reason,
         )
+    if len(on_host) < len(done):  # the CUDA core did some or all layers
+        backend_used = "cuda" if not on_host else f"cuda+{backend_used}"
     settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=str(dtype).replace("torch.", ""),
                     backend=backend_used, filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
                     zero_rtol="auto" if zero_rtol is None else zero_rtol, conv_mode=conv_mode, conv_scale=conv_scale)
     return Report([r for r in results if r is not None], seconds=time.perf_counter() - start, settings=settings,
                   skipped=list(skipped or []))
+
+
+def _device_metrics(eigs: dict[int, Any], done: list[int], rtol: dict[int, float],
+                    options: dict[str, Any]) -> dict[int, dict]:
+    """Hill rows of the spectra that are device tensors, by the CUDA core's kernel (one per device; the one wait
+    for the GPU is the copy of the (n, 10) table). Spectra it cannot take stay out (the caller does them)."""
+    by_device: dict[torch.device, list[int]] = {}
+    for idx in done:
+        if isinstance(eigs[idx], torch.Tensor):
+            by_device.setdefault(eigs[idx].device, []).append(idx)
+    out: dict[int, dict] = {}
+    for idxs in by_device.values():
+        got = cuda_backend.hill_lr([eigs[idx] for idx in idxs], [-1] * len(idxs), 0,
+                                   hill=dict(options, zero_rtol=[rtol[idx] for idx in idxs]))
+        if got is None:  # not usable after all: the host path takes these spectra
+            for idx in idxs:
+                eigs[idx] = eigs[idx].cpu().numpy()
+            continue
+        table = got[0].cpu().numpy()
+        out.update(zip(idxs, hill.rows_from_table(table, min_eigs=options["min_eigs"],
+                                                  zero_rtol=[rtol[idx] for idx in idxs])))
+    return out
 
 
 def _named_pairs(obj: Any) -> list[tuple[str, Any]] | None:

@@ -104,13 +104,21 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", metavar="FILE", help="also write the per-layer table as CSV")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--plain", action="store_true", help="plain text table even when rich is installed")
+    from .diagnostics.cli_plots import add_plot_arguments
+
+    add_plot_arguments(p)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
     import torch
 
     from .analysis import analyze
+    from .diagnostics import cli_plots
 
+    try:
+        cli_plots.check_plot_arguments(args)
+    except ValueError as e:
+        raise CliError(str(e)) from e
     target = load_target(args.path)
     try:
         report = analyze(
@@ -125,12 +133,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
         report.to_csv(args.csv)
     if args.json:
         report.to_json(args.json)
+    if args.plot:
+        try:
+            paths = cli_plots.write_plots(report, target, args.plot, layers=args.plot_layers)
+        except (ValueError, KeyError, OSError) as e:
+            raise CliError(f"--plot: {e}") from e
+        print(cli_plots.plots_summary(paths, args.plot))
     return 0
 
+
+from .demo import command as _demo  # noqa: E402 - the registry's entries, after the analyze ones
 
 # name -> (help, configure(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "analyze": ("per-layer spectral analysis (PL_Alpha_Hill) of a model", _configure_analyze, _run_analyze),
+    "demo": (_demo.HELP, _demo.configure, _demo.run),
 }
 
 

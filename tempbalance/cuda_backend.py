@@ -3,16 +3,18 @@
 The extension is separate from the CPU core so that a CPU-only install never needs CUDA libraries. It takes raw
 device pointers and torch's current stream, so it does not link libtorch, and it `dlopen`s the cuSOLVER/cuBLAS
 that torch already loaded (or torch's NVIDIA wheels). Whenever the module, a driver, a device, the libraries or
-a symbol is missing, callers get ``None`` here, one ``RuntimeWarning`` per process, and use the torch path.
+a symbol is missing, callers get ``None`` here, one ``RuntimeWarning`` per process, and use the CPU path
+(the weights are copied to host memory and analysed by the CPU core, or the torch reference without it).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
 import warnings
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -22,7 +24,10 @@ _reason: str | None = None
 _libraries: dict | None = None
 _checked = False
 _warned = False
+_failed_warned = False
 
+# The device type the core serves. Tests point it at "cpu" (with a stand-in module) to run the dispatch without a GPU.
+DEVICE_TYPE = "cuda"
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.complex64: "complex64",
            torch.complex128: "complex128"}
 
@@ -33,7 +38,8 @@ def library_dirs() -> list[str]:
     roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
     dirs = []
     for root in roots:
-        for sub in ("cu13", "cusolver", "cublas", "cu12"):
+        # CUDA 13 wheels share one directory; CUDA 12 wheels have one per package (cuSOLVER's dependencies too).
+        for sub in ("cu13", "cusolver", "cublas", "cusparse", "nvjitlink", "cu12"):
             lib = os.path.join(root, sub, "lib")
             if os.path.isdir(lib):
                 dirs.append(lib)
@@ -71,13 +77,13 @@ def _check() -> ModuleType | None:
     module = _import()
     if module is None:
         return None
-    count, why = module.device_count()
-    if count <= 0:
-        _reason = f"built, but no usable CUDA device ({why or 'no devices'})"
-        return None
     try:
+        count, why = module.device_count()
+        if count <= 0:
+            _reason = f"built, but no usable CUDA device ({why or 'no devices'})"
+            return None
         _libraries = module.load(cuda_major(), library_dirs())
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - a missing library or symbol must mean "fall back", never a crash
         _reason = f"built, but cuSOLVER/cuBLAS could not be loaded: {exc}"
         return None
     _ready = module
@@ -97,8 +103,41 @@ def _fallback_warning() -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn(f"tempbalance: {cuda_status()}; using the torch path for CUDA tensors", RuntimeWarning,
-                      stacklevel=4)
+        warnings.warn(f"tempbalance: {cuda_status()}; CUDA weights are analysed on the CPU path instead (copied to "
+                      "host memory)", RuntimeWarning, stacklevel=4)
+
+
+def _failure_warning(exc: Exception) -> None:
+    """A call into the loaded core failed (a cuBLAS/cuSOLVER error status): that batch goes to the CPU path."""
+    global _failed_warned
+    if not _failed_warned:
+        _failed_warned = True
+        warnings.warn(f"tempbalance: the CUDA core failed ({exc}); those weights are analysed on the CPU path "
+                      "instead (further failures are not reported)", RuntimeWarning, stacklevel=4)
+
+
+def is_device(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives where the CUDA core works (a CUDA tensor)."""
+    return t.device.type == DEVICE_TYPE
+
+
+def use_for(t: torch.Tensor) -> bool:
+    """True when ``t`` is a CUDA tensor and the CUDA core is usable. A CUDA tensor while the core is not usable
+    gives False and, once per process, a ``RuntimeWarning`` saying why; a CPU tensor gives False silently."""
+    if not is_device(t):
+        return False
+    if _check() is None:
+        _fallback_warning()
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _current_stream(device: torch.device) -> Iterator[int]:
+    """Makes ``device`` current and yields torch's current stream on it as an integer handle: the core enqueues
+    there, so its work is ordered with the caller's."""
+    with torch.cuda.device(device):
+        yield torch.cuda.current_stream(device).cuda_stream
 
 
 def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = None) -> list[torch.Tensor] | None:
@@ -106,27 +145,30 @@ def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = Non
 
     The results stay on the device (real dtype of the input's precision); nothing waits for the GPU. None (after
     one warning) when the core is unusable; None without a warning for inputs it does not handle (``top``,
-    mixed devices, empty or unsupported dtypes), which the torch path then handles or reports.
+    mixed devices, empty or unsupported dtypes), which the CPU path then handles or reports.
     """
     if not stacks or any(t for t in (top or ())):
         return None
     device = stacks[0].device
-    if device.type != "cuda" or any(s.device != device or s.dim() != 3 or s.numel() == 0 or s.dtype not in _DTYPES
-                                    for s in stacks):
+    if not is_device(stacks[0]) or any(s.device != device or s.dim() != 3 or s.numel() == 0 or s.dtype not in _DTYPES
+                                       for s in stacks):
         return None
     module = _check()
     if module is None:
         _fallback_warning()
         return None
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+    with _current_stream(device) as stream:
         stacks = [s.detach().contiguous() for s in stacks]
         outs = [torch.empty(int(s.shape[0]) * min(int(s.shape[1]), int(s.shape[2])),
                             dtype=s.real.dtype if s.is_complex() else s.dtype, device=device) for s in stacks]
-        for name in {_DTYPES[s.dtype] for s in stacks}:  # one call per scalar type
+        for name in dict.fromkeys(_DTYPES[s.dtype] for s in stacks):  # one call per scalar type
             mats = [(s.data_ptr(), int(s.shape[0]), int(s.shape[1]), int(s.shape[2]), o.data_ptr())
                     for s, o in zip(stacks, outs) if _DTYPES[s.dtype] == name]
-            module.gram_eigvalsh(mats, name, stream)
+            try:
+                module.gram_eigvalsh(mats, name, stream)
+            except RuntimeError as exc:
+                _failure_warning(exc)
+                return None
         # Each slice's eigenvalues come back ascending; pooling several slices needs one sort (on the device).
         return [o if s.shape[0] == 1 else torch.sort(o).values for s, o in zip(stacks, outs)]
 
@@ -135,6 +177,17 @@ def _keyword_defaults(fn, skip: tuple[str, ...]) -> dict:
     """Keyword-only defaults of `fn`: the CUDA kernels take the same options, defined once in the CPU API."""
     return {k: p.default for k, p in inspect.signature(fn).parameters.items()
             if p.kind is p.KEYWORD_ONLY and k not in skip}
+
+
+def _per_spectrum(value: Any, n: int, device: torch.device, arg: str) -> tuple[float, torch.Tensor | None]:
+    """An option given as one number or one per spectrum -> (scalar, None) or (0.0, float64 device array)."""
+    values = torch.as_tensor(value, dtype=torch.float64)
+    if values.ndim == 0:
+        return float(values), None
+    values = values.reshape(-1)
+    if values.numel() != n:
+        raise ValueError(f"{arg} must be one number or one per spectrum ({n}), got {values.numel()} values")
+    return 0.0, values.to(device, non_blocking=True)
 
 
 def hill_lr(
@@ -147,14 +200,18 @@ def hill_lr(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Hill metrics (n, 10), mean alpha per unit and LR factor per unit, computed on the device, or None.
 
-    ``eigs``: ascending CUDA spectra (one per matrix), ``unit_index[j]`` the unit of spectrum j. ``hill``: options
-    of ``reference.hill_metrics_one`` (xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol,
-    min_eigs); ``mapping``: options of ``mapping.lr_factors`` (mapping, tau, s_lo, s_hi, s1, s2, compat); omitted
-    ones take those functions' defaults. Columns as ``hill.HILL_COLUMNS``. The kernels run the same tb_math.h
-    functions as the CPU core; nothing waits for the GPU.
+    ``eigs``: ascending CUDA spectra (one per matrix, all on one device), ``unit_index[j]`` the unit of spectrum j
+    (-1: none; ``n_units=0`` computes the metrics only). ``hill``: options of ``reference.hill_metrics_one``
+    (xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol, min_eigs; zero_tol and zero_rtol may be
+    one value per spectrum); ``mapping``: options of ``mapping.lr_factors`` (mapping, tau, s_lo, s_hi, s1, s2,
+    compat); omitted ones take those functions' defaults. Columns as ``hill.HILL_COLUMNS``. The kernels run the
+    same tb_math.h functions as the CPU core (``_core.hill_lr_packed`` is their CPU twin); nothing waits for the
+    GPU. None (after one warning) when the core is unusable.
     """
-    if not eigs or eigs[0].device.type != "cuda" or len(unit_index) != len(eigs):
+    if not eigs or not is_device(eigs[0]) or any(e.device != eigs[0].device for e in eigs):
         return None
+    if len(unit_index) != len(eigs):
+        raise ValueError(f"unit_index has {len(unit_index)} entries for {len(eigs)} spectra")
     module = _check()
     if module is None:
         _fallback_warning()
@@ -163,19 +220,26 @@ def hill_lr(
 
     h = {**_keyword_defaults(reference.hill_metrics_one, ("n_total",)), **(hill or {})}
     m = {**_keyword_defaults(mapping_module.lr_factors, ("backend",)), **(mapping or {})}
-    device = eigs[0].device
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+    device, n = eigs[0].device, len(eigs)
+    with _current_stream(device) as stream:
         flat = torch.cat([e.reshape(-1).to(torch.float64) for e in eigs])
         lengths = torch.tensor([0] + [int(e.numel()) for e in eigs], dtype=torch.int64)
         offsets = lengths.cumsum(0).to(device, non_blocking=True)
         units = torch.tensor(list(unit_index), dtype=torch.int64).to(device, non_blocking=True)
-        metrics = torch.empty((len(eigs), module.hill_columns), dtype=torch.float64, device=device)
+        zero_tol, tols = _per_spectrum(h["zero_tol"], n, device, "zero_tol")
+        zero_rtol, rtols = _per_spectrum(h["zero_rtol"], n, device, "zero_rtol")
+        metrics = torch.empty((n, module.hill_columns), dtype=torch.float64, device=device)
         unit_alpha = torch.empty(n_units, dtype=torch.float64, device=device)
         factors = torch.empty(n_units, dtype=torch.float64, device=device)
-        module.hill_lr(flat.data_ptr(), offsets.data_ptr(), len(eigs), units.data_ptr(), int(n_units),
-                       float(h["xmin_pos"]), h["xmin_rule"], bool(h["filter_zeros"]), float(h["zero_tol"]),
-                       float(h["zero_rel"]), float(h["zero_rtol"]), int(h["min_eigs"]), m["mapping"],
-                       float(m["tau"]), float(m["s_lo"]), float(m["s_hi"]), float(m["s1"]), float(m["s2"]),
-                       bool(m["compat"]), metrics.data_ptr(), unit_alpha.data_ptr(), factors.data_ptr(), stream)
+        try:
+            module.hill_lr(flat.data_ptr(), offsets.data_ptr(), n, units.data_ptr(), int(n_units),
+                           float(h["xmin_pos"]), h["xmin_rule"], bool(h["filter_zeros"]), zero_tol,
+                           float(h["zero_rel"]), zero_rtol, int(h["min_eigs"]), m["mapping"],
+                           float(m["tau"]), float(m["s_lo"]), float(m["s_hi"]), float(m["s1"]), float(m["s2"]),
+                           bool(m["compat"]), metrics.data_ptr(), unit_alpha.data_ptr(), factors.data_ptr(), stream,
+                           zero_tols=tols.data_ptr() if tols is not None else 0,
+                           zero_rtols=rtols.data_ptr() if rtols is not None else 0)
+        except RuntimeError as exc:
+            _failure_warning(exc)
+            return None
         return metrics, unit_alpha, factors

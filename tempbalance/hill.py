@@ -83,20 +83,6 @@ def _reason(row: dict, min_eigs: int, zero_rtol: float) -> str:
     return status
 
 
-def _native_rows(core, eigs: list[np.ndarray], zero_tol: np.ndarray, zero_rtol: np.ndarray, **kw) -> np.ndarray:
-    """One native call per distinct (zero_tol, zero_rtol) pair: the core takes them as scalars."""
-    out = np.empty((len(eigs), len(HILL_COLUMNS)))
-    keys = list(zip(zero_tol.tolist(), zero_rtol.tolist()))
-    for key in dict.fromkeys(keys):
-        idx = [k for k, kk in enumerate(keys) if kk == key]
-        out[idx] = np.asarray(core.hill_metrics(
-            [eigs[k] for k in idx], xmin_pos=kw["xmin_pos"], xmin_rule=kw["xmin_rule"],
-            filter_zeros=kw["filter_zeros"], zero_tol=key[0], zero_rel=0.0, zero_rtol=key[1],
-            min_eigs=kw["min_eigs"],
-        ))
-    return out
-
-
 def hill_metrics(
     eig_list: Sequence[Any],
     *,
@@ -135,17 +121,21 @@ def hill_metrics(
         for k, e in enumerate(eigs):
             table[k] = reference.hill_metrics_one(e, zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=rtol[k], **kw)
     else:
-        # The core's filter takes an absolute threshold: fold zero_rel into it per spectrum (same rule, max of both).
-        tol = np.array([max(zero_tol, zero_rel * e[-1]) if e.size and zero_rel > 0 else zero_tol for e in eigs],
-                       dtype=np.float64)
-        table = _native_rows(core, eigs, tol, rtol, **kw) if eigs else np.empty((0, len(HILL_COLUMNS)))
+        table = np.asarray(core.hill_metrics(eigs, zero_tol=float(zero_tol), zero_rel=float(zero_rel), zero_rtol=rtol,
+                                             **kw)).reshape(len(eigs), len(HILL_COLUMNS))
+    return rows_from_table(table, min_eigs=int(min_eigs), zero_rtol=rtol)
+
+
+def rows_from_table(table: np.ndarray, *, min_eigs: int, zero_rtol: Sequence[float]) -> list[dict]:
+    """The dicts :func:`hill_metrics` returns, from a ``(n, len(HILL_COLUMNS))`` table of any backend (CPU core,
+    torch reference, CUDA core); ``zero_rtol`` per row, for the reasons."""
     rows = []
-    for k, r in enumerate(table):
+    for k, r in enumerate(np.asarray(table, dtype=np.float64).reshape(-1, len(HILL_COLUMNS))):
         row = {c: float(r[j]) for j, c in enumerate(HILL_COLUMNS[:-1])}
         row["n_tail"] = int(row["n_tail"])
         row["n_eigs"] = int(row["n_eigs"])
         row["status"] = STATUS_NAMES.get(int(r[-1]), f"status_{int(r[-1])}")
-        row["reason"] = _reason(row, int(min_eigs), rtol[k])
+        row["reason"] = _reason(row, min_eigs, float(zero_rtol[k]))
         rows.append(row)
     return rows
 

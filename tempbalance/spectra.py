@@ -73,12 +73,13 @@ def slices(
     conv_scale: float = 1.0,
     dtype: torch.dtype | None = None,
     arg: str = "weight",
+    keep_device: bool = False,
 ) -> torch.Tensor:
     """``weight`` as a contiguous ``(S, m, n)`` stack whose pooled Gram eigenvalues are its ESD.
 
     ``dtype`` (float32/float64) converts to the analysis precision (complex weights to the matching complex
-    dtype); ``None`` keeps the weight's dtype. The result is detached and on the CPU; ``weight`` is never
-    modified. Errors name ``arg``.
+    dtype); ``None`` keeps the weight's dtype. The result is detached and on the CPU, or on the weight's device
+    with ``keep_device`` (for the CUDA core); ``weight`` is never modified. Errors name ``arg``.
     """
     _check_weight(weight, arg)
     if conv_mode not in CONV_MODES:
@@ -90,7 +91,7 @@ def slices(
     if kind not in KINDS:
         raise ValueError(f"kind must be 'auto' or one of {KINDS}, got {kind!r}")
     w = weight.detach()
-    if w.device.type != "cpu":
+    if w.device.type != "cpu" and not keep_device:
         w = w.cpu()
     if dtype is not None:
         check_dtype(dtype)
@@ -130,8 +131,10 @@ def gram_eigvals(
     """Pooled ascending Gram eigenvalues of every stack in one call (native) or a loop (torch)."""
     core = _backend.resolve(backend)
     top = [0] * len(stacks) if top is None else list(top)
-    if backend != "torch" and stacks and stacks[0].is_cuda:
-        from . import cuda_backend  # CUDA tensors stay on the device; None: not usable here, fall through
+    from . import cuda_backend
+
+    if backend != "torch" and stacks and cuda_backend.is_device(stacks[0]):
+        # CUDA tensors stay on the device; None: the CUDA core is not usable here (or not for these), fall through
 
         on_device = cuda_backend.gram_eigvals(stacks, top)
         if on_device is not None:

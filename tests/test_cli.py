@@ -105,3 +105,44 @@ def test_python_m_on_the_default_minilm(minilm_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "encoder.layer.5.output.dense" in proc.stdout and "37 of 37 layers fitted" in proc.stdout
     assert len(json.loads(js.read_text())["rows"]) == 37
+
+
+# --- analyze --plot -------------------------------------------------------------------------------------------------
+def test_analyze_plot_writes_alpha_bars_and_one_esd_per_layer(tmp_path, state_dict, capsys):
+    from matplotlib import image as mpimg
+
+    state_dict["2.weight"][0, 0] = float("nan")  # a failed layer is plotted too, not a crash
+    torch.save(state_dict, tmp_path / "sd.pt")
+    out = tmp_path / "plots"
+    code = main(["analyze", str(tmp_path / "sd.pt"), "--plain", "--backend", "torch", "--plot", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "alpha_blocks.png", "alpha_layers.png", "esd/000_0.weight.png", "esd/001_2.weight.png"]
+    for p in out.rglob("*.png"):
+        img = mpimg.imread(str(p))
+        assert img.shape[0] > 200 and img.shape[1] > 300
+    assert f"plots: {out / 'alpha_layers.png'}" in stdout and "2 ESD plots" in stdout
+
+
+def test_analyze_plot_layers_selects_the_esd_plots(tmp_path, state_dict, capsys):
+    torch.save(state_dict, tmp_path / "sd.pt")
+    out = tmp_path / "p"
+    code = main(["analyze", str(tmp_path / "sd.pt"), "--plain", "--backend", "torch", "--plot", str(out),
+                 "--plot-layers", r"^2\."])
+    assert code == 0
+    assert [p.name for p in (out / "esd").iterdir()] == ["001_2.weight.png"]
+    assert "1 ESD plot in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--plot", "{tmp}/p", "--plot-layers", "("], "not a valid regular expression"),
+    (["--plot-layers", "0"], "--plot-layers needs --plot"),
+    (["--plot", "{tmp}/p", "--plot-layers", "nothing"], "no layer of the report matches"),
+])
+def test_analyze_plot_errors(tmp_path, state_dict, capsys, extra, match):
+    torch.save(state_dict, tmp_path / "sd.pt")
+    argv = ["analyze", str(tmp_path / "sd.pt"), "--plain", "--backend", "torch"] + extra
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err

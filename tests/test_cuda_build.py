@@ -1,12 +1,18 @@
-"""The CUDA core without a GPU: its host planning (exposed by the CPU `_core`), the Python dispatch's fallbacks,
-and, when `_core_cuda` was built (installed, or TEMPBALANCE_CORE_CUDA=<path to the .so> from .ci/check_cuda.sh),
-that it imports without CUDA, references the cuSOLVER/cuBLAS entry points by name and reports why it cannot run.
+"""The CUDA core without a GPU: its host planning and the CPU twin of its Hill/LR kernels (both exposed by the CPU
+`_core`), the Python dispatch of CUDA tensors and its fallbacks (run on CPU tensors with a stand-in for the
+device module), and, when `_core_cuda` was built (installed, or TEMPBALANCE_CORE_CUDA=<path to the .so> from
+.ci/check_cuda.sh), that it imports without CUDA, references the cuSOLVER/cuBLAS entry points by name, reports
+why it cannot run, and takes the arguments the dispatch passes.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import os
 import random
+import re
+import sys
 import warnings
 
 import pytest
@@ -16,7 +22,13 @@ from tempbalance import _native, cuda_backend
 
 INT32_MAX = 2**31 - 1
 core = _native.core
-needs_plan = pytest.mark.skipif(core is None or not hasattr(core, "cuda_plan_groups"),
+_HAS_PLAN = core is not None and hasattr(core, "cuda_plan_groups") and hasattr(core, "hill_lr_packed")
+if os.environ.get("TEMPBALANCE_CORE_CUDA") and not _HAS_PLAN:
+    # .ci/check_cuda.sh: these tests must run there, not skip (they once all skipped, unnoticed, because the
+    # check imported the source tree, which has no compiled `_core`).
+    raise RuntimeError(f"the CUDA check needs the installed native core with its CUDA bindings; got "
+                       f"{getattr(core, '__file__', None)} ({_native.unavailable_reason})")
+needs_plan = pytest.mark.skipif(not _HAS_PLAN,
                                 reason="native core without the CUDA planning bindings (rebuild the package)")
 
 
@@ -114,6 +126,29 @@ def test_library_search_order(major, solver, blas):
 
 
 @needs_plan
+@pytest.mark.parametrize("major", [12, 13])
+def test_cusolver_dependencies_are_searched_like_the_library(major):
+    # CUDA 12 wheels keep cuSPARSE and nvJitLink in their own directories: they are loaded first, from the same dirs.
+    assert core.cuda_library_dependencies("cusolver") == ["nvJitLink", "cusparse"]
+    assert core.cuda_library_dependencies("cublas") == ["cublasLt"]
+    assert core.cuda_library_candidates("nvJitLink", major, ["/d"]) == [
+        f"noload:libnvJitLink.so.{major}", f"/d/libnvJitLink.so.{major}", f"libnvJitLink.so.{major}"]
+    assert core.cuda_library_candidates("cusparse", major, [])[-1] == "libcusparse.so.12"
+
+
+def test_library_dirs_cover_both_wheel_layouts(tmp_path, monkeypatch):
+    # CUDA 13 (`nvidia-cusolver`): nvidia/cu13/lib; CUDA 12 (`nvidia-cusolver-cu12`): nvidia/<package>/lib.
+    for sub in ("cu13", "cusolver", "cublas", "cusparse", "nvjitlink", "cuda_runtime"):
+        (tmp_path / "nvidia" / sub / "lib").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "nvidia", raising=False)
+    importlib.invalidate_caches()
+    got = cuda_backend.library_dirs()
+    assert got[:5] == [str(tmp_path / "nvidia" / sub / "lib") for sub in ("cu13", "cusolver", "cublas", "cusparse",
+                                                                          "nvjitlink")]
+
+
+@needs_plan
 def test_library_search_without_a_known_cuda_tries_13_then_12():
     got = core.cuda_library_candidates("cusolver", 0, ["/d"])
     assert got == ["noload:libcusolver.so.12", "noload:libcusolver.so.11", "/d/libcusolver.so.12",
@@ -180,3 +215,75 @@ def test_built_module_says_which_library_paths_it_tried(core_cuda, tmp_path):
         assert str(tmp_path / "libcublas.so.13") in str(exc) or "libcusolver" in str(exc)
     else:  # a machine with cuSOLVER/cuBLAS installed system-wide
         assert set(result) == {"cusolver", "cublas", "batched"}
+
+
+def _doc_parameters(fn) -> list[str]:
+    """Parameter names from a pybind11 function's signature line: "name(a: int, b: str = 'x') -> None"."""
+    line = fn.__doc__.strip().splitlines()[0]
+    return re.findall(r"(\w+): ", line[line.index("(") + 1:line.rindex(")")])
+
+
+def test_stand_in_has_the_built_module_signatures(core_cuda):
+    # tests/test_cuda_backend.py runs the dispatch against a stand-in; it must take what the real module takes.
+    from test_cuda_backend import FakeDeviceCore
+
+    module, _ = core_cuda
+    for name in ("hill_lr", "gram_eigvalsh", "load", "device_count"):
+        fake = [p for p in inspect.signature(getattr(FakeDeviceCore, name)).parameters if p != "self"]
+        assert _doc_parameters(getattr(module, name)) == fake, name
+
+
+def test_built_module_takes_the_dispatch_arguments_without_a_gpu(core_cuda):
+    # n = 0 returns before any CUDA call: this checks the argument conversion and the option parsing only.
+    module, _ = core_cuda
+    args = [0, 0, 0, 0, 0, 2.0, "median", False, 1e-5, 0.0, 0.0, 50, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False,
+            0, 0, 0, 0]
+    assert module.hill_lr(*args, zero_tols=0, zero_rtols=0) is None
+    with pytest.raises(ValueError, match="xmin_rule"):
+        module.hill_lr(*args[:6], "bogus", *args[7:])
+    with pytest.raises(ValueError, match="null"):
+        module.gram_eigvalsh([(0, 1, 2, 2, 0)], "float32", 0)
+
+
+class _PretendDevice:
+    """The real built module, except that it reports one device, so the dispatch goes on to load the libraries."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def device_count(self):
+        return 1, ""
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+@pytest.mark.parametrize("pretend_device, says", [(False, "no usable CUDA device"),
+                                                  (True, "cuSOLVER/cuBLAS could not be loaded: libcublas")])
+def test_built_module_unusable_here_falls_back_end_to_end(core_cuda, monkeypatch, pretend_device, says):
+    # The real module through the real dispatch: no device (or no cuSOLVER/cuBLAS) -> one warning, CPU numbers.
+    from test_cuda_backend import cuda_backend_off, install, model, rows_of
+
+    module, _ = core_cuda
+    if module.device_count()[0] > 0:
+        pytest.skip("a CUDA device is present")
+    if pretend_device:
+        try:  # the load outcome is fixed for the process (call_once): make sure it is the failure
+            module.load(cuda_backend.cuda_major(), cuda_backend.library_dirs())
+        except RuntimeError:
+            pass
+        else:
+            pytest.skip("cuSOLVER/cuBLAS are installed here")
+    install(monkeypatch, _PretendDevice(module) if pretend_device else module)
+    m = model()
+    from tempbalance import analyze
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [analyze(m, min_eigs=10) for _ in range(2)]
+    ours = [w for w in caught if "CUDA core unavailable" in str(w.message)]
+    assert len(ours) == 1 and says in str(ours[0].message), [str(w.message) for w in caught]
+    with cuda_backend_off():
+        want = analyze(m, min_eigs=10)
+    assert all(r.settings["backend"] == want.settings["backend"] for r in got)
+    assert all((rows_of(r)[1] == rows_of(want)[1]).all() for r in got)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance import hill
+from tempbalance import _native, hill
 from tempbalance.hill import alpha_hill, default_zero_rtol, hill_metrics
 
 
@@ -246,3 +246,28 @@ def test_many_spectra_in_one_call_keep_order(backend, rng):
     for lam, row in zip(spectra[:3], rows):
         assert row["alpha"] == pytest.approx(oracle(lam)[0], rel=1e-10)
     assert rows[3]["status"] == "flat_tail"
+
+
+@pytest.mark.skipif(_native.core is None, reason="native core unavailable")
+def test_native_backend_makes_one_call_for_many_zero_guards(monkeypatch, rng):
+    # A model's Grams have many sizes, so many zero_rtol values: still one native call, each row with its own value.
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def hill_metrics(self, *args, **kw):
+            calls.append(kw)
+            return real.hill_metrics(*args, **kw)
+
+    real = _native.core
+    monkeypatch.setattr(_native, "core", Counting())
+    spectra = [mp_spectrum(rng, m, 90) for m in (55, 70, 80, 90)]
+    rtol = [0.0, 1e-6, 0.5, 1e-4]
+    rows = hill_metrics(spectra, min_eigs=0, zero_rtol=rtol, filter_zeros=True, zero_rel=1e-3, backend="native")
+    assert len(calls) == 1
+    want = hill_metrics(spectra, min_eigs=0, zero_rtol=rtol, filter_zeros=True, zero_rel=1e-3, backend="torch")
+    assert [r["status"] for r in rows] == [r["status"] for r in want] and rows[2]["status"] == "xmin_not_positive"
+    for got, ref in zip(rows, want):
+        assert got["alpha"] == pytest.approx(ref["alpha"], rel=1e-10, nan_ok=True)

@@ -92,3 +92,36 @@ def test_bad_options_are_rejected():
         core.hill_metrics([np.arange(1.0, 10.0)], xmin_pos=1.0)
     with pytest.raises(ValueError, match="mapping"):
         core.lr_factors(np.ones(3), "cubic")
+
+
+@needs_core
+def test_hill_metrics_takes_per_spectrum_tolerances_in_one_call(rng):
+    # One call with arrays == one call per spectrum with scalars (and == the reference row by row).
+    from tempbalance import reference
+
+    spectra = [np.sort(rng.pareto(2.0, size=n) + 1e-3) for n in (80, 120, 150, 200)]
+    spectra.append(np.concatenate([np.zeros(30), np.sort(rng.random(90) + 1.0)]))
+    tol = np.array([1e-5, 0.5, 1e-5, 2.0, 1e-5])
+    rtol = np.array([0.0, 1e-6, 0.2, 0.0, 1e-3])
+    total = np.array([0, 0, 300, 0, 0])
+    got = core.hill_metrics(spectra, filter_zeros=True, zero_tol=tol, zero_rtol=rtol, min_eigs=10, n_total=total)
+    for k, lam in enumerate(spectra):
+        one = core.hill_metrics([lam], filter_zeros=True, zero_tol=tol[k], zero_rtol=rtol[k], min_eigs=10,
+                                n_total=[int(total[k])])
+        np.testing.assert_array_equal(got[k], one[0])
+        ref = reference.hill_metrics_one(lam, filter_zeros=True, zero_tol=tol[k], zero_rtol=rtol[k], min_eigs=10,
+                                         n_total=int(total[k]))
+        np.testing.assert_allclose(got[k], ref, rtol=1e-10, equal_nan=True)
+    # The per-spectrum values matter: the same call with the first spectrum's values everywhere differs.
+    assert not np.array_equal(got, core.hill_metrics(spectra, filter_zeros=True, zero_tol=tol[0],
+                                                     zero_rtol=rtol[0], min_eigs=10), equal_nan=True)
+    # A scalar is still one value for all; an empty n_total means "all complete".
+    np.testing.assert_array_equal(core.hill_metrics(spectra, zero_rtol=0.01, n_total=[]),
+                                  core.hill_metrics(spectra, zero_rtol=[0.01] * 5, n_total=0))
+
+
+@needs_core
+@pytest.mark.parametrize("arg", ["zero_tol", "zero_rtol", "n_total"])
+def test_hill_metrics_per_spectrum_length_errors_name_the_argument(arg):
+    with pytest.raises(ValueError, match=arg):
+        core.hill_metrics([np.arange(1.0, 10.0)] * 3, **{arg: [1, 2]})

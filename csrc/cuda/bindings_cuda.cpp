@@ -51,12 +51,17 @@ void gram_eigvalsh(const std::vector<std::tuple<uintptr_t, int64_t, int64_t, int
 void hill_lr(uintptr_t eigs, uintptr_t offsets, int64_t n, uintptr_t unit_index, int64_t n_units, double xmin_pos,
              const std::string& xmin_rule, bool filter_zeros, double zero_tol, double zero_rel, double zero_rtol,
              int64_t min_eigs, const std::string& mapping, double tau, double s_lo, double s_hi, double s1, double s2,
-             bool compat, uintptr_t metrics, uintptr_t unit_alpha, uintptr_t factors, uintptr_t stream) {
+             bool compat, uintptr_t metrics, uintptr_t unit_alpha, uintptr_t factors, uintptr_t stream,
+             uintptr_t zero_tols, uintptr_t zero_rtols) {
   const tb::HillParams hp = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol,
                                             min_eigs);
   const tb::MappingParams mp = tb::mapping_params(mapping, tau, s_lo, s_hi, s1, s2, compat);
+  if (n < 0 || n_units < 0) throw py::value_error("n and n_units must be >= 0");
+  if (n > 0 && (!eigs || !offsets || !metrics || (n_units > 0 && (!unit_index || !unit_alpha || !factors))))
+    throw py::value_error("null device pointer");
   py::gil_scoped_release release;
-  tb::cuda::hill_lr(eigs, offsets, n, unit_index, n_units, hp, mp, metrics, unit_alpha, factors, stream);
+  tb::cuda::hill_lr(eigs, offsets, n, unit_index, n_units, hp, zero_tols, zero_rtols, mp, metrics, unit_alpha,
+                    factors, stream);
 }
 
 py::tuple device_count() {
@@ -79,8 +84,10 @@ PYBIND11_MODULE(_core_cuda, m) {
         py::arg("n_units"), py::arg("xmin_pos"), py::arg("xmin_rule"), py::arg("filter_zeros"), py::arg("zero_tol"),
         py::arg("zero_rel"), py::arg("zero_rtol"), py::arg("min_eigs"), py::arg("mapping"), py::arg("tau"),
         py::arg("s_lo"), py::arg("s_hi"), py::arg("s1"), py::arg("s2"), py::arg("compat"), py::arg("metrics"),
-        py::arg("unit_alpha"), py::arg("factors"), py::arg("stream"),
-        "Enqueue the Hill metrics, per-unit mean alpha and LR factors (all device pointers) on `stream`.");
+        py::arg("unit_alpha"), py::arg("factors"), py::arg("stream"), py::arg("zero_tols") = 0,
+        py::arg("zero_rtols") = 0,
+        "Enqueue the Hill metrics, per-unit mean alpha and LR factors (all device pointers) on `stream`. "
+        "zero_tols / zero_rtols: per-spectrum float64 device arrays overriding zero_tol / zero_rtol (0: none).");
   m.attr("required_symbols") = tb::cuda::required_symbols();
   m.attr("hill_columns") = tb::kHillColumns;
 }

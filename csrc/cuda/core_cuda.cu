@@ -163,20 +163,18 @@ void solve_group(const Api& api, const Handles& h, const Types& t, const cuda_pl
   }
 }
 
-__global__ void hill_kernel(const double* eigs, const int64_t* offsets, int64_t n, HillParams p, double* metrics) {
+__global__ void hill_kernel(const double* eigs, const int64_t* offsets, int64_t n, HillParams p, HillPerSpectrum per,
+                            double* metrics) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (j >= n) return;
-  write_row(hill_metrics(eigs + offsets[j], offsets[j + 1] - offsets[j], p), metrics + j * kHillColumns);
+  if (j < n) packed_hill_row(eigs, offsets, j, p, per, metrics);
 }
 
 // One thread: the per-unit reductions are O(number of layers), far below a launch's cost to parallelise.
 __global__ void unit_lr_kernel(const double* metrics, const int64_t* unit_index, int64_t n, int64_t n_units,
                                MappingParams p, double* alpha, double* sums, int64_t* counts, double* unit_alpha,
                                double* factors) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  for (int64_t j = 0; j < n; ++j) alpha[j] = metrics[j * kHillColumns];
-  unit_means(alpha, unit_index, n, n_units, sums, counts, unit_alpha);
-  lr_factors(unit_alpha, n_units, p, factors);
+  if (blockIdx.x == 0 && threadIdx.x == 0)
+    packed_unit_lr(metrics, unit_index, n, n_units, p, alpha, sums, counts, unit_alpha, factors);
 }
 
 }  // namespace
@@ -209,13 +207,16 @@ void gram_eigvalsh(const std::vector<DeviceMatrix>& mats, Scalar scalar, uintptr
 }
 
 void hill_lr(uintptr_t eigs, uintptr_t offsets, int64_t n, uintptr_t unit_index, int64_t n_units,
-             const HillParams& hill, const MappingParams& mapping, uintptr_t metrics, uintptr_t unit_alpha,
-             uintptr_t factors, uintptr_t stream_handle) {
+             const HillParams& hill, uintptr_t zero_tols, uintptr_t zero_rtols, const MappingParams& mapping,
+             uintptr_t metrics, uintptr_t unit_alpha, uintptr_t factors, uintptr_t stream_handle) {
   if (n <= 0) return;
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  HillPerSpectrum per;  // device arrays; 0 = the scalar in `hill` for every spectrum
+  per.zero_tol = reinterpret_cast<const double*>(zero_tols);
+  per.zero_rtol = reinterpret_cast<const double*>(zero_rtols);
   const int threads = 128;
   hill_kernel<<<static_cast<int>((n + threads - 1) / threads), threads, 0, stream>>>(
-      reinterpret_cast<const double*>(eigs), reinterpret_cast<const int64_t*>(offsets), n, hill,
+      reinterpret_cast<const double*>(eigs), reinterpret_cast<const int64_t*>(offsets), n, hill, per,
       reinterpret_cast<double*>(metrics));
   check(cudaGetLastError(), "hill_kernel launch");
   if (n_units <= 0) return;

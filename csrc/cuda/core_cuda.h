@@ -25,11 +25,13 @@ struct DeviceMatrix {
 void gram_eigvalsh(const std::vector<DeviceMatrix>& mats, Scalar scalar, uintptr_t stream);
 
 // Hill metrics of every spectrum (eigs: float64, ascending, spectrum j at [offsets[j], offsets[j+1])), then the
-// mean alpha per unit and the LR factor per unit, in two kernels on `stream`. Device pointers: offsets int64[n+1],
-// unit_index int64[n], metrics float64[n, kHillColumns], unit_alpha float64[n_units], factors float64[n_units].
+// mean alpha per unit and the LR factor per unit, in two kernels on `stream` (tb::packed_hill_row and
+// tb::packed_unit_lr, which `_core.hill_lr_packed` runs on the CPU). Device pointers: offsets int64[n+1],
+// unit_index int64[n], zero_tols / zero_rtols float64[n] or 0 (the value in `hill` for all), metrics
+// float64[n, kHillColumns], unit_alpha float64[n_units], factors float64[n_units]. n_units == 0: metrics only.
 void hill_lr(uintptr_t eigs, uintptr_t offsets, int64_t n, uintptr_t unit_index, int64_t n_units,
-             const HillParams& hill, const MappingParams& mapping, uintptr_t metrics, uintptr_t unit_alpha,
-             uintptr_t factors, uintptr_t stream);
+             const HillParams& hill, uintptr_t zero_tols, uintptr_t zero_rtols, const MappingParams& mapping,
+             uintptr_t metrics, uintptr_t unit_alpha, uintptr_t factors, uintptr_t stream);
 
 // cudaGetDeviceCount, or a negative number with `why` set (no driver, driver too old, ...).
 int device_count(std::string* why);

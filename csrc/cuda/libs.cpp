@@ -34,6 +34,15 @@ void* open_first(const std::string& lib, int cuda_major, const std::vector<std::
   return nullptr;
 }
 
+// Loads what `lib` depends on from the same places (best effort: when one is missing, opening `lib` itself fails
+// with the loader's message naming it).
+void open_dependencies(const std::string& lib, int cuda_major, const std::vector<std::string>& dirs) {
+  for (const std::string& dep : cuda_plan::library_dependencies(lib)) {
+    std::string path, tried;
+    open_first(dep, cuda_major, dirs, &path, &tried);  // the handle stays open for the process's lifetime
+  }
+}
+
 template <class F>
 void resolve(void* h, const char* name, F* slot, bool required) {
   *slot = reinterpret_cast<F>(dlsym(h, name));
@@ -43,9 +52,11 @@ void resolve(void* h, const char* name, F* slot, bool required) {
 void load_once(int cuda_major, const std::vector<std::string>& dirs) {
   try {
     std::string tried;
+    open_dependencies("cublas", cuda_major, dirs);
     void* blas = open_first("cublas", cuda_major, dirs, &g_api.cublas_path, &tried);
     if (!blas) throw std::runtime_error("libcublas not found; tried:" + tried);
     tried.clear();
+    open_dependencies("cusolver", cuda_major, dirs);
     void* solver = open_first("cusolver", cuda_major, dirs, &g_api.cusolver_path, &tried);
     if (!solver) throw std::runtime_error("libcusolver not found; tried:" + tried);
     resolve(blas, "cublasCreate_v2", &g_api.blas_create, true);

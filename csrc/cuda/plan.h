@@ -83,12 +83,26 @@ inline int64_t eig_buffer_bytes(const std::vector<Group>& groups, int64_t real_b
   return most;
 }
 
-// The soname's version suffix of `lib` ("cusolver" | "cublas" | "cublasLt") for a CUDA major release, or "" when
-// unknown. CUDA 12 ships cuSOLVER 11 and cuBLAS 12; CUDA 13 ships cuSOLVER 12 and cuBLAS 13.
+// The soname's version suffix of `lib` ("cusolver" | "cublas" | "cublasLt" | "cusparse" | "nvJitLink") for a
+// CUDA major release, or "" when unknown. CUDA 12 ships cuSOLVER 11, cuBLAS 12, cuSPARSE 12, nvJitLink 12; CUDA 13
+// ships cuSOLVER 12, cuBLAS 13, cuSPARSE 12, nvJitLink 13.
 inline std::string soname_version(const std::string& lib, int cuda_major) {
-  if (lib == "cusolver") return cuda_major == 12 ? "11" : cuda_major == 13 ? "12" : "";
-  if (lib == "cublas" || lib == "cublasLt") return cuda_major == 12 ? "12" : cuda_major == 13 ? "13" : "";
+  if (cuda_major != 12 && cuda_major != 13) return "";
+  if (lib == "cusolver") return cuda_major == 12 ? "11" : "12";
+  if (lib == "cusparse") return "12";
+  if (lib == "cublas" || lib == "cublasLt" || lib == "nvJitLink") return std::to_string(cuda_major);
   return "";
+}
+
+// The libraries `lib` needs that may live in another directory, in load order; the core loads them first, from the
+// same candidates, so they come from the same installation. CUDA 13's wheels keep every library in one directory
+// (nvidia/cu13/lib, $ORIGIN rpath); CUDA 12's have one per package (nvidia/cusparse/lib, ...): the current ones
+// point libcusolver's RUNPATH at its siblings, but a copy in a plain directory has no such path. (cuSOLVER also
+// needs cuBLAS, which the core loads before it.)
+inline std::vector<std::string> library_dependencies(const std::string& lib) {
+  if (lib == "cusolver") return {"nvJitLink", "cusparse"};
+  if (lib == "cublas") return {"cublasLt"};
+  return {};
 }
 
 // Where `lib` is looked for, in order. An entry starting with "noload:" means dlopen(RTLD_NOLOAD) of that soname:

@@ -37,6 +37,8 @@ inline void bind_cuda_plan(pybind11::module_& m) {
       "slices, position)])].");
   m.def("cuda_library_candidates", &cuda_plan::library_candidates, py::arg("lib"), py::arg("cuda_major"),
         py::arg("dirs"), "Where the CUDA core looks for lib<lib>.so.<version>, in order ('noload:' = already loaded).");
+  m.def("cuda_library_dependencies", &cuda_plan::library_dependencies, py::arg("lib"),
+        "What the CUDA core loads before lib<lib> (from the same places), in order.");
   m.attr("CUDA_BATCHED_ELEMENT_LIMIT") = cuda_plan::kBatchedElementLimit;
 }
 

