@@ -28,7 +28,8 @@ import torch
 
 from tempbalance.demo import data as D
 from tempbalance.demo import plots
-from tempbalance.demo.finetune import Encoder, RunConfig, TBSettings, accuracy, batch_size_for, block_alphas, finetune
+from tempbalance.demo.finetune import (Encoder, RunConfig, RunResult, TBSettings, accuracy, batch_size_for,
+                                       block_alphas, finetune)
 from tempbalance.demo.run import StepBar, json_ready, set_threads
 from tempbalance.demo.summary import markdown_table, summarize
 
@@ -89,8 +90,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bar = StepBar(total, f"{len(plan)} runs", enabled=not args.no_progress)
     runs: list[dict[str, Any]] = []
     selected = []
+    reused = _finished_sizes(Path(args.out) / "runs.partial.json", cfg, seeds) if args.resume else {}
     try:
         for n in cfg["sizes"]:
+            if n in reused:  # every run of this size finished in an interrupted run with the same settings
+                for d in reused[n]:
+                    runs.append(d)
+                    if d["selected"]:
+                        selected.append(RunResult(**{k: v for k, v in d.items() if k != "selected"}))
+                continue
             trains = {s: D.subsample(train_pool, n, s) for s in seeds}
             for arm in ("FT", "TB"):
                 models: dict[float, list] = {}
@@ -131,6 +139,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (Path(args.out) / "runs.partial.json").unlink(missing_ok=True)
     if tmp is not None:
         tmp.cleanup()
+    return out
+
+
+def _finished_sizes(partial: Path, cfg: dict[str, Any], seeds: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Sizes whose runs (both arms, every lr and seed) are all in ``partial``, with those runs."""
+    if not partial.exists():
+        return {}
+    prior = json.loads(partial.read_text())
+    out = {}
+    for n in cfg["sizes"]:
+        mine = [d for d in prior if d["size"] == n]
+        want = {(arm, lr, s) for arm in ("FT", "TB") for lr in cfg["lrs"] for s in seeds}
+        if {(d["arm"], d["lr"], d["seed"]) for d in mine} == want and len(mine) == len(want):
+            out[n] = mine
     return out
 
 
@@ -233,6 +255,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default experiments/text/results, smoke: a temp dir)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the sizes an interrupted run finished (<out>/runs.partial.json, same settings)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="text-smoke-") if args.smoke else str(HERE / "results")
