@@ -59,3 +59,17 @@ def test_smoke_run_outputs(text_run, tmp_path):
     for png in ("accuracy_by_size.png", "alpha_std_by_size.png", "alpha_per_block_n8.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert not (out / "runs.partial.json").exists()
+
+
+def test_resume_reuses_only_complete_sizes(text_run, tmp_path):
+    cfg = dict(sizes=[8, 16], lrs=[1e-4, 1e-3])
+    seeds = [0, 1]
+    runs = [dict(size=8, arm=arm, lr=lr, seed=s, selected=lr == 1e-4) for arm in ("FT", "TB")
+            for lr in cfg["lrs"] for s in seeds]
+    runs += [dict(size=16, arm="FT", lr=1e-4, seed=0, selected=True)]  # size 16 was interrupted
+    partial = tmp_path / "runs.partial.json"
+    assert text_run._finished_sizes(partial, cfg, seeds) == {}  # no file: nothing to reuse
+    partial.write_text(json.dumps(runs))
+    done = text_run._finished_sizes(partial, cfg, seeds)
+    assert list(done) == [8] and len(done[8]) == 8
+    assert text_run._finished_sizes(partial, dict(cfg, lrs=[1e-4, 3e-5]), seeds) == {}  # other lr grid: rerun
