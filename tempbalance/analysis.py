@@ -47,6 +47,14 @@ def _failed(spec: MatrixSpec, shape: tuple[int, ...], status: str, reason: str, 
                        status, reason)
 
 
+def metrics_row(spec: MatrixSpec, shape: tuple[int, ...], m: dict[str, Any]) -> LayerResult:
+    """The report row of one matrix from its Hill metrics (a dict of :func:`tempbalance.hill.hill_metrics`)."""
+    reason = f"layer '{spec.name}': {m['reason']}" if m["status"] != "ok" else ""
+    return LayerResult(spec.name, spec.unit, spec.kind, shape, m["n_eigs"], m["alpha"], m["xmin"], m["n_tail"],
+                       m["spectral_norm"], m["frobenius"], m["stable_rank"], m["alpha_hat"], m["ks_distance"],
+                       m["status"], reason)
+
+
 def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, stack: torch.Tensor | None, dtype: torch.dtype) -> str:
     w = weight.detach()
     n_nan = int(torch.isnan(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
@@ -189,13 +197,7 @@ def analyze_specs(
         [batch.eigs[idx] for idx in on_host], zero_rtol=[rtol[idx] for idx in on_host], backend=backend_used,
         assume_sorted=True, **options)))
     for idx in done:
-        spec, m = specs[idx], metrics[idx]
-        reason = f"layer '{spec.name}': {m['reason']}" if m["status"] != "ok" else ""
-        results[idx] = LayerResult(
-            spec.name, spec.unit, spec.kind, shapes[idx], m["n_eigs"], m["alpha"], m["xmin"], m["n_tail"],
-            m["spectral_norm"], m["frobenius"], m["stable_rank"], m["alpha_hat"], m["ks_distance"], m["status"],
-            reason,
-        )
+        results[idx] = metrics_row(specs[idx], shapes[idx], metrics[idx])
     if len(on_host) < len(done):  # the CUDA core did some or all layers
         backend_used = "cuda" if not on_host else f"cuda+{backend_used}"
     settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=str(dtype).replace("torch.", ""),

@@ -152,16 +152,17 @@ class Report:
         return text
 
     @classmethod
+    def from_records(cls, records: list[dict[str, Any]], **kwargs: Any) -> "Report":
+        """The report whose :meth:`to_records` are ``records`` (``kwargs``: seconds, settings, skipped)."""
+        return cls([LayerResult(**{**rec, "shape": tuple(rec["shape"])}) for rec in records], **kwargs)
+
+    @classmethod
     def from_json(cls, text: str) -> "Report":
         """The report :meth:`to_json` wrote (nulls come back as NaN)."""
         data = json.loads(text)
-        rows = []
-        for rec in data["rows"]:
-            rec = {k: (math.nan if v is None else v) for k, v in rec.items()}
-            rec["shape"] = tuple(rec["shape"])
-            rows.append(LayerResult(**rec))
-        return cls(rows, seconds=data.get("seconds", 0.0), settings=data.get("settings", {}),
-                   skipped=[tuple(s) for s in data.get("skipped", [])])
+        records = [{k: (math.nan if v is None else v) for k, v in rec.items()} for rec in data["rows"]]
+        return cls.from_records(records, seconds=data.get("seconds", 0.0), settings=data.get("settings", {}),
+                                skipped=[tuple(s) for s in data.get("skipped", [])])
 
     # --- text -----------------------------------------------------------------------------------------------
     TABLE_COLUMNS = ("layer", "kind", "shape", "N", "alpha", "xmin", "lambda_max", "stable_rank", "KS", "status")

@@ -32,7 +32,7 @@ import re
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -42,7 +42,7 @@ from torch import nn
 from . import analysis, distributed, mapping as _mapping
 from .adapters import MatrixSpec, get_adapter
 from .cadence import Cadence, as_cadence
-from .report import LayerResult, Report
+from .report import Report
 
 METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")
 TARGETS = ("lr", "weight_decay")
@@ -84,12 +84,11 @@ def _snapshot(specs: list[MatrixSpec]) -> list[MatrixSpec]:
 
 
 def _report_state(report: Report) -> dict[str, Any]:
-    return dict(rows=[asdict(r) for r in report.rows], seconds=report.seconds, settings=dict(report.settings))
+    return dict(rows=report.to_records(), seconds=report.seconds, settings=dict(report.settings))
 
 
 def _report_from_state(state: dict[str, Any]) -> Report:
-    rows = [LayerResult(**{**r, "shape": tuple(r["shape"])}) for r in state["rows"]]
-    return Report(rows, seconds=float(state["seconds"]), settings=dict(state["settings"]))
+    return Report.from_records(state["rows"], seconds=float(state["seconds"]), settings=dict(state["settings"]))
 
 
 def _patterns(arg: str, value: Any) -> list[re.Pattern]:
@@ -443,10 +442,15 @@ class TempBalance:
         """Analyse the weights now, synchronously, and apply the new factors (exceptions propagate; groups are
         untouched then). A pending background pass is dropped: this one is newer."""
         self._drop_pending()
+        report = self._refresh_now()
+        self._apply()
+        return report
+
+    def _refresh_now(self) -> Report:
+        """Analyse the live weights and commit the factors; the loop waits for all of it."""
         start = time.perf_counter()
         report = self._analyze(self._specs)
         self._commit(report, started_step=self.step_count, blocking=time.perf_counter() - start)
-        self._apply()
         return report
 
     def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> None:
@@ -465,10 +469,8 @@ class TempBalance:
     def _start_refresh(self) -> None:
         """A refresh is due: synchronous with ``lag=0``, else snapshot + background pass due ``lag`` steps on."""
         if not self.lag:
-            start = time.perf_counter()
             try:
-                report = self._analyze(self._specs)
-                self._commit(report, started_step=self.step_count, blocking=time.perf_counter() - start)
+                self._refresh_now()
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
                 self._warn_failed(e)
             return

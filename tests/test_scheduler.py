@@ -309,6 +309,14 @@ def test_weight_decay_target():
 
 
 # --- resume -----------------------------------------------------------------------------------------------------
+def checkpoint_roundtrip(model, opt, tb) -> dict:
+    """Model, optimizer and TempBalance state through torch.save / torch.load(weights_only=True), as users do."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "tb": tb.state_dict()}, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
 def _fresh(seed=0):
     model = make_model(seed)
     opt = torch.optim.AdamW(user_groups(model))
@@ -329,10 +337,7 @@ def test_resume_is_bit_for_bit():
     for b in data[:4]:
         train_step(model2, opt2, b)
         tb2.step()
-    buf = io.BytesIO()
-    torch.save({"model": model2.state_dict(), "opt": opt2.state_dict(), "tb": tb2.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
+    ckpt = checkpoint_roundtrip(model2, opt2, tb2)
 
     model3, opt3, sched3 = _fresh(seed=5)  # different init: everything must come from the checkpoint
     model3.load_state_dict(ckpt["model"])

@@ -7,7 +7,6 @@ copy of the model taken at step t and the mapping of SPEC §3 written in numpy (
 from __future__ import annotations
 
 import copy
-import io
 import math
 import time
 import warnings
@@ -19,7 +18,7 @@ import torch
 from tempbalance import analysis
 from tempbalance.cadence import Adaptive
 from tempbalance.scheduler import TempBalance
-from test_scheduler import KW, batches, make_model, sigmoid_factor, train_step
+from test_scheduler import KW, batches, checkpoint_roundtrip, make_model, sigmoid_factor, train_step
 
 TUNED = ["0", "3", "5"]  # make_model's layers with enough eigenvalues
 
@@ -132,10 +131,7 @@ def test_resume_with_a_pending_pass_is_bit_for_bit():
         train_step(model2, opt2, b)
         tb2.step()
     assert tb2._pending is not None
-    buf = io.BytesIO()
-    torch.save({"model": model2.state_dict(), "opt": opt2.state_dict(), "tb": tb2.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
+    ckpt = checkpoint_roundtrip(model2, opt2, tb2)
     model3, opt3, tb3 = fresh(seed=4)
     model3.load_state_dict(ckpt["model"])
     tb3.load_state_dict(ckpt["tb"])

@@ -274,11 +274,7 @@ class Coordinator:
             zero_tol=opt["zero_tol"], zero_rel=opt["zero_rel"], zero_rtol=rtol, min_eigs=opt["min_eigs"],
             backend=_backend.name(opt["backend"]), assume_sorted=True)
         for k, m in zip(done, metrics):
-            spec = specs[k]
-            rows[k] = LayerResult(
-                spec.name, spec.unit, spec.kind, plan.layouts[k].shape, m["n_eigs"], m["alpha"], m["xmin"],
-                m["n_tail"], m["spectral_norm"], m["frobenius"], m["stable_rank"], m["alpha_hat"], m["ks_distance"],
-                m["status"], f"layer '{spec.name}': {m['reason']}" if m["status"] != "ok" else "")
+            rows[k] = analysis.metrics_row(specs[k], plan.layouts[k].shape, m)
         return rows
 
     def _assemble(self, specs: list[MatrixSpec], plan: Plan, gathered: list[Any], settings: dict,
