@@ -102,7 +102,9 @@ if [ "${WHEEL_CHECK:-1}" = 1 ]; then
     -C cmake.define.TEMPBALANCE_CUDA_INCLUDE="$INC" -C build-dir="$WORK/wheel-build" "$ROOT" >"$WORK/wheel.log" 2>&1 \
     || { tail -30 "$WORK/wheel.log"; say "FAIL: CUDA wheel build"; exit 1; }
   WHL="$(ls "$WORK"/dist/tempbalance-*.whl)"
-  "$PY" -m zipfile -l "$WHL" | grep -q "tempbalance/_core_cuda" || { say "FAIL: $WHL has no _core_cuda"; exit 1; }
+  # read the listing in Python: `zipfile -l | grep -q` under pipefail fails when grep exits before the listing ends
+  "$PY" -c 'import sys, zipfile; sys.exit(not any(n.startswith("tempbalance/_core_cuda") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$WHL" \
+    || { say "FAIL: $WHL has no _core_cuda"; exit 1; }
   "$PY" -m venv "$WORK/wheelenv"
   "$WORK/wheelenv/bin/python" -m pip install -q torch==2.13.0 "$WHL"
   TB_EXPECT_CUDA_BUILT=1 bash "$ROOT/scripts/wheel_smoke.sh" --installed "$WORK/wheelenv/bin/python"
