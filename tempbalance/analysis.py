@@ -131,6 +131,13 @@ class _GramBatcher:
                 self.eigs[idx] = e if keep else e.cpu().numpy()  # device spectra stay there for the Hill kernel
 
 
+def _all_finite(stack: torch.Tensor) -> bool:
+    """Whether every entry is finite. A finite sum proves it (NaN and Inf propagate) in one read without a mask
+    the size of the weights (the elementwise check cost ~10% of a RoBERTa-base pass); only a non-finite sum
+    (a bad entry, or finite entries so large that the sum overflows) pays for the elementwise check."""
+    return bool(torch.isfinite(stack.sum())) or bool(torch.isfinite(stack).all())
+
+
 def analyze_specs(
     specs: list[MatrixSpec],
     *,
@@ -172,7 +179,7 @@ def analyze_specs(
                 on_device = use_cuda and cuda_backend.use_for(w)
                 stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype,
                                        arg=f"layer '{spec.name}'", keep_device=on_device)
-                if not on_device and not bool(torch.isfinite(stack).all()):
+                if not on_device and not _all_finite(stack):
                     results[idx] = _failed(spec, shape, "non_finite", _non_finite_reason(spec, w, stack, dtype))
                     continue
             except Exception as e:  # noqa: BLE001 - one bad layer never stops the pass

@@ -31,6 +31,7 @@ import math
 import re
 import time
 import warnings
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -38,8 +39,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from . import analysis, distributed, mapping as _mapping
+from .distributed import partition
 from .adapters import MatrixSpec, get_adapter
 from .cadence import Cadence, as_cadence
 from .report import Report
@@ -56,12 +59,14 @@ _STATE_VERSION = 2
 
 @dataclass
 class _PendingPass:
-    """A background pass on the weights of ``started_step``, to be applied at ``due_step``."""
+    """A background pass on the weights of ``started_step`` (over the matrices ``indices``), applied at
+    ``due_step``."""
 
     started_step: int
     due_step: int
     future: Future
     snapshot_seconds: float
+    indices: list[int]
 
 
 def _raise(error: BaseException) -> torch.Tensor:
@@ -137,6 +142,33 @@ def _number(arg: str, v: Any, lo: float | None = None, strict: bool = False) -> 
     return float(v)
 
 
+def _steps_through_torch(optimizer: Any) -> bool:
+    """Whether ``optimizer`` (or the optimizer a wrapper holds as ``.optimizer``, as accelerate's does) is a
+    ``torch.optim.Optimizer`` whose ``step`` runs the global step pre-hooks on these very param groups."""
+    opt, groups = optimizer, optimizer.param_groups
+    for _ in range(4):
+        if (isinstance(opt, torch.optim.Optimizer) and getattr(type(opt).step, "hooked", False)
+                and opt.param_groups is groups):
+            return True
+        opt = getattr(opt, "optimizer", None)
+        if opt is None or not hasattr(opt, "param_groups"):
+            return False
+    return False
+
+
+def _register_step_hook(tb: "TempBalance") -> Any:
+    """A global optimizer step pre-hook that runs ``tb``'s due refresh before its optimizer steps. It holds ``tb``
+    weakly, so an abandoned TempBalance is still collected (and its hook removed)."""
+    ref = weakref.ref(tb)
+
+    def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        me = ref()  # compare the groups now: optimizer.load_state_dict replaces the list
+        if me is not None and me._refresh_due and optimizer.param_groups is me.optimizer.param_groups:
+            me._run_due()
+
+    return register_optimizer_step_pre_hook(before_step)
+
+
 class TempBalance:
     """Layer-wise (block-wise) learning rates from PL_Alpha_Hill, multiplied onto any base schedule.
 
@@ -154,12 +186,23 @@ class TempBalance:
             of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end`; ``"adaptive"`` or a
             :class:`~tempbalance.cadence.Adaptive` = often while the alphas move, rarely once they settle;
             :class:`~tempbalance.cadence.Budget` = as often as keeps the spectral work under a share of the
-            training time; any :class:`~tempbalance.cadence.Cadence`.
+            training time; any :class:`~tempbalance.cadence.Cadence`. A refresh due at :meth:`epoch_end` runs
+            right before the next ``optimizer.step()`` (the weights cannot change before it, so the factors are
+            those of an immediate pass), so the pass after a loop's last epoch costs nothing unless its results
+            are read (``alphas``, ``factors``, ``history``, ``get_last_lr()``, ...), which runs it then; reading
+            ``optimizer.param_groups`` directly between ``epoch_end()`` and the next step shows the previous
+            factors. Optimizers that do not step through ``torch.optim.Optimizer`` get the pass at once.
         lag: ``0`` = analyse synchronously inside :meth:`step` / :meth:`epoch_end`. ``k >= 1`` = copy the weights
             then, analyse the copy in a background thread while training goes on, and apply its factors exactly
             ``k`` steps later (waiting only if the pass has not finished by then). Runs stay deterministic: the
             factors depend on step counts, never on timing. A refresh that falls due while a pass is still
             pending is skipped (its step is recorded in ``skipped_refreshes``); choose an interval larger than ``lag``.
+        stagger: ``1`` = every refresh analyses every matrix. ``k >= 2`` = the matrices are split once into ``k``
+            slices of equal spectral cost, and each refresh analyses the next slice in turn; the others keep the
+            alphas of their last analysis (at most ``k - 1`` refreshes old). A refresh then costs about ``1/k``
+            of a full pass. Opt-in because it is an approximation: each record's ``stale_drift`` is the largest
+            alpha change of the slice just analysed since its previous analysis, the measured size of the
+            staleness. The pass at construction and :meth:`refresh` analyse every matrix.
         num_threads: threads of the spectral pass (``None``: torch's intra-op thread count).
         chunk_bytes: the most memory (weights in the analysis dtype + their Grams) one native call holds; bounds
             the pass's peak extra memory (``None``: 1 GiB).
@@ -200,6 +243,7 @@ class TempBalance:
         xmin_rule: str = "median",
         interval: int | str | Cadence | None = None,
         lag: int = 0,
+        stagger: int = 1,
         num_threads: int | None = None,
         chunk_bytes: int | None = None,
         min_eigs: int | None = None,
@@ -227,6 +271,8 @@ class TempBalance:
         cadence = as_cadence(interval)
         if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
             raise ValueError(f"lag must be an integer >= 0 (0 = synchronous), got {lag!r}")
+        if isinstance(stagger, bool) or not isinstance(stagger, int) or stagger < 1:
+            raise ValueError(f"stagger must be an integer >= 1 (1 = every matrix at every refresh), got {stagger!r}")
         for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("compat", compat)):
             if not isinstance(v, bool):
                 raise ValueError(f"{arg} must be True or False, got {v!r}")
@@ -253,9 +299,15 @@ class TempBalance:
         self._dist = distributed.Coordinator.maybe(process_group)
         if self._dist is not None and lag:
             raise ValueError("lag >= 1 (background passes) is not supported under torch.distributed yet; use lag=0")
+        if self._dist is not None and stagger > 1:
+            raise ValueError("stagger >= 2 is not supported under torch.distributed yet (the ranks already share "
+                             "each pass); use stagger=1")
 
         self._specs, self.units = self._select_specs(include, exclude, remove_first, remove_last, include_embeddings)
         self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
+        self.stagger = stagger
+        self._slices = self._stagger_slices(stagger)
+        self._next_slice = 0
         unit_params = self.adapter.unit_params(model, self._specs, self.unit)
         self._split_groups({u: unit_params.get(u, []) for u in self.units})
 
@@ -269,11 +321,13 @@ class TempBalance:
         self._alpha_std = math.nan
         self.step_count = 0
         self.epoch = 0
-        self.spectral_seconds = 0.0
-        self.blocking_seconds = 0.0
-        self.history: list[dict[str, Any]] = []
+        self._spectral_seconds = 0.0
+        self._blocking_seconds = 0.0
+        self._history: list[dict[str, Any]] = []
         self.skipped_refreshes: list[int] = []
-        self.last_report: Report | None = None
+        self._last_report: Report | None = None
+        self._refresh_due = False
+        self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
         self._warned_external = False
         self._pending: _PendingPass | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -381,6 +435,7 @@ class TempBalance:
     def step(self, *args: Any, **kwargs: Any) -> None:
         """Call once after each ``optimizer.step()``: advances the base scheduler (``args`` are passed to it,
         e.g. the metric of ReduceLROnPlateau), re-analyses every ``interval`` calls, applies base lr x factor."""
+        self._run_due()
         groups = self.optimizer.param_groups
         self._sync_groups(groups)
         if self.base_scheduler is not None:
@@ -402,9 +457,21 @@ class TempBalance:
 
     def epoch_end(self) -> None:
         """Call at the end of every epoch: counts it, and with a per-epoch cadence (``interval=None``) re-analyses
-        now (``lag=0``) or starts the background pass."""
+        before the next optimizer step (``lag=0``) or starts the background pass then."""
         self.epoch += 1
         if self.cadence.due_at_epoch_end(self.epoch):
+            self._mark_due()
+
+    def _mark_due(self) -> None:
+        """A refresh is due: run it when the next optimizer step starts (the step hook), or now without one."""
+        self._refresh_due = True
+        if self._step_hook is None:
+            self._run_due()
+
+    def _run_due(self) -> None:
+        """Run the refresh that fell due (synchronously or as a background pass) and apply the factors."""
+        if self._refresh_due:
+            self._refresh_due = False
             self._start_refresh()
             self._apply()
 
@@ -441,17 +508,34 @@ class TempBalance:
     def refresh(self) -> Report:
         """Analyse the weights now, synchronously, and apply the new factors (exceptions propagate; groups are
         untouched then). A pending background pass is dropped: this one is newer."""
+        self._refresh_due = False
         self._drop_pending()
         report = self._refresh_now()
         self._apply()
         return report
 
-    def _refresh_now(self) -> Report:
-        """Analyse the live weights and commit the factors; the loop waits for all of it."""
+    def _refresh_now(self, indices: list[int] | None = None) -> Report:
+        """Analyse the live weights (the matrices ``indices``, default all) and commit the factors; the loop
+        waits for all of it."""
+        indices = list(range(len(self._specs))) if indices is None else indices
         start = time.perf_counter()
-        report = self._analyze(self._specs)
-        self._commit(report, started_step=self.step_count, blocking=time.perf_counter() - start)
-        return report
+        report = self._analyze([self._specs[i] for i in indices])
+        return self._commit(report, indices, started_step=self.step_count, blocking=time.perf_counter() - start)
+
+    def _stagger_slices(self, k: int) -> list[list[int]]:
+        """The matrices split into ``k`` slices of about equal spectral cost (largest first onto the cheapest
+        slice, as ranks share a distributed pass), each in model order."""
+        if k == 1:
+            return [list(range(len(self._specs)))]
+        costs = [partition.cost(tuple(shape), s.kind) for s, (_, shape) in zip(self._specs, self._fingerprint)]
+        owners, _ = partition.assign(costs, k)
+        return [[i for i, o in enumerate(owners) if o == j] for j in range(k)]
+
+    def _take_slice(self) -> list[int]:
+        """The matrices the next scheduled refresh analyses (all of them without staggering)."""
+        indices = self._slices[self._next_slice % len(self._slices)]
+        self._next_slice += 1
+        return indices
 
     def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> None:
         """Call ``fn(record)`` after every applied refresh with its ``history`` record (step, epoch, seconds,
@@ -470,7 +554,7 @@ class TempBalance:
         """A refresh is due: synchronous with ``lag=0``, else snapshot + background pass due ``lag`` steps on."""
         if not self.lag:
             try:
-                self._refresh_now()
+                self._refresh_now(self._take_slice())
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
                 self._warn_failed(e)
             return
@@ -478,8 +562,9 @@ class TempBalance:
             self.skipped_refreshes.append(self.step_count)  # deterministic: depends on step counts only
             return
         start = time.perf_counter()
+        indices = self._take_slice()
         try:
-            snapshot = _snapshot(self._specs)
+            snapshot = _snapshot([self._specs[i] for i in indices])
         except Exception as e:  # noqa: BLE001
             self._warn_failed(e)
             return
@@ -487,7 +572,7 @@ class TempBalance:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
         future = self._executor.submit(self._analyze, snapshot)
         self._pending = _PendingPass(self.step_count, self.step_count + self.lag, future,
-                                     time.perf_counter() - start)
+                                     time.perf_counter() - start, indices)
 
     def _collect_due(self) -> None:
         """Apply the background pass due at this step, waiting for it if it has not finished."""
@@ -498,7 +583,7 @@ class TempBalance:
         self._pending = None
         try:
             report = p.future.result()
-            self._commit(report, started_step=p.started_step,
+            self._commit(report, p.indices, started_step=p.started_step,
                          blocking=p.snapshot_seconds + time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001
             self._warn_failed(e)
@@ -509,18 +594,28 @@ class TempBalance:
             self._pending = None
 
     def wait(self) -> None:
-        """Block until a pending background pass has finished (it is still applied at its due step)."""
+        """Start a due refresh, then block until a pending background pass has finished (it is still applied at
+        its due step)."""
+        self._run_due()
         if self._pending is not None:
             wait([self._pending.future])
 
     def close(self) -> None:
-        """Drop a pending pass and stop the background thread (also done when the object is collected)."""
+        """Drop a due or pending pass, stop the background thread and remove the optimizer step hook (also done
+        when the object is collected)."""
+        self._refresh_due = False
         self._drop_pending()
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
     def __del__(self) -> None:
+        hook = getattr(self, "_step_hook", None)
+        if hook is not None:
+            hook.remove()
         ex = getattr(self, "_executor", None)
         if ex is not None:
             ex.shutdown(wait=False)
@@ -529,18 +624,34 @@ class TempBalance:
         warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed ({type(e).__name__}: {e}); "
                       "every unit keeps its factor", RuntimeWarning, stacklevel=4)
 
-    def _commit(self, report: Report, *, started_step: int, blocking: float) -> None:
-        """Map a finished pass to factors and commit them (all computed before anything changes)."""
-        rows = report.rows
-        if [r.name for r in rows] != [s.name for s in self._specs]:
+    def _commit(self, report: Report, indices: list[int], *, started_step: int, blocking: float) -> Report:
+        """Map a finished pass over the matrices ``indices`` to factors and commit them (all computed before
+        anything changes); the other matrices keep the rows of their last analysis. Returns the full report."""
+        if [r.name for r in report.rows] != [self._specs[i].name for i in indices]:
             raise RuntimeError("analysis returned rows that do not match the analysed matrices")
+        if len(indices) == len(self._specs):
+            fresh, rows = set(range(len(self._specs))), list(report.rows)
+        else:
+            if self._last_report is None:
+                raise RuntimeError("a partial pass needs a full one before it")
+            fresh, rows = set(indices), list(self._last_report.rows)
+            for i, r in zip(indices, report.rows):
+                rows[i] = r
+            report = Report(rows=rows, seconds=report.seconds, settings=report.settings, skipped=report.skipped)
+        prev_alpha = self._alphas
+        stale_drift = max((abs(rows[i].alpha - prev_alpha[rows[i].name]) for i in fresh
+                           if math.isfinite(rows[i].alpha) and math.isfinite(prev_alpha.get(rows[i].name, math.nan))),
+                          default=math.nan)
         index = {u: k for k, u in enumerate(self.units)}
         unit_idx = np.array([index[self._key(s)] for s in self._specs], dtype=np.int64)
         vals = np.array([getattr(r, self.metric) if r.ok else math.nan for r in rows], dtype=np.float64)
         vals[~np.isfinite(vals)] = math.nan
         means = _mapping.unit_means(vals, unit_idx, len(self.units), backend=self.map_options["backend"])
-        failed: dict[str, list[str]] = {}
-        for s, r in zip(self._specs, rows):
+        failed: dict[str, list[str]] = {}  # units that keep their factor: a matrix of theirs failed
+        newly_failed: set[str] = set()  # ... in this pass (a stale failure was warned about when it happened)
+        for i, (s, r) in enumerate(zip(self._specs, rows)):
+            if r.status in _FAILED and i in fresh:
+                newly_failed.add(self._key(s))
             if r.status in _FAILED:
                 failed.setdefault(self._key(s), []).append(r.reason or f"layer '{r.name}': {r.status}")
         for u in failed:
@@ -559,13 +670,14 @@ class TempBalance:
         self._alphas = {r.name: float(r.alpha) for r in rows}
         ok = np.array([r.alpha for r in rows if r.ok and math.isfinite(r.alpha)], dtype=np.float64)
         self._alpha_std = float(ok.std()) if ok.size else math.nan
-        self.spectral_seconds += report.seconds
-        self.blocking_seconds += blocking
-        self.last_report = report
+        self._spectral_seconds += report.seconds
+        self._blocking_seconds += blocking
+        self._last_report = report
         record = dict(step=self.step_count, epoch=self.epoch, started_step=started_step, seconds=report.seconds,
                       blocking_seconds=blocking, unit_values=dict(self._unit_values), factors=dict(new),
-                      alpha_std=self._alpha_std, failed=sorted(failed), alphas=dict(self._alphas))
-        self.history.append(record)
+                      alpha_std=self._alpha_std, failed=sorted(failed), alphas=dict(self._alphas),
+                      analysed=len(fresh), stale_drift=stale_drift)
+        self._history.append(record)
         drift = [abs(self._unit_values[u] - previous[u]) for u in self.units
                  if math.isfinite(self._unit_values[u]) and math.isfinite(previous.get(u, math.nan))]
         now = time.perf_counter()
@@ -574,10 +686,10 @@ class TempBalance:
         self._last_commit = (self.step_count, now)
         self.cadence.observe(self.step_count, max(drift) if drift else math.nan, blocking_seconds=blocking,
                              step_seconds=step_seconds)
-        if failed:
-            reasons = "; ".join(r for rs in failed.values() for r in rs[:2])
+        if newly_failed:
+            reasons = "; ".join(r for u in sorted(newly_failed) for r in failed[u][:2])
             warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
-                          f"{sorted(failed)} ({reasons}); they keep their previous factor", RuntimeWarning,
+                          f"{sorted(newly_failed)} ({reasons}); they keep their previous factor", RuntimeWarning,
                           stacklevel=4)
         for fn in self._callbacks:
             try:
@@ -585,27 +697,56 @@ class TempBalance:
             except Exception as e:  # noqa: BLE001 - a logger must not stop training
                 warnings.warn(f"TempBalance: refresh callback {getattr(fn, '__name__', fn)!r} raised "
                               f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=4)
+        return report
 
-    # --- read access ------------------------------------------------------------------------------------------
+    # --- read access (each runs a refresh that fell due and has not run yet) ----------------------------------
     @property
     def alphas(self) -> dict[str, float]:
         """PL_Alpha_Hill of every analysed matrix at the last refresh (NaN where it could not be fitted)."""
+        self._run_due()
         return dict(self._alphas)
 
     @property
     def unit_alphas(self) -> dict[str, float]:
         """Per unit, the mean ``metric`` (alpha by default) of its matrices that drove the last mapping."""
+        self._run_due()
         return dict(self._unit_values)
 
     @property
     def factors(self) -> dict[str, float]:
         """Current LR (or weight-decay) factor per unit; parameters outside every unit have factor 1."""
+        self._run_due()
         return dict(self._factors)
 
     @property
     def alpha_std(self) -> float:
         """Standard deviation of alpha across the analysed matrices at the last refresh (the papers' STD)."""
+        self._run_due()
         return self._alpha_std
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per applied refresh (see :meth:`add_refresh_callback`), oldest first."""
+        self._run_due()
+        return self._history
+
+    @property
+    def last_report(self) -> Report | None:
+        """The :class:`~tempbalance.report.Report` of the last applied refresh."""
+        self._run_due()
+        return self._last_report
+
+    @property
+    def spectral_seconds(self) -> float:
+        """Wall seconds of every applied spectral pass so far (background passes included)."""
+        self._run_due()
+        return self._spectral_seconds
+
+    @property
+    def blocking_seconds(self) -> float:
+        """Seconds the training loop waited for spectral work (all of it for synchronous passes)."""
+        self._run_due()
+        return self._blocking_seconds
 
     @property
     def group_units(self) -> list[str | None]:
@@ -614,6 +755,7 @@ class TempBalance:
 
     def get_last_lr(self) -> list[float]:
         """The learning rate of every param group as the optimizer uses it (base x factor)."""
+        self._run_due()
         return [_get(g, "lr") for g in self.optimizer.param_groups]
 
     def get_base_lr(self) -> list[float]:
@@ -624,15 +766,18 @@ class TempBalance:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly, the base scheduler's state included (plain Python + tensors,
         loadable with ``torch.load(weights_only=True)``). A pending background pass is waited for and saved with
-        its due step, so the resumed run applies it at the same step."""
+        its due step, so the resumed run applies it at the same step; a refresh that fell due and has not run is
+        saved as due and runs before the resumed run's first optimizer step."""
         return dict(
             version=_STATE_VERSION, step_count=self.step_count, epoch=self.epoch, unit=self.unit,
             metric=self.metric, target=self.target, base=list(self._base), base_wd=list(self._base_wd),
             written=list(self._written), factors=dict(self._factors), unit_values=dict(self._unit_values),
             alphas=dict(self._alphas), alpha_std=self._alpha_std, group_units=list(self._group_units),
-            fingerprint=[list(x) for x in self._fingerprint], spectral_seconds=self.spectral_seconds,
-            blocking_seconds=self.blocking_seconds, history=copy.deepcopy(self.history),
+            fingerprint=[list(x) for x in self._fingerprint], spectral_seconds=self._spectral_seconds,
+            blocking_seconds=self._blocking_seconds, history=copy.deepcopy(self._history),
             cadence=self.cadence.state_dict(), lag=self.lag, pending=self._pending_state(),
+            refresh_due=self._refresh_due, stagger=self.stagger, next_slice=self._next_slice,
+            last_report=_report_state(self._last_report) if self.stagger > 1 and self._last_report else None,
             skipped_refreshes=list(self.skipped_refreshes),
             base_scheduler=self.base_scheduler.state_dict() if self.base_scheduler is not None else None,
         )
@@ -643,8 +788,9 @@ class TempBalance:
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"not a TempBalance state_dict of version {_STATE_VERSION}")
         self._check_fingerprint(state["fingerprint"])
-        for key, mine in (("unit", self.unit), ("metric", self.metric), ("target", self.target), ("lag", self.lag)):
-            if state[key] != mine:
+        for key, mine in (("unit", self.unit), ("metric", self.metric), ("target", self.target), ("lag", self.lag),
+                          ("stagger", self.stagger)):
+            if state.get(key, 1 if key == "stagger" else None) != mine:
                 raise ValueError(f"TempBalance.load_state_dict: saved with {key}={state[key]!r}, this object has "
                                  f"{key}={mine!r}")
         if list(state["group_units"]) != self._group_units:
@@ -663,18 +809,23 @@ class TempBalance:
         self._factors = {u: float(f) for u, f in state["factors"].items()}
         self._unit_values = dict(state["unit_values"])
         self._alphas, self._alpha_std = dict(state["alphas"]), float(state["alpha_std"])
-        self.spectral_seconds = float(state["spectral_seconds"])
-        self.blocking_seconds = float(state["blocking_seconds"])
-        self.history = copy.deepcopy(list(state["history"]))
+        self._spectral_seconds = float(state["spectral_seconds"])
+        self._blocking_seconds = float(state["blocking_seconds"])
+        self._history = copy.deepcopy(list(state["history"]))
         self.cadence.load_state_dict(state["cadence"])
         self._last_commit = (self.step_count, time.perf_counter())
         self.skipped_refreshes = [int(x) for x in state["skipped_refreshes"]]
         self._drop_pending()
+        self._refresh_due = bool(state.get("refresh_due", False))
+        self._next_slice = int(state.get("next_slice", 0))
+        if state.get("last_report") is not None:
+            self._last_report = _report_from_state(state["last_report"])
         if state["pending"] is not None:
             p = state["pending"]
             future: Future = Future()
             future.set_result(_report_from_state(p["report"]))
-            self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]), future, 0.0)
+            self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]), future, 0.0,
+                                         [int(i) for i in p.get("indices", range(len(self._specs)))])
         self._apply()
 
     def _pending_state(self) -> dict[str, Any] | None:
@@ -687,7 +838,8 @@ class TempBalance:
             self._pending = None
             self._warn_failed(e)
             return None
-        return dict(started_step=p.started_step, due_step=p.due_step, report=_report_state(report))
+        return dict(started_step=p.started_step, due_step=p.due_step, report=_report_state(report),
+                    indices=list(p.indices))
 
     def _check_fingerprint(self, saved: list) -> None:
         mine = {n: tuple(s) for n, s in self._fingerprint}

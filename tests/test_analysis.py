@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tempbalance import _backend, _native
+from tempbalance import analysis as analysis_module
 from tempbalance.adapters import MatrixSpec, get_adapter, register_adapter
 from tempbalance.adapters.generic import GenericAdapter
 from tempbalance.analysis import analyze, analyze_specs
@@ -99,6 +100,25 @@ def test_float64_weights_that_overflow_float32(backend):
     rep = analyze([("big", w)], backend=backend)
     assert rep["big"].status == "non_finite" and "overflows" in rep["big"].reason
     assert analyze([("big", w)], backend=backend, dtype=torch.float64)["big"].status != "non_finite"
+
+
+@pytest.mark.parametrize("case", ["ok", "nan", "inf", "both_infs", "sum_overflows", "complex_nan", "complex_ok"])
+def test_finite_check_agrees_with_numpy(case):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 7, 9, generator=g)
+    if case == "nan":
+        w[4, 6, 8] = float("nan")
+    elif case == "inf":
+        w[0, 0, 0] = float("-inf")
+    elif case == "both_infs":  # the sum is NaN
+        w[1, 2, 3], w[2, 3, 4] = float("inf"), float("-inf")
+    elif case == "sum_overflows":  # every entry finite, their float32 sum is not
+        w = torch.full((4, 8), 3e38)
+    elif case.startswith("complex"):
+        w = torch.complex(w, torch.randn(5, 7, 9, generator=g))
+        if case == "complex_nan":
+            w[2, 2, 2] = complex(0.0, float("nan"))
+    assert analysis_module._all_finite(w) == bool(np.isfinite(w.numpy()).all())
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])

@@ -168,3 +168,26 @@ def test_gram_eigvals_top(backend, rng):
     full = spectra.gram_eigvals([a], backend=backend)[0]
     top = spectra.gram_eigvals([a], backend=backend, top=[7])[0]
     np.testing.assert_allclose(top.numpy(), full[-7:].numpy(), rtol=1e-9)
+
+
+def test_wide_grams_take_the_two_stage_solver_and_keep_their_order(monkeypatch, rng):
+    from tempbalance import _backend
+
+    core = _backend.resolve("native")
+    if core is None:
+        pytest.skip("native core not built")
+    calls = []
+
+    class Spy:
+        def gram_eigvalsh(self, mats, top, threads, solver="evd"):
+            calls.append((solver, [m.shape[2] for m in mats]))
+            return core.gram_eigvalsh(mats, top, threads, solver)
+
+    monkeypatch.setattr(spectra, "TWO_STAGE_MIN_DIM", 20)
+    monkeypatch.setattr(_backend, "resolve", lambda backend: Spy())
+    stacks = [torch.from_numpy(rng.standard_normal((1, 40, n))) for n in (30, 10, 25, 19)]
+    got = spectra.gram_eigvals(stacks, backend="native", top=[0, 0, 5, 0])
+    assert calls == [("evd", [10, 19]), ("2stage", [30, 25])]
+    for s, g, t in zip(stacks, got, [0, 0, 5, 0]):
+        ref = np.sort(np.linalg.svd(s[0].numpy(), compute_uv=False) ** 2)
+        np.testing.assert_allclose(g.numpy(), ref[-t:] if t else ref, rtol=1e-9, atol=1e-12)

@@ -55,21 +55,39 @@ def test_overhead_smoke(tmp_path):
     assert res["mode"] == "smoke"
     (b,) = res["benches"]
     runs = b["runs"]
-    assert set(runs) == {"plain", "epoch", "epoch_bg", "step", "adaptive", "budget", "plain2"}
+    assert set(runs) == {"plain", "epoch", "epoch_bg", "epoch_stagger2", "epoch_stagger3", "step", "adaptive",
+                         "budget", "plain2"}
     per_epoch = math.ceil(res["examples"] / res["batch"])
     steps = res["epochs"] * per_epoch
     for mode, r in runs.items():
         assert _positive(r["wall_seconds"]) and r["steps"] == steps
-    # one pass at construction, then one per epoch / one per step
-    assert runs["epoch"]["refresh_steps"] == [per_epoch * e for e in range(res["epochs"] + 1)]
+    # one pass at construction, then one per epoch (but none after the last: nothing reads it) / one per step
+    for mode in ("epoch", "epoch_stagger2", "epoch_stagger3"):
+        assert runs[mode]["refresh_steps"] == [per_epoch * e for e in range(res["epochs"])]
+        assert runs[mode]["n_matrices"] == runs["epoch"]["n_matrices"]
+    for mode in ("epoch_stagger2", "epoch_stagger3"):  # the staleness was measured against full passes
+        assert 0.0 <= runs[mode]["max_alpha_error"] < float("inf")
     assert runs["step"]["refreshes"] == 1 + steps
     # background: the pass started at an epoch's end is applied 2 steps into the next; the last one never is
     assert runs["epoch_bg"]["refresh_steps"] == [per_epoch * e for e in range(res["epochs"])]
     assert 2 <= runs["adaptive"]["refreshes"] <= 1 + steps
     assert runs["budget"]["refresh_steps"][:2] == [0, 4]  # Budget(start=4); then spaced by measured cost
     assert runs["budget"]["refreshes"] <= 1 + steps
-    for mode in ("epoch", "epoch_bg", "step", "adaptive", "budget"):
+    for mode in ("epoch", "epoch_bg", "epoch_stagger2", "epoch_stagger3", "step", "adaptive", "budget"):
         assert _positive(runs[mode]["spectral_seconds"]) and math.isfinite(b[f"overhead_pct_{mode}"])
     # same seed and data: the two plain runs train identically
     assert b["same_loss_plain_runs"]
     assert math.isfinite(b["reference_pass_seconds"])
+
+
+def test_solver_crossover_smoke(tmp_path):
+    from tempbalance import _native, spectra
+
+    if _native.core is None:
+        pytest.skip("native core not built")
+    res = _run("solver_crossover.py", tmp_path / "crossover.json")
+    assert [r["width"] for r in res["rows"]] == [32, 64]
+    for r in res["rows"]:
+        assert _positive(r["evd_seconds"]) and _positive(r["two_stage_seconds"])
+        assert r["ratio"] == pytest.approx(r["two_stage_seconds"] / r["evd_seconds"])
+    assert res["two_stage_min_dim"] == spectra.TWO_STAGE_MIN_DIM
