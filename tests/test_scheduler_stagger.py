@@ -137,3 +137,26 @@ def test_stagger_validation(bad):
     model = make_model()
     with pytest.raises(ValueError, match="stagger must be an integer >= 1"):
         TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), stagger=bad, **KW)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(stagger=2), "stagger >= 2"), (dict(lag=1), "lag >= 1")])
+def test_stagger_and_lag_are_refused_under_torch_distributed(kw, match):
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:  # a free port for the one-rank group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        from tempbalance.distributed import Coordinator
+
+        model = make_model()
+        group = Coordinator(None)  # a one-rank group would otherwise run as a single process
+        with pytest.raises(ValueError, match=match):
+            TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), process_group=group, **kw, **KW)
+        tb = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), process_group=group, **KW)
+        assert tb.factors  # the default settings work there
+    finally:
+        dist.destroy_process_group()
