@@ -539,8 +539,9 @@ class TempBalance:
 
     def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> None:
         """Call ``fn(record)`` after every applied refresh with its ``history`` record (step, epoch, seconds,
-        blocking_seconds, started_step, unit_values, factors, alpha_std, failed, alphas). For loggers; an
-        exception in ``fn`` is turned into a warning so training goes on."""
+        blocking_seconds, started_step, unit_values, factors, alpha_std, failed, alphas, analysed: how many
+        matrices this pass analysed, stale_drift: the largest alpha change among them since their previous
+        analysis). For loggers; an exception in ``fn`` is turned into a warning so training goes on."""
         if not callable(fn):
             raise TypeError(f"refresh callback must be callable, got {type(fn).__name__}")
         self._callbacks.append(fn)
