@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import statistics
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -78,8 +79,10 @@ ARMS = {  # name -> TempBalance keyword arguments (None: no TempBalance)
 }
 
 
-def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> dict:
-    """One fine-tuning run; ``mode`` is a key of ``ARMS``."""
+def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int,
+          observe: Callable[[TempBalance], None] | None = None) -> dict:
+    """One fine-tuning run; ``mode`` is a key of ``ARMS``. ``observe(tb)`` is called once TempBalance is built
+    (to register refresh callbacks; the wall time then includes them)."""
     torch.manual_seed(seed)
     model = build()
     model.train()
@@ -93,6 +96,8 @@ def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> 
         elif kw.get("interval") == "budget":
             kw["interval"] = Budget(0.05, start=4)
         tb = TempBalance(model, opt, **kw)
+        if observe is not None:
+            observe(tb)
     losses = []
     for _ in range(epochs):
         for i in range(0, len(ids), batch):
@@ -116,29 +121,19 @@ def train(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> 
 
 
 def stagger_error(build, mode: str, epochs: int, batch: int, ids, labels, seed: int) -> float:
-    """The same run as ``train(mode)``, untimed: at every refresh, the largest |alpha - alpha of a full pass on the
-    same weights| over every matrix (0 at the full passes; the staleness of the staggered ones)."""
-    torch.manual_seed(seed)
-    model = build()
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
-    tb = TempBalance(model, opt, **ARMS[mode])
+    """The same run as ``train(mode)``, its time discarded: at every refresh, the largest |alpha - alpha of a full
+    pass on the same weights| over every matrix (0 at the full passes; the staleness of the staggered ones)."""
     errors: list[float] = []
 
-    def compare(record: dict) -> None:
-        full = analysis.analyze_specs(tb._specs, **tb.analysis_options).alphas
-        errors.append(max((abs(a - full[n]) for n, a in record["alphas"].items()
-                           if math.isfinite(a) and math.isfinite(full[n])), default=0.0))
+    def compare_every_refresh(tb: TempBalance) -> None:
+        def compare(record: dict) -> None:
+            full = analysis.analyze_specs(tb._specs, **tb.analysis_options).alphas
+            errors.append(max((abs(a - full[n]) for n, a in record["alphas"].items()
+                               if math.isfinite(a) and math.isfinite(full[n])), default=0.0))
 
-    tb.add_refresh_callback(compare)
-    for _ in range(epochs):
-        for i in range(0, len(ids), batch):
-            model(input_ids=ids[i:i + batch], labels=labels[i:i + batch]).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            tb.step()
-        tb.epoch_end()
-    tb.close()
+        tb.add_refresh_callback(compare)
+
+    train(build, mode, epochs, batch, ids, labels, seed, observe=compare_every_refresh)
     return max(errors)
 
 
