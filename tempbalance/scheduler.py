@@ -651,10 +651,10 @@ class TempBalance:
         failed: dict[str, list[str]] = {}  # units that keep their factor: a matrix of theirs failed
         newly_failed: set[str] = set()  # ... in this pass (a stale failure was warned about when it happened)
         for i, (s, r) in enumerate(zip(self._specs, rows)):
-            if r.status in _FAILED and i in fresh:
-                newly_failed.add(self._key(s))
             if r.status in _FAILED:
                 failed.setdefault(self._key(s), []).append(r.reason or f"layer '{r.name}': {r.status}")
+                if i in fresh:
+                    newly_failed.add(self._key(s))
         for u in failed:
             means[index[u]] = math.nan
         factors = _mapping.lr_factors(means, **self.map_options)

@@ -317,6 +317,29 @@ def checkpoint_roundtrip(model, opt, tb) -> dict:
     return torch.load(buf, weights_only=True)
 
 
+def train_and_resume(fresh, data, cut: int):
+    """The same run twice: straight through ``data``; and stopped after ``data[:cut]``, taken through a checkpoint
+    into objects built with other initial weights (so everything must come from the checkpoint) and continued.
+    ``fresh(seed)`` -> (model, opt, tb). Returns the straight, stopped and resumed (model, opt, tb) and the
+    checkpoint."""
+    def train(run, batches_):
+        model, opt, tb = run
+        for b in batches_:
+            train_step(model, opt, b)
+            tb.step()
+
+    straight, stopped = fresh(0), fresh(0)
+    train(straight, data)
+    train(stopped, data[:cut])
+    ckpt = checkpoint_roundtrip(*stopped)
+    resumed = fresh(4)
+    resumed[0].load_state_dict(ckpt["model"])
+    resumed[1].load_state_dict(ckpt["opt"])
+    resumed[2].load_state_dict(ckpt["tb"])
+    train(resumed, data[cut:])
+    return straight, stopped, resumed, ckpt
+
+
 def _fresh(seed=0):
     model = make_model(seed)
     opt = torch.optim.AdamW(user_groups(model))

@@ -18,7 +18,7 @@ import torch
 from tempbalance import analysis
 from tempbalance.cadence import Adaptive
 from tempbalance.scheduler import TempBalance
-from test_scheduler import KW, batches, checkpoint_roundtrip, make_model, sigmoid_factor, train_step
+from test_scheduler import KW, batches, make_model, sigmoid_factor, train_and_resume, train_step
 
 TUNED = ["0", "3", "5"]  # make_model's layers with enough eigenvalues
 
@@ -117,28 +117,13 @@ def test_failed_background_pass_keeps_factors_and_optimizer():
 def test_resume_with_a_pending_pass_is_bit_for_bit():
     data = batches(9)
 
-    def fresh(seed=0):
+    def fresh(seed):
         model = make_model(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         return model, opt, TempBalance(model, opt, interval=3, lag=2, **KW)
 
-    model, opt, tb = fresh()
-    for b in data:
-        train_step(model, opt, b)
-        tb.step()
-    model2, opt2, tb2 = fresh()
-    for b in data[:4]:                 # pass of step 3 pending, due at 5
-        train_step(model2, opt2, b)
-        tb2.step()
-    assert tb2._pending is not None
-    ckpt = checkpoint_roundtrip(model2, opt2, tb2)
-    model3, opt3, tb3 = fresh(seed=4)
-    model3.load_state_dict(ckpt["model"])
-    tb3.load_state_dict(ckpt["tb"])
-    opt3.load_state_dict(ckpt["opt"])
-    for b in data[4:]:
-        train_step(model3, opt3, b)
-        tb3.step()
+    (model, _, tb), (_, _, tb2), (model3, _, tb3), ckpt = train_and_resume(fresh, data, 4)
+    assert tb2._pending is not None    # stopped after step 4: the pass of step 3 pending, due at 5
     for k, v in model.state_dict().items():
         assert torch.equal(v, model3.state_dict()[k]), k
     assert tb.get_last_lr() == tb3.get_last_lr()

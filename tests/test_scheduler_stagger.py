@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tempbalance.scheduler import TempBalance
-from test_scheduler import KW, batches, checkpoint_roundtrip, make_model, numpy_alpha, sigmoid_factor, train_step
+from test_scheduler import KW, batches, make_model, numpy_alpha, sigmoid_factor, train_and_resume, train_step
 
 LAYERS = ["0", "3", "5", "7"]  # Linear 16->48, 48->48, 48->24, 24->3 (the last: 3 eigenvalues, untuned)
 
@@ -68,27 +68,12 @@ def test_each_refresh_analyses_its_slice_and_keeps_the_other_alphas():
 def test_resume_mid_cycle_is_bit_for_bit():
     data = batches(7)
 
-    def fresh():
-        model = make_model()
+    def fresh(seed):
+        model = make_model(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=0.02)
         return model, opt, TempBalance(model, opt, interval=1, stagger=3, **KW)
 
-    model, opt, tb = fresh()
-    for b in data:
-        train_step(model, opt, b)
-        tb.step()
-    model2, opt2, tb2 = fresh()
-    for b in data[:4]:
-        train_step(model2, opt2, b)
-        tb2.step()
-    saved = checkpoint_roundtrip(model2, opt2, tb2)
-    model3, opt3, tb3 = fresh()
-    model3.load_state_dict(saved["model"])
-    opt3.load_state_dict(saved["opt"])
-    tb3.load_state_dict(saved["tb"])
-    for b in data[4:]:
-        train_step(model3, opt3, b)
-        tb3.step()
+    (_, _, tb), _, (_, _, tb3), _ = train_and_resume(fresh, data, 4)  # stopped mid-cycle: 4 refreshes of 3 slices
     assert tb3.factors == tb.factors
     assert [h["analysed"] for h in tb3.history] == [h["analysed"] for h in tb.history]
     with pytest.raises(ValueError, match="stagger"):
