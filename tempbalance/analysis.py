@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import _backend, cuda_backend, hill, spectra
-from .adapters import MatrixSpec, get_adapter, specs_from_named_weights
+from .adapters import MatrixSpec, get_adapter, specs_from_named_weights, unanalysed, unwrap_model
 from .report import LayerResult, Report
 
 DEFAULT_CHUNK_BYTES = 1 << 30  # matrices + Grams in flight per native call: a 7B model never holds all its Grams
@@ -39,6 +39,15 @@ def _validate(*, xmin_pos, xmin_rule, min_eigs, dtype, backend, num_threads, chu
         raise ValueError(f"zero_rtol must be None (automatic) or a finite number >= 0, got {zero_rtol!r}")
     if not isinstance(filter_zeros, bool):
         raise ValueError(f"filter_zeros must be True or False, got {filter_zeros!r}")
+
+
+def check_options(*, xmin_pos=2.0, xmin_rule="median", min_eigs=DEFAULT_MIN_EIGS, dtype=None, backend="auto",
+                  num_threads=None, chunk_bytes=None, conv_mode="slices", conv_scale=1.0, zero_tol=1e-5,
+                  zero_rel=0.0, zero_rtol=None, filter_zeros=False, skipped=None) -> None:
+    """Raise ``ValueError`` naming the first bad option of :func:`analyze_specs` (the defaults are its own)."""
+    _validate(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=dtype, backend=backend,
+              num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode, conv_scale=conv_scale,
+              zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=zero_rtol, filter_zeros=filter_zeros)
 
 
 def _failed(spec: MatrixSpec, shape: tuple[int, ...], status: str, reason: str, n_eigs: int = 0) -> LayerResult:
@@ -144,7 +153,7 @@ def analyze_specs(
     xmin_pos: float = 2.0,
     xmin_rule: str = "median",
     min_eigs: int = DEFAULT_MIN_EIGS,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     filter_zeros: bool = False,
     zero_tol: float = 1e-5,
@@ -166,6 +175,7 @@ def analyze_specs(
     results: list[LayerResult | None] = [None] * len(specs)
     shapes: dict[int, tuple[int, ...]] = {}
     dims: dict[int, int] = {}
+    dtypes: dict[int, torch.dtype] = {}  # each matrix's analysis precision
     batch = _GramBatcher(backend, num_threads, chunk_bytes or DEFAULT_CHUNK_BYTES)
     with torch.no_grad():
         for idx, spec in enumerate(specs):
@@ -177,10 +187,12 @@ def analyze_specs(
                     results[idx] = _failed(spec, shape, "empty", f"layer '{spec.name}': empty weight of shape {shape}")
                     continue
                 on_device = use_cuda and cuda_backend.use_for(w)
-                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype,
+                dtypes[idx] = spectra.analysis_dtype(w.dtype, dtype)
+                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtypes[idx],
                                        arg=f"layer '{spec.name}'", keep_device=on_device)
                 if not on_device and not _all_finite(stack):
-                    results[idx] = _failed(spec, shape, "non_finite", _non_finite_reason(spec, w, stack, dtype))
+                    results[idx] = _failed(spec, shape, "non_finite",
+                                           _non_finite_reason(spec, w, stack, dtypes[idx]))
                     continue
             except Exception as e:  # noqa: BLE001 - one bad layer never stops the pass
                 results[idx] = _failed(spec, shape, "error", f"layer '{spec.name}': {type(e).__name__}: {e}")
@@ -193,9 +205,10 @@ def analyze_specs(
     for idx, msg in batch.errors.items():
         results[idx] = _failed(specs[idx], shapes[idx], "error", f"layer '{specs[idx].name}': {msg}")
     for idx in batch.non_finite:  # CUDA stacks, checked in the batcher
-        results[idx] = _failed(specs[idx], shapes[idx], "non_finite", _non_finite_reason_late(specs[idx], dtype))
+        results[idx] = _failed(specs[idx], shapes[idx], "non_finite",
+                               _non_finite_reason_late(specs[idx], dtypes[idx]))
     done = [idx for idx in shapes if idx in batch.eigs]
-    rtol = {idx: hill.default_zero_rtol(dims[idx], dtype) if zero_rtol is None else zero_rtol for idx in done}
+    rtol = {idx: hill.default_zero_rtol(dims[idx], dtypes[idx]) if zero_rtol is None else zero_rtol for idx in done}
     options = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, filter_zeros=filter_zeros, zero_tol=zero_tol,
                    zero_rel=zero_rel, min_eigs=min_eigs)
     metrics = _device_metrics(batch.eigs, done, rtol, options)  # spectra on a GPU: Hill on the GPU
@@ -207,7 +220,8 @@ def analyze_specs(
         results[idx] = metrics_row(specs[idx], shapes[idx], metrics[idx])
     if len(on_host) < len(done):  # the CUDA core did some or all layers
         backend_used = "cuda" if not on_host else f"cuda+{backend_used}"
-    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=str(dtype).replace("torch.", ""),
+    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs,
+                    dtype="auto" if dtype is None else str(dtype).replace("torch.", ""),
                     backend=backend_used, filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
                     zero_rtol="auto" if zero_rtol is None else zero_rtol, conv_mode=conv_mode, conv_scale=conv_scale)
     return Report([r for r in results if r is not None], seconds=time.perf_counter() - start, settings=settings,
@@ -254,7 +268,7 @@ def analyze(
     xmin_pos: float = 2.0,
     xmin_rule: str = "median",
     min_eigs: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     filter_zeros: bool = False,
     include_embeddings: bool = False,
@@ -276,7 +290,8 @@ def analyze(
         xmin_rule: "median" (default, uses ``xmin_pos``), "fit" (smallest KS distance), "peak", "peak_compat".
         min_eigs: layers with fewer eigenvalues are reported but not fitted; ``None`` = the adapter's default
             (50 for transformers/CNNs).
-        dtype: analysis precision, ``torch.float32`` (default) or ``torch.float64``; bf16/fp16 are upcast.
+        dtype: analysis precision, ``torch.float32`` or ``torch.float64``; ``None`` (default) follows each weight:
+            float64 (complex128) weights in float64, the rest in float32 (bf16/fp16 are upcast).
         backend: "native" (compiled core), "torch" (reference), "auto" (native when built).
         filter_zeros: drop eigenvalues ``<= max(zero_tol, zero_rel * lambda_max)`` before fitting.
         include_embeddings: analyse embedding matrices too.
@@ -290,8 +305,10 @@ def analyze(
 
     Returns:
         A :class:`Report`. A layer that cannot be analysed (NaN/Inf weights, empty, too few eigenvalues, flat
-        tail, ...) gets a row with a non-"ok" status and a reason naming it; bad options raise ``ValueError``.
-        Weights are read under ``torch.no_grad`` and never modified.
+        tail, ...) gets a row with a non-"ok" status and a reason naming it; weights of a model that no adapter
+        rule analyses (recurrent weights, embeddings not asked for, bare 2-d parameters) are named with a reason
+        in ``Report.skipped``; bad options raise ``ValueError``. Weights are read under ``torch.no_grad`` and
+        never modified.
     """
     if not isinstance(include_embeddings, bool):
         raise ValueError(f"include_embeddings must be True or False, got {include_embeddings!r}")
@@ -299,6 +316,7 @@ def analyze(
     if isinstance(model_or_named_weights, nn.Module):
         chosen = get_adapter(model_or_named_weights, adapter)
         specs = chosen.enumerate(model_or_named_weights, include_embeddings=include_embeddings)
+        skipped = unanalysed(unwrap_model(model_or_named_weights), specs)
         default_min = getattr(chosen, "min_eigs", DEFAULT_MIN_EIGS)
     else:
         pairs = _named_pairs(model_or_named_weights)

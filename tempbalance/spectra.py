@@ -14,8 +14,9 @@ Slicing by kind:
 real with 3-5 dims -> ``"conv"``; anything else is an error asking for an explicit kind. (An HF ``Conv1D``
 weight is 2-d and guessed as ``"linear"``: its transpose has the same eigenvalues.)
 
-Analysis precision: float32 by default, float64 on request; bf16/fp16 weights are upcast (torch has no
-half-precision eigensolver); complex weights go to complex64/complex128 accordingly.
+Analysis precision follows the weight unless asked for (:func:`analysis_dtype`): float64 (complex128) weights in
+float64, everything else in float32 - bf16/fp16 weights are upcast (torch has no half-precision eigensolver);
+complex weights go to complex64/complex128 accordingly.
 """
 from __future__ import annotations
 
@@ -32,11 +33,19 @@ CONV_MODES = ("slices", "flatten")
 _MATRIX_KINDS = ("linear", "lora", "embedding")
 
 
-def check_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The analysis dtype, validated: ``torch.float32`` or ``torch.float64``."""
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+def check_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """The analysis dtype, validated: ``torch.float32``, ``torch.float64`` or ``None`` (follow each weight)."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be None (follow the weights), torch.float32 or torch.float64, got {dtype!r}")
     return dtype
+
+
+def analysis_dtype(weight_dtype: torch.dtype, requested: torch.dtype | None = None) -> torch.dtype:
+    """The real precision a weight of ``weight_dtype`` is analysed in: ``requested`` when given, else float64 for
+    float64 and complex128 weights and float32 for the rest (half precisions are upcast)."""
+    if requested is not None:
+        return check_dtype(requested)
+    return torch.float64 if weight_dtype in (torch.float64, torch.complex128) else torch.float32
 
 
 def guess_kind(weight: torch.Tensor) -> str:
@@ -78,7 +87,7 @@ def slices(
     """``weight`` as a contiguous ``(S, m, n)`` stack whose pooled Gram eigenvalues are its ESD.
 
     ``dtype`` (float32/float64) converts to the analysis precision (complex weights to the matching complex
-    dtype); ``None`` keeps the weight's dtype. The result is detached and on the CPU, or on the weight's device
+    dtype); ``None`` keeps the weight's dtype (see :func:`analysis_dtype` for the default analyses use). The result is detached and on the CPU, or on the weight's device
     with ``keep_device`` (for the CUDA core); ``weight`` is never modified. Errors name ``arg``.
     """
     _check_weight(weight, arg)
@@ -165,7 +174,7 @@ def esd(
     weight: torch.Tensor,
     *,
     kind: str = "auto",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     conv_mode: str = "slices",
     conv_scale: float = 1.0,
@@ -173,11 +182,13 @@ def esd(
     """Ascending eigenvalues of one layer's ESD (SPEC §1): squared singular values, pooled over slices.
 
     ``kind``: ``"auto"`` or one of ``KINDS`` (see the module docstring for the slicing and the auto rule).
-    ``dtype``: analysis precision, float32 or float64; the result is real of that precision. Raises
-    ``ValueError`` naming ``weight`` for 0-/1-d, empty, integer or non-finite weights.
+    ``dtype``: analysis precision, float32 or float64 (``None``: float64 for float64/complex128 weights, else
+    float32); the result is real of that precision. Raises ``ValueError`` naming ``weight`` for 0-/1-d, empty,
+    integer or non-finite weights.
     """
     check_dtype(dtype)
-    stack = slices(weight, kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype)
+    _check_weight(weight, "weight")
+    stack = slices(weight, kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=analysis_dtype(weight.dtype, dtype))
     bad = int((~torch.isfinite(stack)).sum())
     if bad:
         raise ValueError(f"weight has {bad} non-finite (NaN/Inf) entries")

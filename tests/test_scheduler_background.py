@@ -192,8 +192,8 @@ def test_chunk_bytes_bounds_the_pass_without_changing_it():
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     small = TempBalance(model, opt, chunk_bytes=1, **KW)        # one matrix per native call
-    opt2 = torch.optim.SGD(make_model().parameters(), lr=0.05)
-    whole = TempBalance(make_model(), opt2, **KW)
+    model2 = make_model()
+    whole = TempBalance(model2, torch.optim.SGD(model2.parameters(), lr=0.05), **KW)
     assert small.alphas == pytest.approx(whole.alphas, nan_ok=True) and small.factors == whole.factors
     with pytest.raises(ValueError, match="chunk_bytes"):
         TempBalance(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1), chunk_bytes=0, **KW)
