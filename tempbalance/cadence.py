@@ -26,6 +26,11 @@ class Cadence:
         """``epoch``: epochs completed so far. True = analyse now."""
         return False
 
+    def missed_epoch_end(self, step: int) -> bool:
+        """Asked before each optimizer step (``step``: steps taken so far): True = a whole epoch passed without
+        ``epoch_end()``; count it and analyse now (``due_at_epoch_end`` is not asked for it)."""
+        return False
+
     def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
                 step_seconds: float = math.nan) -> None:
         """A refresh at ``step`` was applied. ``drift``: the largest change of a unit's mean alpha (metric) since
@@ -75,12 +80,13 @@ class PerEpoch(Cadence):
     """At every :meth:`TempBalance.epoch_end` (the papers' cadence for fine-tuning).
 
     ``steps_per_epoch``: when the epoch length is known (integrations know it), a loop that never calls
-    ``epoch_end()`` is still refreshed once an epoch: every ``steps_per_epoch`` optimizer steps until the first
-    ``epoch_end()``, after which the loop's epochs count.
+    ``epoch_end()`` is still refreshed once an epoch: when a multiple of ``steps_per_epoch`` steps has passed
+    without one, before the next optimizer step - until the first ``epoch_end()``, after which the loop's epochs
+    count. A loop that calls ``epoch_end()`` at the end of each epoch never sees the difference.
     """
 
     per_epoch = True
-    _state_keys = ("epoch_seen",)
+    _state_keys = ("epoch_seen", "missed_at")
 
     def __init__(self, steps_per_epoch: int | None = None):
         if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
@@ -88,9 +94,14 @@ class PerEpoch(Cadence):
             raise ValueError(f"steps_per_epoch must be None or an integer >= 1, got {steps_per_epoch!r}")
         self.steps_per_epoch = steps_per_epoch
         self.epoch_seen = False
+        self.missed_at = 0  # the step of the last epoch end counted without epoch_end()
 
-    def due_after_step(self, step: int) -> bool:
-        return self.steps_per_epoch is not None and not self.epoch_seen and step % self.steps_per_epoch == 0
+    def missed_epoch_end(self, step: int) -> bool:
+        if (self.steps_per_epoch is None or self.epoch_seen or step <= self.missed_at
+                or step % self.steps_per_epoch):
+            return False
+        self.missed_at = step
+        return True
 
     def due_at_epoch_end(self, epoch: int) -> bool:
         self.epoch_seen = True

@@ -446,7 +446,6 @@ class TempBalance(LRScheduler):
         self._check_repeats()
         self._sync_groups(strict=True)
         self._calls_since_update += 1
-        self._poll_epochs()
         self._run_due()
         book = self._groups
         if self._base_scheduler is not None:
@@ -460,15 +459,7 @@ class TempBalance(LRScheduler):
         self.step_count += 1
         self._collect_due()
         if self.cadence.due_after_step(self.step_count):
-            if self.cadence.per_epoch:  # a per-epoch cadence refreshing from the step count: no epoch_end() seen
-                self._warn_once("no_epoch_end", f"TempBalance: {self.step_count} optimizer steps without "
-                                "epoch_end(): the per-epoch cadence refreshes every "
-                                f"{getattr(self.cadence, 'steps_per_epoch', '?')} steps (an epoch) instead. Call "
-                                "tb.epoch_end() at each epoch's end (HF Trainer: callbacks=[TempBalanceCallback(tb)])"
-                                " to refresh at the true epoch ends", stacklevel=3)
-                self._mark_due()
-            else:
-                self._start_refresh()
+            self._start_refresh()
         self._apply()
 
     def epoch_end(self) -> None:
@@ -485,23 +476,27 @@ class TempBalance(LRScheduler):
             self._mark_due()
 
     def _poll_epochs(self) -> None:
-        """Count the epochs a framework's loop finished since the last look (a LightningModule's trainer)."""
-        if self._epoch_source is None:
-            return
-        now = self._epoch_source()
-        if now is None:
-            return
-        if self._source_epoch is None:
-            self._source_epoch = now
-        while self._source_epoch < now:
-            self._source_epoch += 1
-            self._end_epoch()
+        """Count the epochs that ended without ``epoch_end()``: those a framework's loop finished since the last
+        look (a LightningModule's trainer), and those a cadence knowing the epoch length saw pass (one warning)."""
+        if self._epoch_source is not None and (now := self._epoch_source()) is not None:
+            if self._source_epoch is None:
+                self._source_epoch = now
+            while self._source_epoch < now:
+                self._source_epoch += 1
+                self._end_epoch()
+        if self.cadence.missed_epoch_end(self.step_count):
+            self._warn_once("no_epoch_end", f"TempBalance: {self.step_count} optimizer steps and no epoch_end(): "
+                            "the per-epoch cadence counts an epoch every "
+                            f"{getattr(self.cadence, 'steps_per_epoch', '?')} steps instead. Call tb.epoch_end() at "
+                            "each epoch's end (HF Trainer: callbacks=[TempBalanceCallback(tb)]) to refresh at the "
+                            "true epoch ends", stacklevel=5)
+            self.epoch += 1
+            self._mark_due()
 
     def _before_optimizer_step(self) -> None:
         """The optimizer is about to step (from the step pre-hook)."""
         self._repeats = self._repeats + 1 if self._calls_since_update > 1 else 0
         self._calls_since_update = 0
-        self._poll_epochs()
         self._run_due()
 
     def _check_repeats(self) -> None:
@@ -524,7 +519,10 @@ class TempBalance(LRScheduler):
 
     def _run_due(self) -> None:
         """Run the refresh that fell due (synchronously or as a background pass) and apply the factors."""
-        if self._refresh_due and self._groups.released is None:
+        if self._groups.released is not None:
+            return
+        self._poll_epochs()
+        if self._refresh_due:
             self._refresh_due = False
             self._start_refresh()
             self._apply()
