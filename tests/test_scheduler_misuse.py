@@ -27,6 +27,19 @@ def group_of(opt, p) -> int:
     return next(i for i, g in enumerate(opt.param_groups) if any(q is p for q in g["params"]))
 
 
+# --- case 1: flat spectra --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_orthogonal_layers_keep_factor_one_whatever_the_seed(seed):
+    """Orthogonal init gives equal singular values: untuned (factor 1), not round-off mapped to 0.1 or 3.16."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64))
+    for layer in list(model)[:3]:
+        nn.init.orthogonal_(layer.weight)
+    tb = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), backend="torch", min_eigs=8)
+    assert [tb.last_report[u].status for u in ("0", "1", "2")] == ["flat_tail"] * 3
+    assert [tb.factors[u] for u in ("0", "1", "2", "3")] == [1.0] * 4  # the one tuned unit sits at the mean
+
+
 # --- case 2: one TempBalance per optimizer -------------------------------------------------------------------------
 def test_a_second_tempbalance_takes_over_and_the_first_one_refuses_to_step():
     model = make_model()
