@@ -107,8 +107,8 @@ def _attention_in_projections(name: str, mod: nn.MultiheadAttention, seen: set[i
         if w is None or id(w) in seen:
             continue
         seen.add(id(w))
-        specs.append(MatrixSpec(f"{name}.{part}", "linear", lambda w=w: w.detach(), f"{name}.{part}",
-                                [p for p in params if p is not None]))
+        full = f"{name}.{part}" if name else part
+        specs.append(MatrixSpec(full, "linear", lambda w=w: w.detach(), full, [p for p in params if p is not None]))
     return specs
 
 
