@@ -82,7 +82,8 @@ class PerEpoch(Cadence):
     ``steps_per_epoch``: when the epoch length is known (integrations know it), a loop that never calls
     ``epoch_end()`` is still refreshed once an epoch: when a multiple of ``steps_per_epoch`` steps has passed
     without one, before the next optimizer step - until the first ``epoch_end()``, after which the loop's epochs
-    count. A loop that calls ``epoch_end()`` at the end of each epoch never sees the difference.
+    count. A loop that calls ``epoch_end()`` at the end of each epoch never sees the difference; one that does not
+    gets no pass after its last epoch (no optimizer step follows it).
     """
 
     per_epoch = True

@@ -446,6 +446,8 @@ class TempBalance(LRScheduler):
         self._check_repeats()
         self._sync_groups(strict=True)
         self._calls_since_update += 1
+        if self._step_hook is None:  # the optimizer's step is not seen: now is the earliest look after it
+            self._poll_epochs(before_step=True)
         self._run_due()
         book = self._groups
         if self._base_scheduler is not None:
@@ -475,16 +477,18 @@ class TempBalance(LRScheduler):
         if self.cadence.due_at_epoch_end(self.epoch):
             self._mark_due()
 
-    def _poll_epochs(self) -> None:
+    def _poll_epochs(self, before_step: bool = False) -> None:
         """Count the epochs that ended without ``epoch_end()``: those a framework's loop finished since the last
-        look (a LightningModule's trainer), and those a cadence knowing the epoch length saw pass (one warning)."""
+        look (a LightningModule's trainer), and - ``before_step``, when the next epoch has begun, so an
+        ``epoch_end()`` after the last step of an epoch is not missed - those a cadence that knows the epoch length
+        saw pass (one warning)."""
         if self._epoch_source is not None and (now := self._epoch_source()) is not None:
             if self._source_epoch is None:
                 self._source_epoch = now
             while self._source_epoch < now:
                 self._source_epoch += 1
                 self._end_epoch()
-        if self.cadence.missed_epoch_end(self.step_count):
+        if before_step and self.cadence.missed_epoch_end(self.step_count):
             self._warn_once("no_epoch_end", f"TempBalance: {self.step_count} optimizer steps and no epoch_end(): "
                             "the per-epoch cadence counts an epoch every "
                             f"{getattr(self.cadence, 'steps_per_epoch', '?')} steps instead. Call tb.epoch_end() at "
@@ -497,6 +501,7 @@ class TempBalance(LRScheduler):
         """The optimizer is about to step (from the step pre-hook)."""
         self._repeats = self._repeats + 1 if self._calls_since_update > 1 else 0
         self._calls_since_update = 0
+        self._poll_epochs(before_step=True)
         self._run_due()
 
     def _check_repeats(self) -> None:
