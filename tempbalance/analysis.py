@@ -92,6 +92,7 @@ class _GramBatcher:
         self.backend, self.num_threads, self.chunk_bytes = backend, num_threads, chunk_bytes
         self.pending: list[tuple[int, torch.Tensor, bool]] = []
         self.bytes = 0
+        self.shifts: dict[int, Any] = {}  # k of _unit_scale per stack
         self.eigs: dict[int, Any] = {}
         self.errors: dict[int, str] = {}
         self.non_finite: set[int] = set()
@@ -101,6 +102,7 @@ class _GramBatcher:
         nbytes = stack.numel() * stack.element_size() + stack.shape[0] * d * d * stack.element_size()
         if self.pending and self.bytes + nbytes > self.chunk_bytes:
             self.flush()
+        stack, self.shifts[idx] = spectra.unit_scale(stack, on_device)
         self.pending.append((idx, stack, on_device))
         self.bytes += nbytes
         if self.bytes >= self.chunk_bytes:
@@ -136,6 +138,11 @@ class _GramBatcher:
         for idx, e in zip(idxs, results):
             if e is not None:
                 e = e.to(torch.float64)
+                k = self.shifts[idx]
+                if isinstance(k, torch.Tensor):
+                    e = e * torch.exp2(2.0 * k.to(torch.float64))
+                elif k:
+                    e = e * 4.0 ** k
                 keep = keep_device and cuda_backend.is_device(e)
                 self.eigs[idx] = e if keep else e.cpu().numpy()  # device spectra stay there for the Hill kernel
 

@@ -21,7 +21,7 @@ complex weights go to complex64/complex128 accordingly.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -125,6 +125,31 @@ def slices(
     return stack.contiguous()
 
 
+# Largest |log2(max |entry|)| a stack may have before it is rescaled for its Gram: float32 Grams of weights beyond
+# 2**±30 (~1e±9) lose their small eigenvalues to underflow (1e-22 weights: 0.5% alpha error, "ok") or overflow.
+_UNSCALED_LOG2 = {torch.float32: 30, torch.float64: 400}
+_MAX_SHIFT = 120  # 2**±120 stays a normal float32
+
+
+def unit_scale(stack: torch.Tensor, on_device: bool) -> tuple[torch.Tensor, Any]:
+    """``stack`` times ``2**-k`` - only the exponents change, so exactly - and ``k``: the Gram eigenvalues of the
+    original are those of the result times ``4**k``. Brings the largest entry near 1 when the Gram would under- or
+    overflow its dtype (CPU: only then; device stacks: always, as tensor ops, so nothing waits for the GPU)."""
+    mag = stack.abs() if stack.is_complex() else stack
+    if on_device:
+        k = torch.frexp(mag.abs().amax()).exponent.clamp(-_MAX_SHIFT, _MAX_SHIFT)
+        return stack * torch.exp2(-k.to(mag.dtype)), k
+    lo, hi = torch.aminmax(mag)
+    amax = max(-float(lo), float(hi))
+    if not (0.0 < amax < math.inf):
+        return stack, 0
+    k = math.frexp(amax)[1]
+    if abs(k) <= _UNSCALED_LOG2.get(mag.dtype, 30):
+        return stack, 0
+    k = max(-_MAX_SHIFT, min(_MAX_SHIFT, k))
+    return stack * (2.0 ** -k), k
+
+
 def gram_dim(stack: torch.Tensor) -> int:
     """Size of the Gram each slice of ``stack`` is reduced to (its smaller side)."""
     return min(int(stack.shape[1]), int(stack.shape[2]))
@@ -192,4 +217,6 @@ def esd(
     bad = int((~torch.isfinite(stack)).sum())
     if bad:
         raise ValueError(f"weight has {bad} non-finite (NaN/Inf) entries")
-    return gram_eigvals([stack], backend=backend)[0]
+    stack, k = unit_scale(stack, on_device=False)
+    eigs = gram_eigvals([stack], backend=backend)[0]
+    return eigs * 4.0 ** k if k else eigs
