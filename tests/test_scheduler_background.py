@@ -168,9 +168,16 @@ def test_refresh_callbacks_get_every_record_and_cannot_stop_training():
 
     def broken(record):
         raise KeyError("boom")
-    tb.add_refresh_callback(broken)
+    handle = tb.add_refresh_callback(broken)
     with pytest.warns(RuntimeWarning, match="broken.*boom"):
         for b in batches(4):
+            train_step(model, opt, b)
+            tb.step()
+    assert seen == tb.history[1:]
+    handle.remove()  # a RemovableHandle, as torch's hooks: no more calls, no more warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for b in batches(2):
             train_step(model, opt, b)
             tb.step()
     assert seen == tb.history[1:]
