@@ -313,6 +313,8 @@ class FactoredGroups:
         :meth:`apply` are kept); ``reason`` is what the former owner's TempBalance says when used."""
         if self.released is not None:
             return
+        if len(self.groups) > len(self.units):
+            self.adopt_added()  # groups added since: theirs are un-factored already, the others get restored
         if self.in_sync():
             self.sync_external()
             self.restore_base()

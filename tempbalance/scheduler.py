@@ -396,8 +396,11 @@ class TempBalance(LRScheduler):
         specs = [s for s in specs if self._key(s) not in drop]
         units = [u for u in units if u not in drop]
         if not specs:
-            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter); every group "
-                          "keeps factor 1", UserWarning, stacklevel=3)
+            skipped = self.analysis_options["skipped"]
+            unanalysed = (f"; not analysed: {', '.join(f'{n} ({r})' for n, r in skipped[:3])}"
+                          f"{' ...' if len(skipped) > 3 else ''}") if skipped else ""
+            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
+                          f"{unanalysed}); every group keeps factor 1", UserWarning, stacklevel=3)
         return specs, units
 
     def _key(self, spec: MatrixSpec) -> str:

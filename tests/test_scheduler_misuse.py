@@ -343,6 +343,13 @@ def test_every_unit_below_min_eigs_warns_once():
     assert [g["lr"] for g in opt.param_groups] == [0.1] * len(opt.param_groups)
 
 
+def test_a_model_nothing_analyses_warns_with_the_reasons():
+    model = nn.Sequential(nn.LSTM(16, 32))
+    with pytest.warns(UserWarning, match=r"no matrix to analyse.*0.weight_ih_l0 \(LSTM recurrent weight"):
+        tb = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), **KW)
+    assert tb.get_last_lr() == [0.1]
+
+
 # --- case 15 (general part): a per-epoch cadence that never sees epoch_end ---------------------------------------------
 def test_per_epoch_cadence_without_epoch_end_refreshes_by_steps_and_warns_once():
     model = make_model()
