@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from reference_oracles import modelbalancing as mb
+from reference_oracles import modelbalancing_fno as fno
 from reference_oracles import tempbalance_cnn as cnn
 from tempbalance import analysis, compat
 from tempbalance.adapters import MatrixSpec, get_adapter
@@ -314,6 +315,54 @@ def test_cnn_training_loop_two_epochs():
         want = {n: base * f for n, f in _cnn_factors(start, opts).items()}
         for t in range(3 * e, 3 * e + 3):
             _assert_lrs(records[t], want)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ModelBalancing's FNO trainer
+
+
+class _Spectral(nn.Module):
+    """Stands for the reference's SpectralConv2d_fast: complex weights that no reference code analyses."""
+
+    def __init__(self, width, modes):
+        super().__init__()
+        self.weights1 = nn.Parameter(torch.rand(width, width, modes, modes, dtype=torch.cfloat) / width)
+
+
+class TinyFNO2d(nn.Module):
+    """The reference FNO2d's layers (fc0, conv0-3, w0-3 as 1x1 Conv2d, fc1, fc2) at width 20."""
+
+    def __init__(self, width=20, in_ch=12):
+        super().__init__()
+        self.fc0 = nn.Linear(in_ch + 2, width)
+        for k in range(4):
+            setattr(self, f"conv{k}", _Spectral(width, 4))
+            setattr(self, f"w{k}", nn.Conv2d(width, width, 1))
+        self.fc1 = nn.Linear(width, 128)
+        self.fc2 = nn.Linear(128, 4)
+
+
+@pytest.mark.parametrize("pair", [(0.125, 0.125), (0.5, 0.5), (1.0, 1.0), (0.25, 0.25)])
+def test_fno_param_lrs(pair):
+    """Per-layer TBSigmoid over the filtered spectra (eigenvalues <= 1e-5 dropped after the conv x0.5), layers
+    with <= 12 filtered eigenvalues untuned: w2 loses 9 of its 20 (11 left: untuned), w3 loses 5 (15: tuned),
+    fc2 has 4."""
+    torch.manual_seed(2)
+    model = TinyFNO2d().double()
+    with torch.no_grad():
+        model.w2.weight[:9] = 0.0
+        model.w3.weight[:5] = 0.0
+    base = 2.5e-3
+    want = fno.reference_lrs(model, s_lo=pair[0], s_hi=pair[1], base_lr=base)
+    specs = get_adapter(model, "generic").enumerate(model)
+    assert [s.name for s in specs] == ["fc0", "w0", "w1", "w2", "w3", "fc1", "fc2"]
+    report = analysis.analyze_specs(specs, xmin_pos=2.0, dtype=torch.float64, min_eigs=13, filter_zeros=True,
+                                    zero_tol=1e-5, conv_scale=0.5)
+    assert [r.name for r in report.rows if not r.ok] == ["w2", "fc2"]
+    got = compat.param_factors(model, specs, [r.alpha for r in report.rows], scheme="modelbalancing_fno",
+                               min_eigs=0, mapping="sigmoid", tau=10.0, s_lo=pair[0], s_hi=pair[1])
+    _assert_lrs({n: base * f for n, f in got.items()}, want)
+    assert want["w2.weight"] == want["conv0.weights1"] == base != want["w3.weight"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

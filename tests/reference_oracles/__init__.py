@@ -5,5 +5,6 @@ nothing is vendored or copied, and nothing here imports ``tempbalance``. They wo
 per-parameter learning rates in float64.
 
 * :mod:`reference_oracles.modelbalancing` - ZihangHLiu/ModelBalancing (EMNLP'24) at 9970cea.
+* :mod:`reference_oracles.modelbalancing_fno` - the same repository's FNO trainer (sciml/pdebench/models/fno/).
 * :mod:`reference_oracles.tempbalance_cnn` - YefanZhou/TempBalance (NeurIPS'23) at 9f0d9c7, ``tempbalance.py``.
 """
