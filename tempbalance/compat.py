@@ -51,6 +51,9 @@ class Scheme:
         after update t, so they act from update t + 1, and update 0 runs with factor 1 (TR:1973, 2096);
         ``"this_update"`` - the factors of a pass act from the next update after it (per-epoch references: the
         pass at construction drives epoch 0).
+    initial_pass_applies: whether the pass on the initial weights sets factors at all; the LM code builds its
+        groups at the untuned lr and sets the first factors after update ``esd_interval``
+        (train_tb.py:385-409, 553-621).
     interval: the reference's cadence, in words.
     source: repository and commit the scheme was read from.
     """
@@ -60,22 +63,32 @@ class Scheme:
     param_rule: str
     two_level_layers: bool
     factors_act_from: str
+    initial_pass_applies: bool
     interval: str
     source: str
+
+    def __post_init__(self) -> None:
+        if self.drop_order not in DROP_ORDERS:
+            raise ValueError(f"scheme {self.name!r}: drop_order must be one of {DROP_ORDERS}, got {self.drop_order!r}")
+        if self.param_rule not in PARAM_RULES:
+            raise ValueError(f"scheme {self.name!r}: param_rule must be one of {PARAM_RULES}, got {self.param_rule!r}")
+        if self.factors_act_from not in ("next_update", "this_update"):
+            raise ValueError(f"scheme {self.name!r}: factors_act_from must be 'next_update' or 'this_update', "
+                             f"got {self.factors_act_from!r}")
 
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s for s in (
-        Scheme("modelbalancing", "threshold_then_remove", "block_previous_weight", True, "next_update",
+        Scheme("modelbalancing", "threshold_then_remove", "block_previous_weight", True, "next_update", True,
                "every min(100, max(1, len(train_dataloader) // 10)) optimizer steps (TR:1680-1684)",
                "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"),
-        Scheme("tempbalance_cnn", "remove_then_threshold", "norm_by_name", False, "this_update",
+        Scheme("tempbalance_cnn", "remove_then_threshold", "norm_by_name", False, "this_update", True,
                "every epoch (main_tb.py:367-372)",
                "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823"),
-        Scheme("tempbalance_lm", "remove_then_threshold", "norm_after_linear", False, "this_update",
+        Scheme("tempbalance_lm", "remove_then_threshold", "norm_after_linear", False, "this_update", False,
                "every --esd-interval optimizer steps, after the update (train_tb.py:553-621)",
                "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823 (language_modeling/)"),
-        Scheme("modelbalancing_fno", "remove_then_threshold", "own_layer", False, "this_update",
+        Scheme("modelbalancing_fno", "remove_then_threshold", "own_layer", False, "this_update", True,
                "every tb_interval_ep epochs (sciml/pdebench/models/fno/train.py:457-578)",
                "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"),
     )
