@@ -158,8 +158,9 @@ def select(specs: Sequence[MatrixSpec], *, scheme: str | Scheme, min_eigs: int =
 
 
 def block_of_specs(adapter: Any, specs: Sequence[MatrixSpec]) -> list[str | None]:
-    """``blocks`` for the functions here: each matrix's block from a block adapter (``adapter.tuned`` and
-    ``spec.unit``), ``None`` outside blocks; all ``None`` for an adapter that knows no blocks."""
+    """``blocks`` for the functions here: each matrix's block from a block adapter (the blocks its last
+    ``enumerate`` found, and ``spec.unit``), ``None`` outside blocks; all ``None`` for an adapter that knows no
+    blocks. Call it after ``adapter.enumerate(model)`` returned ``specs``."""
     tuned = getattr(adapter, "tuned", None)
     blocks = getattr(adapter, "_blocks", None)
     if tuned is None or not blocks:
