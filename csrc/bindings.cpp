@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <complex>
 #include <stdexcept>
 #include <string>
@@ -188,6 +189,19 @@ py::array_t<double> lr_factors(py::array_t<double, py::array::c_style | py::arra
   return out;
 }
 
+py::array_t<double> normalize_factors(py::array_t<double, py::array::c_style | py::array::forcecast> factors,
+                                      py::array_t<double, py::array::c_style | py::array::forcecast> weights) {
+  if (factors.ndim() != 1) throw py::value_error("factors must be 1-d");
+  const bool weighted = weights.size() > 0;
+  if (weighted && (weights.ndim() != 1 || weights.shape(0) != factors.shape(0)))
+    throw py::value_error("weights has " + std::to_string(weights.size()) + " values, factors has " +
+                          std::to_string(factors.shape(0)));
+  py::array_t<double> out(factors.shape(0));
+  std::copy(factors.data(), factors.data() + factors.shape(0), out.mutable_data());
+  tb::normalize_to_mean(out.mutable_data(), weighted ? weights.data() : nullptr, factors.shape(0));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -212,6 +226,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("lr_factors", &lr_factors, py::arg("values"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
         py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,
         py::arg("compat") = false);
+  m.def("normalize_factors", &normalize_factors, py::arg("factors"), py::arg("weights") = py::array_t<double>(0),
+        "Factors divided by their weighted mean (weights: matrices per factor; empty = one each): "
+        "the reference code's tb_lr_normalize.");
   m.attr("HILL_COLUMNS") = py::make_tuple("alpha", "xmin", "n_tail", "ks_distance", "spectral_norm", "frobenius",
                                           "stable_rank", "alpha_hat", "n_eigs", "status");
   m.attr("cuda_built") = false;

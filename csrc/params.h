@@ -25,8 +25,10 @@ inline MappingParams mapping_params(const std::string& mapping, double tau, doub
     p.mapping = kSigmoid;
   } else if (mapping == "linear") {
     p.mapping = kLinear;
+  } else if (mapping == "rank") {
+    p.mapping = kRank;
   } else {
-    throw std::invalid_argument("mapping must be 'sigmoid' or 'linear', got '" + mapping + "'");
+    throw std::invalid_argument("mapping must be 'sigmoid', 'linear' or 'rank', got '" + mapping + "'");
   }
   p.tau = tau;
   p.s_lo = s_lo;

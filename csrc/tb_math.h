@@ -262,12 +262,12 @@ TB_HD inline void unit_means(const double* values, const int64_t* unit_index, in
   for (int64_t u = 0; u < n_units; ++u) out[u] = counts[u] > 0 ? sums[u] / counts[u] : NAN;
 }
 
-enum Mapping : int { kSigmoid = 0, kLinear = 1 };
+enum Mapping : int { kSigmoid = 0, kLinear = 1, kRank = 2 };
 
 struct MappingParams {
   int mapping = kSigmoid;
   double tau = 10.0, s_lo = 2.0, s_hi = 1.0;  // TBSigmoid
-  double s1 = 0.5, s2 = 1.5;                  // TBLinearMap
+  double s1 = 0.5, s2 = 1.5;                  // TBLinearMap and the rank mapping
   bool compat = false;
 };
 
@@ -284,7 +284,17 @@ TB_HD inline double linear_factor(double v, double vmin, double vmax, const Mapp
   return p.s1 + (p.s2 - p.s1) * (v - vmin) / (vmax - vmin);
 }
 
-// Factors for every unit; NaN values are untuned units (factor 1) and do not enter the mean, min or max.
+// Rank mapping (the reference code's "rank" / "tb_step"): among the `count` finite values, the one of rank k
+// (k = 0 for the smallest) gets s1 + (s2 - s1) k / count, so the largest gets less than s2. Equal values are
+// ranked in unit order (a stable sort). O(n) per unit, no allocation, so the CUDA kernel runs it too.
+TB_HD inline double rank_factor(const double* values, int64_t n, int64_t j, int64_t count, const MappingParams& p) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (isfinite(values[i]) && (values[i] < values[j] || (values[i] == values[j] && i < j))) ++k;
+  return p.s1 + (p.s2 - p.s1) * static_cast<double>(k) / static_cast<double>(count);
+}
+
+// Factors for every unit; NaN values are untuned units (factor 1) and do not enter the mean, min, max or rank.
 TB_HD inline void lr_factors(const double* values, int64_t n, const MappingParams& p, double* out) {
   double sum = 0.0, vmin = INFINITY, vmax = -INFINITY;
   int64_t count = 0;
@@ -301,10 +311,28 @@ TB_HD inline void lr_factors(const double* values, int64_t n, const MappingParam
       out[j] = 1.0;
     } else if (p.mapping == kLinear) {
       out[j] = linear_factor(values[j], vmin, vmax, p);
+    } else if (p.mapping == kRank) {
+      out[j] = rank_factor(values, n, j, count, p);
     } else {
       out[j] = sigmoid_factor(values[j] - mean, p);
     }
   }
+}
+
+// The reference code's tb_lr_normalize: every factor divided by the weighted mean of all factors (weights[j]: how
+// many matrices factor j stands for; nullptr = one each), so the mean learning rate over the matrices is the base.
+// A non-positive or non-finite total weight or mean leaves the factors as they are.
+TB_HD inline void normalize_to_mean(double* factors, const double* weights, int64_t n) {
+  double sum = 0.0, total = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double w = weights ? weights[j] : 1.0;
+    sum += w * factors[j];
+    total += w;
+  }
+  if (!(total > 0.0)) return;
+  const double mean = sum / total;
+  if (!(mean > 0.0) || !isfinite(mean)) return;
+  for (int64_t j = 0; j < n; ++j) factors[j] /= mean;
 }
 
 // ---- The packed layout of a whole model's spectra: what the CUDA kernels run, and their CPU twin in `_core` ----

@@ -4,9 +4,12 @@
     ...
     optimizer.step(); tb.step()
 
+Published configurations: ``tempbalance.presets.get("modelbalancing-glue", ratio=0.0002, steps_per_epoch=...)``;
+the reference code's rules as pure functions: :mod:`tempbalance.compat`.
+
 Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report` (PL_Alpha_Hill and friends).
 """
-from . import _native
+from . import _native, compat, presets
 from .analysis import analyze, analyze_specs
 from .cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
 from .hill import alpha_hill
@@ -26,5 +29,5 @@ def native_available() -> bool:
 __all__ = [
     "esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult", "TempBalance",
     "SpectralNormRegularizer", "native_available", "Cadence", "EveryN", "PerEpoch", "Adaptive", "Budget",
-    "__version__",
+    "__version__", "compat", "presets",
 ]

@@ -1,4 +1,9 @@
-"""From per-matrix alphas to per-unit learning-rate factors (SPEC §3), on the native core or the torch reference."""
+"""From per-matrix alphas to per-unit learning-rate factors (SPEC §3), on the native core or the torch reference.
+
+Mappings: TBSigmoid (``"sigmoid"``), TBLinearMap (``"linear"``) and the reference code's rank mapping (``"rank"``);
+:func:`normalize_factors` is the reference code's ``tb_lr_normalize``; :func:`linear_range` turns the reference's
+``lr_min_ratio`` / ``lr_slope`` into ``(s1, s2)``.
+"""
 from __future__ import annotations
 
 import math
@@ -41,7 +46,10 @@ def lr_factors(
     ``"sigmoid"`` (TBSigmoid): ``x = alpha - mean(alpha)``, ``factor = 10 ** (s * (sigmoid(tau x) - 1/2))`` with
     ``s = s_hi`` above the mean and ``s_lo`` below; a unit at the mean gets 1. ``"linear"`` (TBLinearMap):
     ``s1`` at the smallest alpha to ``s2`` at the largest; all equal -> 1 (``compat=True``: ``s2``, as the
-    reference code). NaN/Inf alphas are untuned units: factor 1, left out of the mean/min/max.
+    reference code). ``"rank"`` (the reference code's ``rank`` / ``tb_step``): the unit of rank ``k`` (0 = the
+    smallest alpha) among ``n`` gets ``s1 + (s2 - s1) * k / n`` - so the largest gets ``s2 - (s2 - s1) / n``, as
+    in the reference; equal alphas are ranked in unit order. NaN/Inf alphas are untuned units: factor 1, left out
+    of the mean/min/max/rank.
     """
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
@@ -56,3 +64,36 @@ def lr_factors(
     if core is None:
         return reference.lr_factors(v, mapping=mapping, **params)
     return np.asarray(core.lr_factors(v, mapping, *params.values()), dtype=np.float64)
+
+
+def normalize_factors(factors: Any, weights: Any = None, *, backend: str = "auto") -> np.ndarray:
+    """The reference code's ``tb_lr_normalize``: ``factors`` divided by their weighted mean, so the mean learning
+    rate over the matrices is the base rate.
+
+    ``weights[j]`` is how many matrices factor ``j`` stands for (a block's factor drives all its matrices; an
+    untuned matrix the reference still counts has factor 1); ``None`` = one each. Unchanged when the total weight
+    or the mean is not positive.
+    """
+    f = np.ascontiguousarray(factors, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(f)):
+        raise ValueError(f"factors must be finite, got {f[~np.isfinite(f)][:4]}")
+    w = None
+    if weights is not None:
+        w = np.ascontiguousarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape != f.shape:
+            raise ValueError(f"weights has {w.size} values, factors has {f.size}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError("weights must be finite and >= 0")
+    core = _backend.resolve(backend)
+    if core is None:
+        return reference.normalize_factors(f, w)
+    return np.asarray(core.normalize_factors(f, np.empty(0) if w is None else w), dtype=np.float64)
+
+
+def linear_range(lr_min_ratio: float, lr_slope: float) -> tuple[float, float]:
+    """``(s1, s2)`` of the reference code's linear map and rank mapping, written there as ``lr_min_ratio`` and
+    ``lr_slope``: factors from ``lr_min_ratio`` to ``lr_min_ratio + lr_slope``."""
+    for arg, val in (("lr_min_ratio", lr_min_ratio), ("lr_slope", lr_slope)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+            raise ValueError(f"{arg} must be a finite number, got {val!r}")
+    return float(lr_min_ratio), float(lr_min_ratio) + float(lr_slope)

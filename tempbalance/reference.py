@@ -31,7 +31,8 @@ it follows ``csrc/tb_math.h`` rule for rule (SPEC §2-§3):
      ``ks_distance = max_t |1 - (lam_{i+t} / xmin)^(1 - alpha) - t / n|``; ``alpha_hat = alpha log10 lam_max``.
 
   A non-ok row has ``alpha``, ``ks_distance`` and ``alpha_hat`` NaN; ``xmin``/``n_tail`` are set once known.
-* :func:`unit_means`, :func:`lr_factors` - SPEC §3 (TBSigmoid, TBLinearMap); non-finite values are untuned units.
+* :func:`unit_means`, :func:`lr_factors` - SPEC §3 (TBSigmoid, TBLinearMap, the reference code's rank mapping);
+  non-finite values are untuned units. :func:`normalize_factors` - the reference code's ``tb_lr_normalize``.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ STATUS_EMPTY = 5
 STATUS_TOP_TOO_SHORT = 6
 
 XMIN_RULES = ("median", "fit", "peak", "peak_compat")
-MAPPINGS = ("sigmoid", "linear")
+MAPPINGS = ("sigmoid", "linear", "rank")
 PEAK_BINS = 100
 
 _EIG_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -301,6 +302,8 @@ def lr_factors(
 
     sigmoid: ``x = v - mean``, ``factor = 10 ** (s (sigmoid(tau x) - 1/2))`` with ``s = s_hi`` if ``x > 0`` else
     ``s_lo``. linear: ``s1 + (s2 - s1) (v - min) / (max - min)``; all values equal -> 1 (compat: ``s2``).
+    rank: ``s1 + (s2 - s1) k / n`` for the value of rank ``k`` (0 = smallest) among the ``n`` finite ones; equal
+    values ranked in order (stable).
     """
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
@@ -316,9 +319,27 @@ def lr_factors(
             out[fin] = s1 + (s2 - s1) * (good - vmin) / (vmax - vmin)
         else:
             out[fin] = s2 if compat else 1.0
+    elif mapping == "rank":
+        ranks = np.empty(good.size)
+        ranks[np.argsort(good, kind="stable")] = np.arange(good.size)
+        out[fin] = s1 + (s2 - s1) * ranks / good.size
     else:
         x = good - good.mean()
         s = np.where(x > 0.0, s_hi, s_lo)
         with np.errstate(over="ignore"):
             out[fin] = 10.0 ** (s * (1.0 / (1.0 + np.exp(-tau * x)) - 0.5))
     return out
+
+
+def normalize_factors(factors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``factors`` divided by their weighted mean (``weights[j]``: how many matrices factor ``j`` stands for; None:
+    one each); unchanged when the total weight or the mean is not positive and finite."""
+    f = np.asarray(factors, dtype=np.float64).reshape(-1)
+    w = np.ones_like(f) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    total = float(w.sum())
+    if not total > 0.0:
+        return f.copy()
+    mean = float((w * f).sum()) / total
+    if not (mean > 0.0 and math.isfinite(mean)):
+        return f.copy()
+    return f / mean

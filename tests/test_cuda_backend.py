@@ -122,6 +122,7 @@ CASES = [
     (dict(xmin_rule="fit", min_eigs=10, filter_zeros=True, zero_tol=1e-3), dict(mapping="linear", s1=0.4, s2=1.7)),
     (dict(xmin_rule="peak", min_eigs=0, xmin_pos=3.0, zero_rel=1e-2, filter_zeros=True), dict(tau=5.0, s_lo=1.0)),
     (dict(xmin_rule="peak_compat", min_eigs=20), dict(mapping="linear", compat=True)),
+    (dict(xmin_rule="median", min_eigs=30, xmin_pos=1.5), dict(mapping="rank", s1=0.6, s2=1.4)),
 ]
 
 
