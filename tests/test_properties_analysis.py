@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BACKENDS
-from tempbalance import analyze, hill
+from tempbalance import _native, analyze, hill
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
+BACKENDS = ["torch"] + (["native"] if _native.core is not None else [])
 NAMED = {"ok", "too_few_eigs", "flat_tail", "xmin_not_positive", "non_finite", "empty", "error"}
 KINDS = ("gaussian", "heavy", "low_rank", "near_flat", "top_flat")
 
