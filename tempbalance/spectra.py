@@ -131,20 +131,22 @@ _UNSCALED_LOG2 = {torch.float32: 30, torch.float64: 400}
 _MAX_SHIFT = 120  # 2**±120 stays a normal float32
 
 
-def unit_scale(stack: torch.Tensor, on_device: bool) -> tuple[torch.Tensor, Any]:
+def unit_scale(stack: torch.Tensor, on_device: bool, largest: float | None = None) -> tuple[torch.Tensor, Any]:
     """``stack`` times ``2**-k`` - only the exponents change, so exactly - and ``k``: the Gram eigenvalues of the
     original are those of the result times ``4**k``. Brings the largest entry near 1 when the Gram would under- or
-    overflow its dtype (CPU: only then; device stacks: always, as tensor ops, so nothing waits for the GPU)."""
-    mag = stack.abs() if stack.is_complex() else stack
+    overflow its dtype (CPU: only then; device stacks: always, as tensor ops, so nothing waits for the GPU).
+    ``largest``: the largest |entry| (of the real and imaginary parts) when the caller knows it already."""
+    parts = torch.view_as_real(stack) if stack.is_complex() else stack
     if on_device:
-        k = torch.frexp(mag.abs().amax()).exponent.clamp(-_MAX_SHIFT, _MAX_SHIFT)
-        return stack * torch.exp2(-k.to(mag.dtype)), k
-    lo, hi = torch.aminmax(mag)
-    amax = max(-float(lo), float(hi))
-    if not (0.0 < amax < math.inf):
+        k = torch.frexp(parts.abs().amax()).exponent.clamp(-_MAX_SHIFT, _MAX_SHIFT)
+        return stack * torch.exp2(-k.to(parts.dtype)), k
+    if largest is None:
+        lo, hi = torch.aminmax(parts)
+        largest = max(-float(lo), float(hi))
+    if not (0.0 < largest < math.inf):
         return stack, 0
-    k = math.frexp(amax)[1]
-    if abs(k) <= _UNSCALED_LOG2.get(mag.dtype, 30):
+    k = math.frexp(largest)[1]
+    if abs(k) <= _UNSCALED_LOG2.get(parts.dtype, 30):
         return stack, 0
     k = max(-_MAX_SHIFT, min(_MAX_SHIFT, k))
     return stack * (2.0 ** -k), k
