@@ -9,8 +9,13 @@
 #include <string>
 #include <vector>
 
+#include <algorithm>
+#include <numeric>
+
 #include "cuda/plan_bindings.h"
+#include "failpoints.h"
 #include "gram_eig.h"
+#include "parallel.h"
 #include "params.h"
 #include "tb_math.h"
 
@@ -97,7 +102,8 @@ using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const std::string& xmin_rule,
                                  bool filter_zeros, const py::object& zero_tol, double zero_rel,
-                                 const py::object& zero_rtol, int64_t min_eigs, const py::object& n_total) {
+                                 const py::object& zero_rtol, int64_t min_eigs, const py::object& n_total,
+                                 int num_threads) {
   const tb::HillParams p = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, 0.0, zero_rel, 0.0, min_eigs);
   std::vector<CArray<double>> spectra;
   for (auto item : eigs) spectra.emplace_back(py::reinterpret_borrow<py::object>(item));
@@ -119,10 +125,15 @@ py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const st
     ptrs.push_back(s.data());
     lens.push_back(s.shape(0));
   }
+  // Spectra are independent: spread them over workers, longest first (the xmin scans cost ~ N log N each).
+  std::vector<std::size_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return lens[a] > lens[b]; });
   {
     py::gil_scoped_release release;
-    for (py::ssize_t j = 0; j < n; ++j)
+    tb::run_tasks(order, num_threads, [&](std::size_t, std::size_t j) {
       tb::write_row(tb::hill_metrics(ptrs[j], lens[j], tb::params_for(p, per, j)), dst + j * tb::kHillColumns);
+    });
   }
   return out;
 }
@@ -198,8 +209,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("hill_metrics", &hill_metrics, py::arg("eigs"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
         py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
         py::arg("zero_rtol") = 0.0, py::arg("min_eigs") = 50, py::arg("n_total") = py::list(),
+        py::arg("num_threads") = 1,
         "Per-spectrum metrics, one row each: alpha, xmin, n_tail, ks_distance, spectral_norm, frobenius, "
-        "stable_rank, alpha_hat, n_eigs, status. zero_tol, zero_rtol and n_total: one number or one per spectrum.");
+        "stable_rank, alpha_hat, n_eigs, status. zero_tol, zero_rtol and n_total: one number or one per spectrum. "
+        "Spectra are spread over num_threads workers.");
   m.def("hill_lr_packed", &hill_lr_packed, py::arg("eigs"), py::arg("offsets"), py::arg("unit_index"),
         py::arg("n_units"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
         py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
@@ -214,6 +227,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("compat") = false);
   m.attr("HILL_COLUMNS") = py::make_tuple("alpha", "xmin", "n_tail", "ks_distance", "spectral_norm", "frobenius",
                                           "stable_rank", "alpha_hat", "n_eigs", "status");
+  m.def(
+      "_arm_fault",
+      [](const std::string& fault, int64_t skip) {
+        if (skip < 0) throw py::value_error("skip must be >= 0");
+        tb::fault::arm(tb::fault::parse(fault), skip);
+      },
+      py::arg("fault"), py::arg("skip") = 0,
+      "Testing only: make the next (skip + 1)-th occurrence of `fault` fail ('solver_info': an eigensolver reports "
+      "no convergence; 'evr_short_count': ?syevr finds one eigenvalue too few; 'thread_start': a worker thread "
+      "cannot start; 'none': disarm).");
   m.attr("cuda_built") = false;
   tb::bind_cuda_plan(m);  // CUDA host planning, testable without CUDA
 }

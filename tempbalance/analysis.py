@@ -202,7 +202,7 @@ def analyze_specs(
     on_host = [idx for idx in done if idx not in metrics]
     metrics.update(zip(on_host, hill.hill_metrics(
         [batch.eigs[idx] for idx in on_host], zero_rtol=[rtol[idx] for idx in on_host], backend=backend_used,
-        assume_sorted=True, **options)))
+        assume_sorted=True, num_threads=num_threads, **options)))
     for idx in done:
         results[idx] = metrics_row(specs[idx], shapes[idx], metrics[idx])
     if len(on_host) < len(done):  # the CUDA core did some or all layers
