@@ -18,6 +18,7 @@
 #include "parallel.h"
 #include "params.h"
 #include "tb_math.h"
+#include "unit_factors.h"
 
 namespace py = pybind11;
 
@@ -175,6 +176,28 @@ py::tuple hill_lr_packed(const CArray<double>& eigs, const CArray<int64_t>& offs
   return py::make_tuple(metrics, unit_alpha, factors);
 }
 
+// TempBalance's factors of a pass from its metrics table (the CUDA core's unit_factors kernel, on the CPU).
+py::tuple unit_factors_packed(const CArray<double>& metrics, const CArray<int64_t>& unit_index, int64_t n_units,
+                              const std::string& metric, const CArray<double>& previous, const std::string& mapping,
+                              double tau, double s_lo, double s_hi, double s1, double s2, bool compat) {
+  if (metrics.ndim() != 2 || metrics.shape(1) != tb::kHillColumns)
+    throw py::value_error("metrics must be (n, " + std::to_string(tb::kHillColumns) + ")");
+  const int64_t n = metrics.shape(0);
+  if (unit_index.ndim() != 1 || unit_index.shape(0) != n)
+    throw py::value_error("unit_index must have one entry per metrics row");
+  if (n_units < 0 || previous.ndim() != 1 || previous.shape(0) != n_units)
+    throw py::value_error("previous must hold one factor per unit (n_units >= 0)");
+  const int column = tb::metric_column(metric);
+  const tb::MappingParams mp = tb::mapping_params(mapping, tau, s_lo, s_hi, s1, s2, compat);
+  py::array_t<double> unit_values(n_units), factors(n_units);
+  std::vector<double> values(n), sums(n_units);
+  std::vector<int64_t> counts(n_units);
+  const bool taken = tb::packed_unit_factors(metrics.data(), unit_index.data(), n, n_units, column, previous.data(),
+                                             mp, values.data(), sums.data(), counts.data(),
+                                             unit_values.mutable_data(), factors.mutable_data());
+  return py::make_tuple(unit_values, factors, taken);
+}
+
 py::array_t<double> unit_means(py::array_t<double, py::array::c_style | py::array::forcecast> values,
                                py::array_t<int64_t, py::array::c_style | py::array::forcecast> unit_index,
                                int64_t n_units) {
@@ -221,19 +244,19 @@ PYBIND11_MODULE(_core, m) {
         py::arg("s2") = 1.5, py::arg("compat") = false,
         "The CUDA core's Hill/LR kernels on the CPU (same functions, same packed layout): spectrum j is "
         "eigs[offsets[j]:offsets[j+1]]. Returns (metrics (n, 10), mean alpha per unit, LR factor per unit).");
+  m.def("unit_factors_packed", &unit_factors_packed, py::arg("metrics"), py::arg("unit_index"), py::arg("n_units"),
+        py::arg("metric"), py::arg("previous"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
+        py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,
+        py::arg("compat") = false,
+        "The CUDA core's unit_factors kernel on the CPU: (unit values, factors, whether the new factors were "
+        "taken) of a pass's (n, 10) metrics table; units with a failed matrix keep `previous`.");
   m.def("unit_means", &unit_means, py::arg("values"), py::arg("unit_index"), py::arg("n_units"));
   m.def("lr_factors", &lr_factors, py::arg("values"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
         py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,
         py::arg("compat") = false);
   m.attr("HILL_COLUMNS") = py::make_tuple("alpha", "xmin", "n_tail", "ks_distance", "spectral_norm", "frobenius",
                                           "stable_rank", "alpha_hat", "n_eigs", "status");
-  m.def(
-      "_arm_fault",
-      [](const std::string& fault, int64_t skip) {
-        if (skip < 0) throw py::value_error("skip must be >= 0");
-        tb::fault::arm(tb::fault::parse(fault), skip);
-      },
-      py::arg("fault"), py::arg("skip") = 0,
+  m.def("_arm_fault", &tb::fault::arm_named, py::arg("fault"), py::arg("skip") = 0,
       "Testing only: make the next (skip + 1)-th occurrence of `fault` fail ('solver_info': an eigensolver reports "
       "no convergence; 'evr_short_count': ?syevr finds one eigenvalue too few; 'thread_start': a worker thread "
       "cannot start; 'none': disarm).");

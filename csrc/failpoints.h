@@ -46,6 +46,12 @@ inline void arm(Kind kind, int64_t skip) {
   armed().store(kind);
 }
 
+// arm() by name, as the extension modules expose it (`_arm_fault`); std::invalid_argument for a bad name or skip.
+inline void arm_named(const std::string& name, int64_t skip) {
+  if (skip < 0) throw std::invalid_argument("skip must be >= 0, got " + std::to_string(skip));
+  arm(parse(name), skip);
+}
+
 // True exactly once: at the armed occurrence of `kind`.
 inline bool hit(Kind kind) {
   if (armed().load(std::memory_order_relaxed) != kind) return false;

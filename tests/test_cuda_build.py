@@ -287,3 +287,61 @@ def test_built_module_unusable_here_falls_back_end_to_end(core_cuda, monkeypatch
         want = analyze(m, min_eigs=10)
     assert all(r.settings["backend"] == want.settings["backend"] for r in got)
     assert all((rows_of(r)[1] == rows_of(want)[1]).all() for r in got)
+
+
+# --- the device checks around cuSOLVER and the scratch layout, through their CPU twins in `_core` ---------------
+needs_twins = pytest.mark.skipif(core is None or not hasattr(core, "cuda_gram_unusable"),
+                                 reason="native core without the CUDA twins (rebuild the package)")
+
+
+@needs_twins
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "complex128"])
+def test_gram_screen_rejects_exactly_the_grams_whose_trace_is_not_finite(dtype):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    real_max = np.finfo(np.dtype(dtype).type(0).real.dtype).max
+    a = rng.standard_normal((6, 5, 7)).astype(dtype)
+    big = np.sqrt(real_max / 2.25)  # three such entries in one row overflow the trace (1.33 max), two do not
+    a[1, 0, 0] = np.nan
+    a[2, 3, 4] = np.inf
+    a[3, 0, :2] = big
+    a[4, 0, :3] = big
+    if np.iscomplexobj(a):
+        a[5, 2, 1] = complex(0, np.nan)  # NaN only in an imaginary part
+    with np.errstate(all="ignore"):
+        grams = np.ascontiguousarray(a @ a.conj().transpose(0, 2, 1))
+        trace = np.einsum("bii->b", grams.astype(np.complex128 if np.iscomplexobj(a) else np.float64))
+    want = [not (np.isfinite(t) and abs(t.real) <= real_max) for t in trace]
+    assert core.cuda_gram_unusable(grams) == want
+    assert want == [False, True, True, False, True, np.iscomplexobj(a)]
+
+
+@needs_twins
+def test_finished_eigenvalues_are_nan_for_failed_grams_and_clamped_otherwise():
+    import numpy as np
+
+    w = np.array([[-1e-7, 0.5, 2.0], [1.0, 2.0, 3.0], [-2.0, 0.0, 1.0]])
+    got = core.cuda_finished_eigenvalues(w, [0, 3, 0], [0, 0, 1])
+    np.testing.assert_array_equal(got[0], [0.0, 0.5, 2.0])
+    assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+
+
+@needs_twins
+def test_scratch_layout_holds_every_buffer_aligned_and_apart():
+    g = core.cuda_plan_groups([9, 1, 3], [64, 100, 64], 4, True, INT32_MAX, 60_000)
+    lay = core.cuda_scratch_layout([9, 1, 3], [64, 100, 64], 4, 4, True, 60_000)
+    most = max(b for _, b, _, _ in g)
+    grams = max(n * n * b * 4 for n, b, _, _ in g)
+    eigs = max(n * b * 4 for n, b, _, _ in g)
+    assert all(lay[k] % 256 == 0 for k in ("grams", "eigs", "info", "unusable", "bytes"))
+    assert lay["eigs"] - lay["grams"] >= grams and lay["info"] - lay["eigs"] >= eigs
+    assert lay["unusable"] - lay["info"] >= 4 * most and lay["bytes"] - lay["unusable"] >= 4 * most
+    assert lay["bytes"] < grams + eigs + 8 * most + 4 * 256
+
+
+@needs_twins
+def test_solver_size_limit_by_cusolver_version():
+    # CUDA 12's cuSOLVER (11.x) fails above n = 32768 in Xsyevd / XsyevBatched; CUDA 13's (12.x) has no limit.
+    assert core.cuda_solver_max_n(11701) == core.cuda_solver_max_n(0) == 32768
+    assert core.cuda_solver_max_n(12000) == core.cuda_solver_max_n(12401) == 0
