@@ -157,7 +157,7 @@ def max_gram_dim() -> int:
     return int((_libraries or {}).get("max_n", 0))
 
 
-def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def host_to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small host list on ``device`` without waiting: a pinned staging copy is truly asynchronous."""
     host = torch.tensor(values, dtype=dtype)
     if device.type == "cuda":
@@ -254,13 +254,13 @@ def _keyword_defaults(fn, skip: tuple[str, ...]) -> dict:
 
 def _per_spectrum(value: Any, n: int, device: torch.device, arg: str) -> tuple[float, torch.Tensor | None]:
     """An option given as one number or one per spectrum -> (scalar, None) or (0.0, float64 device array)."""
-    values = torch.as_tensor(value, dtype=torch.float64)
+    values = np.asarray(value, dtype=np.float64)
     if values.ndim == 0:
         return float(values), None
     values = values.reshape(-1)
-    if values.numel() != n:
-        raise ValueError(f"{arg} must be one number or one per spectrum ({n}), got {values.numel()} values")
-    return 0.0, _to_device(values.tolist(), torch.float64, device)
+    if values.size != n:
+        raise ValueError(f"{arg} must be one number or one per spectrum ({n}), got {values.size} values")
+    return 0.0, host_to_device(values.tolist(), torch.float64, device)
 
 
 def hill_lr(
@@ -297,8 +297,8 @@ def hill_lr(
     with _current_stream(device) as stream:
         flat = torch.cat([e.reshape(-1).to(torch.float64) for e in eigs])
         lengths = np.cumsum([0] + [int(e.numel()) for e in eigs]).tolist()
-        offsets = _to_device(lengths, torch.int64, device)
-        units = _to_device([int(u) for u in unit_index], torch.int64, device)
+        offsets = host_to_device(lengths, torch.int64, device)
+        units = host_to_device([int(u) for u in unit_index], torch.int64, device)
         zero_tol, tols = _per_spectrum(h["zero_tol"], n, device, "zero_tol")
         zero_rtol, rtols = _per_spectrum(h["zero_rtol"], n, device, "zero_rtol")
         metrics = torch.empty((n, module.hill_columns), dtype=torch.float64, device=device)
@@ -339,7 +339,7 @@ def unit_factors(metrics: torch.Tensor, unit_index: Sequence[int], n_units: int,
     m = mapping_options(mapping)
     device, n = metrics.device, int(metrics.shape[0])
     with _current_stream(device) as stream:
-        units = _to_device([int(u) for u in unit_index], torch.int64, device)
+        units = host_to_device([int(u) for u in unit_index], torch.int64, device)
         previous = previous.to(device=device, dtype=torch.float64).contiguous()
         values = torch.empty(n_units, dtype=torch.float64, device=device)
         factors = torch.empty(n_units, dtype=torch.float64, device=device)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance import TempBalance, _native, analyze, cuda_backend, hill, mapping
+from tempbalance import TempBalance, _native, analyze, cuda_backend, hill, mapping, streams
 
 core = _native.core
 pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "unit_factors_packed"),
@@ -50,6 +50,7 @@ class FakeDeviceCore:
         self.matrices: list[tuple[int, int, int]] = []  # every input it was given
         self.solved: list[tuple[int, int]] = []  # (matrix, slice) of every Gram that reached the "solver"
         self.group_bytes: list[int] = []  # max_bytes of every gram_eigvalsh call
+        self.called_on: list = []  # the stream of every gram_eigvalsh call
         self.fault_skip: int | None = None
 
     def device_count(self):
@@ -77,6 +78,7 @@ class FakeDeviceCore:
     def gram_eigvalsh(self, mats, dtype, stream, alloc, max_bytes=1 << 30):
         self.calls["gram_eigvalsh"] += 1
         self.group_bytes.append(max_bytes)
+        self.called_on.append(stream)
         kind = np.dtype(dtype)
         real = np.empty(0, kind).real.dtype
         sizes = [min(m, n) for _, _, m, n, _ in mats]
@@ -134,10 +136,52 @@ class FakeDeviceCore:
         _view(factors, n_units, np.float64)[:] = got[1]
 
 
+class FakeStreams:
+    """`streams.API`'s torch.cuda calls, recorded: events, side streams, waits, record_stream, the current stream."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+        self.current = "training"
+        outer = self
+
+        class Event:
+            def record(self, stream):
+                outer.log.append(("record", stream))
+
+        class Stream:
+            def __init__(self, device):
+                self.name = f"side{sum(1 for e in outer.log if e[0] == 'stream')}"
+                outer.log.append(("stream", self.name))
+
+            def wait_event(self, event):
+                outer.log.append(("wait", self.name))
+
+        self.Event, self.Stream = Event, Stream
+
+    def current_stream(self, device):
+        return self.current
+
+    @contextlib.contextmanager
+    def stream(self, side):
+        previous, self.current = self.current, side.name
+        self.log.append(("enter", side.name))
+        try:
+            yield
+        finally:
+            self.current = previous
+            self.log.append(("exit", side.name))
+
+    def record_stream(self, tensor, side):
+        self.log.append(("record_stream", side.name, tuple(tensor.shape)))
+
+
 def install(monkeypatch, fake: FakeDeviceCore) -> FakeDeviceCore:
-    """Route CPU tensors through the CUDA dispatch with `fake` as the device module (fresh per-process state)."""
+    """Route CPU tensors through the CUDA dispatch with `fake` as the device module (fresh per-process state);
+    streams are a FakeStreams (`fake.streams`), whose current stream is what the core is called with."""
+    fake.streams = FakeStreams()
+    monkeypatch.setattr(streams, "API", fake.streams)
     monkeypatch.setattr(cuda_backend, "DEVICE_TYPE", "cpu")
-    monkeypatch.setattr(cuda_backend, "_current_stream", lambda device: contextlib.nullcontext(0))
+    monkeypatch.setattr(cuda_backend, "_current_stream", lambda device: contextlib.nullcontext(fake.streams.current))
     monkeypatch.setattr(cuda_backend, "_import", lambda: fake)
     for name, value in (("_module", None), ("_ready", None), ("_reason", None), ("_libraries", None),
                         ("_checked", False), ("_warned", False), ("_failed_warned", False)):
