@@ -192,8 +192,8 @@ def _solve_on_device(module: ModuleType, mats: list, name: str, stream: int, dev
                 raise DeviceMemoryError(
                     f"tempbalance: not enough free GPU memory for the spectral pass ({name}; even one Gram at a "
                     f"time, {smallest / 2**20:.1f} MiB plus cuSOLVER's workspace, could not be allocated: {exc}). "
-                    "Free GPU memory (torch.cuda.empty_cache()), analyse in float32, or pass CPU copies of the "
-                    "weights") from exc
+                    "Free GPU memory (e.g. torch.cuda.empty_cache()) or analyse on the CPU (backend='torch', or "
+                    "CPU copies of the weights)") from exc
             group_bytes = max(group_bytes // 4, smallest)
         finally:
             keep.clear()

@@ -105,7 +105,9 @@ class FakeDeviceCore:
                     w = core.gram_eigvalsh([np.ascontiguousarray(a[i:i + 1])], [0], 1)[0]
                 info = 1 if self._solver_fails() else 0
                 res[i * k:(i + 1) * k] = core.cuda_finished_eigenvalues(w[None], [info], [int(unusable)])[0]
-        return {"groups": 1, "batched_groups": 1, "scratch_bytes": layout["bytes"], "solver_bytes": 4096,
+        groups = len(core.cuda_plan_groups([s for _, s, _, _, _ in mats], sizes, kind.itemsize, True,
+                                           core.CUDA_BATCHED_ELEMENT_LIMIT, max_bytes))
+        return {"groups": groups, "batched_groups": groups, "scratch_bytes": layout["bytes"], "solver_bytes": 4096,
                 "solver_host_bytes": 0}
 
     def hill_lr(self, eigs, offsets, n, unit_index, n_units, xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel,

@@ -228,7 +228,7 @@ def test_stand_in_has_the_built_module_signatures(core_cuda):
     from test_cuda_backend import FakeDeviceCore
 
     module, _ = core_cuda
-    for name in ("hill_lr", "gram_eigvalsh", "load", "device_count"):
+    for name in ("hill_lr", "gram_eigvalsh", "unit_factors", "load", "device_count", "_arm_fault"):
         fake = [p for p in inspect.signature(getattr(FakeDeviceCore, name)).parameters if p != "self"]
         assert _doc_parameters(getattr(module, name)) == fake, name
 
@@ -237,12 +237,17 @@ def test_built_module_takes_the_dispatch_arguments_without_a_gpu(core_cuda):
     # n = 0 returns before any CUDA call: this checks the argument conversion and the option parsing only.
     module, _ = core_cuda
     args = [0, 0, 0, 0, 0, 2.0, "median", False, 1e-5, 0.0, 0.0, 50, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False,
-            0, 0, 0, 0]
+            0, 0, 0, 0, 0]
     assert module.hill_lr(*args, zero_tols=0, zero_rtols=0) is None
     with pytest.raises(ValueError, match="xmin_rule"):
         module.hill_lr(*args[:6], "bogus", *args[7:])
     with pytest.raises(ValueError, match="null"):
-        module.gram_eigvalsh([(0, 1, 2, 2, 0)], "float32", 0)
+        module.gram_eigvalsh([(0, 1, 2, 2, 0)], "float32", 0, lambda n: 0)
+    assert module.unit_factors(0, 0, 0, 0, "alpha", 0, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False, 0, 0, 0, 0) is None
+    with pytest.raises(ValueError, match="metric"):
+        module.unit_factors(0, 0, 0, 1, "bogus", 0, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="fault must be"):
+        module._arm_fault("bogus")
 
 
 class _PretendDevice:

@@ -90,7 +90,7 @@ const std::vector<std::string>& required_symbols() {
       "cublasGemmStridedBatchedEx", "cusolverDnCreate",    "cusolverDnDestroy",
       "cusolverDnSetStream",    "cusolverDnCreateParams",  "cusolverDnDestroyParams",
       "cusolverDnXsyevd_bufferSize", "cusolverDnXsyevd",   "cusolverDnXsyevBatched_bufferSize",
-      "cusolverDnXsyevBatched"};
+      "cusolverDnXsyevBatched", "cusolverGetVersion"};
   return names;
 }
 
