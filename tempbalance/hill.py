@@ -107,6 +107,9 @@ def hill_metrics(
     """
     validate_options(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, zero_tol=zero_tol,
                      zero_rel=zero_rel)
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+                                    or num_threads < 1):
+        raise ValueError(f"num_threads must be None or an integer >= 1, got {num_threads!r}")
     eigs = [_as_spectrum(e, f"eig_list[{k}]") for k, e in enumerate(eig_list)]
     try:
         rtol = np.broadcast_to(np.asarray(zero_rtol, dtype=np.float64), (len(eigs),)).copy()
