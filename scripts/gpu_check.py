@@ -407,6 +407,34 @@ def check_no_wait(env: Env):
     return run
 
 
+def check_thread_handles(env: Env, threads: int = 6):
+    """Threads that each run a pass and end: their cuBLAS/cuSOLVER handles are destroyed with them (device memory
+    does not grow by a handle's worth per thread)."""
+    def run():
+        import threading
+
+        stacks = [w.unsqueeze(0).contiguous() for w in weights(env, [(300, 400), (200, 200)], seed=10).values()]
+        env.cuda_backend.gram_eigvals(stacks)  # the main thread's handles exist before the measurement
+
+        def free_bytes() -> int:
+            if env.device.type != "cuda":
+                return 0
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            return torch.cuda.mem_get_info()[0]
+
+        before = free_bytes()
+        for _ in range(threads):
+            t = threading.Thread(target=lambda: env.cuda_backend.gram_eigvals(stacks))
+            t.start()
+            t.join()
+        grown = (before - free_bytes()) / threads
+        ok = grown < 4 * 2**20
+        return _verdict(ok), (f"{threads} threads ran a pass and ended: device memory grew {grown / 2**20:.2f} MiB "
+                              f"per thread (a cuBLAS + cuSOLVER handle pair holds several MiB)"), {"grown_per_thread": grown}
+    return run
+
+
 def _model(env: Env, width: int) -> torch.nn.Module:
     torch.manual_seed(8)
     return torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 2 * width),
@@ -618,6 +646,7 @@ def main() -> int:
     results.run("work on a side stream", check_side_stream(env))
     results.run("nothing waits for the GPU", check_no_wait(env))
     results.run("lag=1 snapshot handoff", check_lag_race(env))
+    results.run("handles of ended threads are destroyed", check_thread_handles(env))
     results.run("fused factors into tensor lrs", check_fused(env))
     # RoBERTa-base first warms every method up; the LLaMA block (per-layer svdvals take seconds there) runs twice
     results.run("timing roberta-base", check_timing(env, results, "roberta-base", args.reps))
