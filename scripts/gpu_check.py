@@ -286,9 +286,9 @@ def probe(kind: str, selftest: bool) -> dict[str, Any]:
             row = r.rows[0]
             ok = not fell_back and (row.status == "ok" or
                                     (row.status == "error" and "not enough free GPU memory" in row.reason))
-            return {"ok": ok, "detail": f"{row.status}: {row.reason or 'solved with smaller groups'}; "
-                                        f"group bytes {env.cuda_backend.last_pass.get('group_bytes')}; CPU fallback "
-                                        f"{fell_back}"}
+            groups = env.cuda_backend.last_pass.get("group_bytes") if row.status == "ok" else None
+            return {"ok": ok, "detail": f"{row.status}: {row.reason or f'solved with groups of {groups} bytes'}; "
+                                        f"CPU fallback {fell_back}"}
         raise ValueError(f"unknown probe {kind!r}")
     finally:
         env.close()
