@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from . import analysis, distributed, mapping as _mapping
+from . import analysis, device_lr, distributed, mapping as _mapping, streams
 from .distributed import partition
 from .adapters import MatrixSpec, get_adapter
 from .cadence import Cadence, as_cadence
@@ -73,19 +73,21 @@ def _raise(error: BaseException) -> torch.Tensor:
     raise error
 
 
-def _snapshot(specs: list[MatrixSpec]) -> list[MatrixSpec]:
-    """Copies of the analysed weights as they are now, for a pass that runs while training changes them. A layer
+def _snapshot(specs: list[MatrixSpec]) -> tuple[list[MatrixSpec], streams.Handoff]:
+    """Copies of the analysed weights as they are now, for a pass that runs while training changes them, and the
+    handoff that orders a background thread's use of CUDA copies after the copying (streams.Handoff). A layer
     whose weight cannot be read fails in the pass, with its error, like in a synchronous one."""
-    out = []
+    out, copies = [], []
     with torch.no_grad():
         for s in specs:
             try:
                 w = s.weight().detach().clone()
+                copies.append(w)
                 fn = (lambda w=w: w)
             except Exception as e:  # noqa: BLE001
                 fn = (lambda e=e: _raise(e))
             out.append(MatrixSpec(s.name, s.kind, fn, s.unit))
-    return out
+    return out, streams.Handoff(copies)
 
 
 def _report_state(report: Report) -> dict[str, Any]:
@@ -330,6 +332,7 @@ class TempBalance:
         self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
         self._warned_external = False
         self._pending: _PendingPass | None = None
+        self._deferred: tuple[device_lr.DeviceRefresh, list[int], float] | None = None  # see _settle
         self._executor: ThreadPoolExecutor | None = None
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._last_commit = (0, time.perf_counter())  # (step, clock) of the last applied refresh, for Budget
@@ -458,6 +461,7 @@ class TempBalance:
     def epoch_end(self) -> None:
         """Call at the end of every epoch: counts it, and with a per-epoch cadence (``interval=None``) re-analyses
         before the next optimizer step (``lag=0``) or starts the background pass then."""
+        self._settle()
         self.epoch += 1
         if self.cadence.due_at_epoch_end(self.epoch):
             self._mark_due()
@@ -469,7 +473,9 @@ class TempBalance:
             self._run_due()
 
     def _run_due(self) -> None:
-        """Run the refresh that fell due (synchronously or as a background pass) and apply the factors."""
+        """Commit a refresh that ran on the GPU (_settle), then run the refresh that fell due (synchronously or
+        as a background pass) and apply the factors."""
+        self._settle()
         if self._refresh_due:
             self._refresh_due = False
             self._start_refresh()
@@ -497,6 +503,8 @@ class TempBalance:
         for i, g in enumerate(self.optimizer.param_groups):
             u = self._group_units[i]
             f = self._factors.get(u, 1.0) if u is not None else 1.0
+            if self._deferred is not None and isinstance(g["lr"], torch.Tensor):
+                continue  # the GPU pass writes base x its factor there; _settle brings the floats up to date
             if self.target == "lr":
                 _set(g, "lr", self._base[i] * f)
                 self._written[i] = _get(g, "lr")  # as stored (a float32 tensor lr rounds)
@@ -509,18 +517,48 @@ class TempBalance:
         """Analyse the weights now, synchronously, and apply the new factors (exceptions propagate; groups are
         untouched then). A pending background pass is dropped: this one is newer."""
         self._refresh_due = False
+        self._settle()
         self._drop_pending()
         report = self._refresh_now()
         self._apply()
         return report
 
-    def _refresh_now(self, indices: list[int] | None = None) -> Report:
+    def _refresh_now(self, indices: list[int] | None = None, fused: bool = False) -> Report | None:
         """Analyse the live weights (the matrices ``indices``, default all) and commit the factors; the loop
-        waits for all of it."""
+        waits for all of it - except with ``fused`` on CUDA weights and tensor lrs, where the pass writes the
+        factors into the lr tensors on the GPU and the commit waits until _settle (returns None then)."""
         indices = list(range(len(self._specs))) if indices is None else indices
         start = time.perf_counter()
-        report = self._analyze([self._specs[i] for i in indices])
+        specs = [self._specs[i] for i in indices]
+        if (fused and self.target == "lr" and self._dist is None and len(indices) == len(self._specs)
+                and device_lr.tensor_lrs(self.optimizer.param_groups) is not None):
+            index = {u: k for k, u in enumerate(self.units)}
+            pending = device_lr.fused_refresh(
+                specs, self.analysis_options, groups=self.optimizer.param_groups, base=self._base,
+                group_unit=[index.get(u, -1) for u in self._group_units],
+                unit_index=[index[self._key(s)] for s in specs], n_units=len(self.units), metric=self.metric,
+                previous=[self._factors.get(u, 1.0) for u in self.units], map_options=self.map_options)
+            if pending.written:
+                self._deferred = (pending, indices, time.perf_counter() - start)
+                return None
+            report = pending.report()
+        else:
+            report = self._analyze(specs)
         return self._commit(report, indices, started_step=self.step_count, blocking=time.perf_counter() - start)
+
+    def _settle(self) -> None:
+        """Commit a refresh whose factors the GPU already wrote into the lr tensors (device_lr): waits for it once
+        and brings the floats (factors, report, history) and the groups' bookkeeping up to date. Runs before
+        anything reads them: the next step(), epoch_end(), every accessor, state_dict(), close()."""
+        if self._deferred is None:
+            return
+        pending, indices, blocking = self._deferred
+        self._deferred = None
+        try:
+            self._commit(pending.report(), indices, started_step=self.step_count, blocking=blocking)
+        except Exception as e:  # noqa: BLE001 - as a synchronous pass: the units keep their factors (so did the GPU)
+            self._warn_failed(e)
+        self._apply()
 
     def _stagger_slices(self, k: int) -> list[list[int]]:
         """The matrices split into ``k`` slices of about equal spectral cost (largest first onto the cheapest
@@ -555,7 +593,7 @@ class TempBalance:
         """A refresh is due: synchronous with ``lag=0``, else snapshot + background pass due ``lag`` steps on."""
         if not self.lag:
             try:
-                self._refresh_now(self._take_slice())
+                self._refresh_now(self._take_slice(), fused=True)
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
                 self._warn_failed(e)
             return
@@ -565,13 +603,13 @@ class TempBalance:
         start = time.perf_counter()
         indices = self._take_slice()
         try:
-            snapshot = _snapshot([self._specs[i] for i in indices])
+            snapshot, handoff = _snapshot([self._specs[i] for i in indices])
         except Exception as e:  # noqa: BLE001
             self._warn_failed(e)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
-        future = self._executor.submit(self._analyze, snapshot)
+        future = self._executor.submit(handoff.run, self._analyze, snapshot)
         self._pending = _PendingPass(self.step_count, self.step_count + self.lag, future,
                                      time.perf_counter() - start, indices)
 
@@ -604,6 +642,7 @@ class TempBalance:
     def close(self) -> None:
         """Drop a due or pending pass, stop the background thread and remove the optimizer step hook (also done
         when the object is collected)."""
+        self._settle()
         self._refresh_due = False
         self._drop_pending()
         if self._step_hook is not None:
@@ -769,6 +808,7 @@ class TempBalance:
         loadable with ``torch.load(weights_only=True)``). A pending background pass is waited for and saved with
         its due step, so the resumed run applies it at the same step; a refresh that fell due and has not run is
         saved as due and runs before the resumed run's first optimizer step."""
+        self._settle()
         return dict(
             version=_STATE_VERSION, step_count=self.step_count, epoch=self.epoch, unit=self.unit,
             metric=self.metric, target=self.target, base=list(self._base), base_wd=list(self._base_wd),
@@ -817,6 +857,7 @@ class TempBalance:
         self._last_commit = (self.step_count, time.perf_counter())
         self.skipped_refreshes = [int(x) for x in state["skipped_refreshes"]]
         self._drop_pending()
+        self._deferred = None  # superseded: the groups get the loaded factors below
         self._refresh_due = bool(state.get("refresh_due", False))
         self._next_slice = int(state.get("next_slice", 0))
         if state.get("last_report") is not None:
