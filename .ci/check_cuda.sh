@@ -53,7 +53,7 @@ strings "$SO" >"$WORK/strings.txt"  # (grep -q on a pipe would SIGPIPE strings u
 missing=0
 for sym in cusolverDnXsyevBatched cusolverDnXsyevBatched_bufferSize cusolverDnXsyevd cusolverDnXsyevd_bufferSize \
            cusolverDnCreate cusolverDnSetStream cusolverDnCreateParams cublasCreate_v2 cublasSetStream_v2 \
-           cublasGemmStridedBatchedEx; do
+           cublasGemmStridedBatchedEx cusolverGetVersion; do
   grep -qx "$sym" "$WORK/strings.txt" || { say "FAIL: $sym not referenced"; missing=1; }
 done
 [ $missing -eq 0 ] || exit 1
@@ -68,7 +68,8 @@ fi
 #    tree, which has no compiled `_core` (the installed package has), so the planning tests used to skip (13 of
 #    18). With TEMPBALANCE_CORE_CUDA set, test_cuda_build.py now fails instead of skipping when `_core` is missing.
 (cd "$WORK" && TEMPBALANCE_CORE_CUDA="$SO" "$PY" -m pytest -q -rs -p no:cacheprovider \
-  "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_backend.py" | tee "$WORK/pytest.log")
+  "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_backend.py" "$ROOT/tests/test_device_lr.py" \
+  "$ROOT/tests/test_streams.py" | tee "$WORK/pytest.log")
 if grep -q "skipped" "$WORK/pytest.log" && ! grep -q "a CUDA device is present" "$WORK/pytest.log"; then
   say "FAIL: tests were skipped in the CUDA check (see above)"; exit 1
 fi
@@ -82,7 +83,8 @@ m = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(m)
 got = m.load(int(sys.argv[2]), sys.argv[3:])
 assert got["batched"], got
-print("[check_cuda] ok: all entry points resolve in", got["cusolver"], "and", got["cublas"])
+print("[check_cuda] ok: all entry points resolve in", got["cusolver"], "and", got["cublas"], "(cuSOLVER version",
+      got["version"], "max Gram", got["max_n"] or "unlimited", ")")
 PYEOF
 }
 

@@ -10,10 +10,16 @@
 #include <string>
 #include <vector>
 
+#include <algorithm>
+#include <numeric>
+
 #include "cuda/plan_bindings.h"
+#include "failpoints.h"
 #include "gram_eig.h"
+#include "parallel.h"
 #include "params.h"
 #include "tb_math.h"
+#include "unit_factors.h"
 
 namespace py = pybind11;
 
@@ -98,7 +104,8 @@ using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const std::string& xmin_rule,
                                  bool filter_zeros, const py::object& zero_tol, double zero_rel,
-                                 const py::object& zero_rtol, int64_t min_eigs, const py::object& n_total) {
+                                 const py::object& zero_rtol, int64_t min_eigs, const py::object& n_total,
+                                 int num_threads) {
   const tb::HillParams p = tb::hill_params(xmin_pos, xmin_rule, filter_zeros, 0.0, zero_rel, 0.0, min_eigs);
   std::vector<CArray<double>> spectra;
   for (auto item : eigs) spectra.emplace_back(py::reinterpret_borrow<py::object>(item));
@@ -120,10 +127,15 @@ py::array_t<double> hill_metrics(const py::list& eigs, double xmin_pos, const st
     ptrs.push_back(s.data());
     lens.push_back(s.shape(0));
   }
+  // Spectra are independent: spread them over workers, longest first (the xmin scans cost ~ N log N each).
+  std::vector<std::size_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return lens[a] > lens[b]; });
   {
     py::gil_scoped_release release;
-    for (py::ssize_t j = 0; j < n; ++j)
+    tb::run_tasks(order, num_threads, [&](std::size_t, std::size_t j) {
       tb::write_row(tb::hill_metrics(ptrs[j], lens[j], tb::params_for(p, per, j)), dst + j * tb::kHillColumns);
+    });
   }
   return out;
 }
@@ -163,6 +175,28 @@ py::tuple hill_lr_packed(const CArray<double>& eigs, const CArray<int64_t>& offs
                        unit_alpha.mutable_data(), factors.mutable_data());
   }
   return py::make_tuple(metrics, unit_alpha, factors);
+}
+
+// TempBalance's factors of a pass from its metrics table (the CUDA core's unit_factors kernel, on the CPU).
+py::tuple unit_factors_packed(const CArray<double>& metrics, const CArray<int64_t>& unit_index, int64_t n_units,
+                              const std::string& metric, const CArray<double>& previous, const std::string& mapping,
+                              double tau, double s_lo, double s_hi, double s1, double s2, bool compat) {
+  if (metrics.ndim() != 2 || metrics.shape(1) != tb::kHillColumns)
+    throw py::value_error("metrics must be (n, " + std::to_string(tb::kHillColumns) + ")");
+  const int64_t n = metrics.shape(0);
+  if (unit_index.ndim() != 1 || unit_index.shape(0) != n)
+    throw py::value_error("unit_index must have one entry per metrics row");
+  if (n_units < 0 || previous.ndim() != 1 || previous.shape(0) != n_units)
+    throw py::value_error("previous must hold one factor per unit (n_units >= 0)");
+  const int column = tb::metric_column(metric);
+  const tb::MappingParams mp = tb::mapping_params(mapping, tau, s_lo, s_hi, s1, s2, compat);
+  py::array_t<double> unit_values(n_units), factors(n_units);
+  std::vector<double> values(n), sums(n_units);
+  std::vector<int64_t> counts(n_units);
+  const bool taken = tb::packed_unit_factors(metrics.data(), unit_index.data(), n, n_units, column, previous.data(),
+                                             mp, values.data(), sums.data(), counts.data(),
+                                             unit_values.mutable_data(), factors.mutable_data());
+  return py::make_tuple(unit_values, factors, taken);
 }
 
 py::array_t<double> unit_means(py::array_t<double, py::array::c_style | py::array::forcecast> values,
@@ -212,8 +246,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("hill_metrics", &hill_metrics, py::arg("eigs"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
         py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
         py::arg("zero_rtol") = 0.0, py::arg("min_eigs") = 50, py::arg("n_total") = py::list(),
+        py::arg("num_threads") = 1,
         "Per-spectrum metrics, one row each: alpha, xmin, n_tail, ks_distance, spectral_norm, frobenius, "
-        "stable_rank, alpha_hat, n_eigs, status. zero_tol, zero_rtol and n_total: one number or one per spectrum.");
+        "stable_rank, alpha_hat, n_eigs, status. zero_tol, zero_rtol and n_total: one number or one per spectrum. "
+        "Spectra are spread over num_threads workers.");
   m.def("hill_lr_packed", &hill_lr_packed, py::arg("eigs"), py::arg("offsets"), py::arg("unit_index"),
         py::arg("n_units"), py::arg("xmin_pos") = 2.0, py::arg("xmin_rule") = "median",
         py::arg("filter_zeros") = false, py::arg("zero_tol") = 1e-5, py::arg("zero_rel") = 0.0,
@@ -222,6 +258,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("s2") = 1.5, py::arg("compat") = false,
         "The CUDA core's Hill/LR kernels on the CPU (same functions, same packed layout): spectrum j is "
         "eigs[offsets[j]:offsets[j+1]]. Returns (metrics (n, 10), mean alpha per unit, LR factor per unit).");
+  m.def("unit_factors_packed", &unit_factors_packed, py::arg("metrics"), py::arg("unit_index"), py::arg("n_units"),
+        py::arg("metric"), py::arg("previous"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
+        py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,
+        py::arg("compat") = false,
+        "The CUDA core's unit_factors kernel on the CPU: (unit values, factors, whether the new factors were "
+        "taken) of a pass's (n, 10) metrics table; units with a failed matrix keep `previous`.");
   m.def("unit_means", &unit_means, py::arg("values"), py::arg("unit_index"), py::arg("n_units"));
   m.def("lr_factors", &lr_factors, py::arg("values"), py::arg("mapping") = "sigmoid", py::arg("tau") = 10.0,
         py::arg("s_lo") = 2.0, py::arg("s_hi") = 1.0, py::arg("s1") = 0.5, py::arg("s2") = 1.5,
@@ -231,6 +273,10 @@ PYBIND11_MODULE(_core, m) {
         "the reference code's tb_lr_normalize.");
   m.attr("HILL_COLUMNS") = py::make_tuple("alpha", "xmin", "n_tail", "ks_distance", "spectral_norm", "frobenius",
                                           "stable_rank", "alpha_hat", "n_eigs", "status");
+  m.def("_arm_fault", &tb::fault::arm_named, py::arg("fault"), py::arg("skip") = 0,
+      "Testing only: make the next (skip + 1)-th occurrence of `fault` fail ('solver_info': an eigensolver reports "
+      "no convergence; 'evr_short_count': ?syevr finds one eigenvalue too few; 'thread_start': a worker thread "
+      "cannot start; 'none': disarm).");
   m.attr("cuda_built") = false;
   tb::bind_cuda_plan(m);  // CUDA host planning, testable without CUDA
 }

@@ -9,9 +9,10 @@
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
-#include <thread>
 
+#include "failpoints.h"
 #include "lapack.h"
+#include "parallel.h"
 
 namespace tb {
 namespace {
@@ -169,6 +170,9 @@ void eigvals_of_gram(Workspace<T>& ws, int n, int64_t top, Solver solver, typena
     L::evr(n, il, iu, ws.gram.data(), &found, out, ws.isuppz.data(), ws.work.data(),
            static_cast<int>(ws.work.size()), ws.rwork.data(), static_cast<int>(ws.rwork.size()), ws.iwork.data(),
            static_cast<int>(ws.iwork.size()), &info);
+    if (fault::hit(fault::kEvrShortCount)) found = static_cast<int>(top) - 1;
+    // ?syevr may find fewer eigenvalues in the index range than asked (out[found..top) is then unwritten)
+    if (info == 0 && found != top) info = -1;
   } else {
     L::evd(solver, n, ws.gram.data(), out, &work_query, -1, &rwork_query, -1, &iwork_query, -1, &info);
     ws.work.resize(std::max(1, real_size(work_query)));
@@ -177,6 +181,7 @@ void eigvals_of_gram(Workspace<T>& ws, int n, int64_t top, Solver solver, typena
     L::evd(solver, n, ws.gram.data(), out, ws.work.data(), static_cast<int>(ws.work.size()), ws.rwork.data(),
            static_cast<int>(ws.rwork.size()), ws.iwork.data(), static_cast<int>(ws.iwork.size()), &info);
   }
+  if (fault::hit(fault::kSolverInfo)) info = 1;
   if (info != 0) {
     // info > 0: no convergence; the spectrum is reported as failed rather than half-computed.
     const int64_t count = top > 0 ? top : n;
@@ -196,17 +201,22 @@ void solve_matrix(const MatrixInput& in, typename Lapack<T>::Real* out, Workspac
   ws.gram.resize(static_cast<std::size_t>(k) * k);
   ws.w.resize(k);
   const T* base = static_cast<const T*>(in.data);
+  const int64_t count = eig_count(in);
   for (int64_t s = 0; s < in.slices; ++s) {
     const T* a = base + s * static_cast<int64_t>(m) * n;
     Lapack<T>::gram(trans, k, depth, a, n, ws.gram.data());
     Real* dst = out + s * k;
     if (!lower_triangle_finite(ws.gram.data(), k)) {
-      std::fill(out, out + eig_count(in), std::numeric_limits<Real>::quiet_NaN());
+      std::fill(out, out + count, std::numeric_limits<Real>::quiet_NaN());
       return;
     }
     eigvals_of_gram(ws, k, in.top, solver, dst);
   }
-  const int64_t count = eig_count(in);
+  // A slice whose solve failed is NaN: the pooled spectrum is then all NaN (and std::sort over NaN is undefined).
+  if (std::any_of(out, out + count, [](Real v) { return std::isnan(v); })) {
+    std::fill(out, out + count, std::numeric_limits<Real>::quiet_NaN());
+    return;
+  }
   if (in.slices > 1) std::sort(out, out + count);
   for (int64_t j = 0; j < count; ++j)
     if (out[j] < Real(0)) out[j] = Real(0);
@@ -291,29 +301,20 @@ void gram_eigvalsh(const std::vector<MatrixInput>& inputs, const std::vector<voi
                    [&](std::size_t a, std::size_t b) { return flop_estimate(inputs[a]) > flop_estimate(inputs[b]); });
 
   const int threads = std::max(1, num_threads);
-  const int workers = static_cast<int>(std::min<std::size_t>(threads, inputs.size()));
+  const int workers = worker_count(inputs.size(), threads);
   // Fewer matrices than threads: the spare threads go to BLAS inside the one worker per matrix.
   const int blas_threads = std::max(1, threads / workers);
 
-  std::atomic<std::size_t> next{0};
   std::vector<std::exception_ptr> errors(inputs.size());
+  std::vector<AnyWorkspace> spaces(workers);  // one per worker, reused across its matrices
   BlasThreadsScope scope(blas_threads);
-  auto work = [&]() {
-    AnyWorkspace ws;
-    for (std::size_t t = next++; t < order.size(); t = next++) {
-      const std::size_t j = order[t];
-      try {
-        solve_any(inputs[j], outputs[j], ws, solver);
-      } catch (...) {
-        errors[j] = std::current_exception();
-      }
+  run_tasks(order, workers, [&](std::size_t worker, std::size_t j) {
+    try {
+      solve_any(inputs[j], outputs[j], spaces[worker], solver);
+    } catch (...) {
+      errors[j] = std::current_exception();
     }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(workers - 1);
-  for (int w = 1; w < workers; ++w) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
+  });
   for (std::size_t j = 0; j < errors.size(); ++j) {
     if (!errors[j]) continue;
     try {

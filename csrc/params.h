@@ -53,4 +53,15 @@ inline HillParams hill_params(double xmin_pos, const std::string& xmin_rule, boo
   return p;
 }
 
+// The metrics column a TempBalance `metric` reads (HILL_COLUMNS: alpha 0, spectral_norm 4, stable_rank 6,
+// alpha_hat 7).
+inline int metric_column(const std::string& metric) {
+  if (metric == "alpha") return 0;
+  if (metric == "spectral_norm") return 4;
+  if (metric == "stable_rank") return 6;
+  if (metric == "alpha_hat") return 7;
+  throw std::invalid_argument("metric must be 'alpha', 'spectral_norm', 'stable_rank' or 'alpha_hat', got '" + metric +
+                              "'");
+}
+
 }  // namespace tb

@@ -80,37 +80,116 @@ TB_HD inline void write_row(const HillResult& r, double* row) {
 // "alpha" would be round-off (~1e6). With rtol = 0 only an exactly flat tail is.
 TB_HD inline bool flat_tail(double xmin, double lam_max, double rtol) { return !(lam_max - xmin > rtol * lam_max); }
 
+// One term of the Kolmogorov-Smirnov distance of the tail starting at xmin = lam[i] (n = N - i values) from the
+// power law with exponent alpha: |F(j) - (j - i) / n| with the fitted CDF F(j) = 1 - (lam_j / xmin)^(1 - alpha).
+TB_HD inline double ks_term(const double* lam, int64_t i, int64_t j, double n, double alpha) {
+  const double cdf_fit = 1.0 - pow(lam[j] / lam[i], 1.0 - alpha);
+  return fabs(cdf_fit - static_cast<double>(j - i) / n);
+}
+
 // Kolmogorov-Smirnov distance between the empirical tail lam[0..n) (ascending, lam[0] = xmin) and the fitted
 // power law: D = max_t |1 - (lam_t / xmin)^(1 - alpha) - t / n|.
 TB_HD inline double ks_distance(const double* lam, int64_t n, double alpha) {
-  const double xmin = lam[0];
   double d = 0.0;
   for (int64_t t = 0; t < n; ++t) {
-    const double cdf_fit = 1.0 - pow(lam[t] / xmin, 1.0 - alpha);
-    const double diff = fabs(cdf_fit - static_cast<double>(t) / static_cast<double>(n));
+    const double diff = ks_term(lam, 0, t, static_cast<double>(n), alpha);
     d = diff > d ? diff : d;
   }
   return d;
 }
 
-// Scan candidates xmin = lam[i] for i in [lo, hi] (hi < N - 1), keep the smallest KS distance. alpha of every
-// candidate comes from a running suffix sum of log(lambda), so only D costs O(n) per candidate. Ties go to the
-// smallest i, as argmin does in the reference code. Returns the chosen index or -1 when no candidate fits.
+// The KS distance D of the tail lam[i..N) (alpha given) without scanning every term, when it can be avoided:
+// a branch and bound over index blocks. In a block [a, b] both the fitted CDF F(j) and the empirical (j - i) / n
+// increase with j, so every term is at most max(F(b) - (a - i) / n, (b - i) / n - F(a)); a block whose bound is
+// below the largest term found so far cannot hold a larger one (8 eps of slack covers a pow() that is not exactly
+// monotone: the result is the scan's maximum, bit for bit). Returns D exactly, or, as soon as a term exceeds
+// `limit`, that term (the caller only needs to know D > limit). `*hint` (an index in [i, N), or -1) is tried first
+// and receives the index of the largest term: neighbouring candidates have their maxima close together.
+TB_HD inline double ks_distance_bounded(const double* lam, int64_t i, int64_t N, double alpha, double limit,
+                                        int64_t* hint) {
+  constexpr int64_t kLeaf = 16;           // blocks this small are scanned
+  constexpr double kSlack = 8.0 * 2.220446049250313e-16;
+  const double n = static_cast<double>(N - i);
+  const double e = 1.0 - alpha;
+  double best = 0.0;  // the term at j = i is exactly 0
+  int64_t arg = i;
+  if (*hint >= i && *hint < N) {
+    best = ks_term(lam, i, *hint, n, alpha);
+    arg = *hint;
+  }
+  if (best > limit) {
+    *hint = arg;
+    return best;
+  }
+  int64_t stack_a[128], stack_b[128];  // depth-first: at most one pending sibling per level of a binary split
+  int top = 0;
+  stack_a[0] = i;
+  stack_b[0] = N - 1;
+  top = 1;
+  while (top > 0) {
+    --top;
+    const int64_t a = stack_a[top], b = stack_b[top];
+    const double fa = 1.0 - pow(lam[a] / lam[i], e), fb = 1.0 - pow(lam[b] / lam[i], e);
+    const double above = fb - static_cast<double>(a - i) / n, below = static_cast<double>(b - i) / n - fa;
+    if ((above > below ? above : below) + kSlack <= best) continue;
+    if (b - a < kLeaf) {
+      for (int64_t j = a; j <= b; ++j) {
+        const double d = ks_term(lam, i, j, n, alpha);
+        if (d > best) {
+          best = d;
+          arg = j;
+        }
+      }
+      if (best > limit) break;
+      continue;
+    }
+    const int64_t mid = a + (b - a) / 2;
+    // visit the upper half first: for a power law fitted to its own tail the largest deviations sit high
+    stack_a[top] = a;
+    stack_b[top] = mid;
+    ++top;
+    stack_a[top] = mid + 1;
+    stack_b[top] = b;
+    ++top;
+  }
+  *hint = arg;
+  return best;
+}
+
+// Neumaier's compensated sum: the rounding error of every addition is carried, so a long sum keeps its digits.
+struct CompensatedSum {
+  double sum = 0.0, carry = 0.0;
+  TB_HD void add(double x) {
+    const double t = sum + x;
+    carry += fabs(sum) >= fabs(x) ? (sum - t) + x : (x - t) + sum;
+    sum = t;
+  }
+  TB_HD double value() const { return sum + carry; }
+};
+
+// Scan candidates xmin = lam[i] for i in [lo, hi] (hi < N - 1), keep the smallest KS distance; ties go to the
+// smallest i, as argmin does in the reference code. The same choice as computing every candidate's alpha and D in
+// full (O(N^2)), in O(N log N) typical time: alpha of every candidate comes from running sums of
+// ln(lam_j / lam_max) (shifted so a tail of large but close eigenvalues keeps its digits; compensated summation),
+// and D by ks_distance_bounded, which stops as soon as a candidate is certain to lose. Returns the chosen index,
+// or -1 when no candidate fits.
 TB_HD inline int64_t best_fit_index(const double* lam, int64_t N, int64_t lo, int64_t hi, double* alpha_out,
                                     double* d_out) {
-  double suffix = 0.0;  // sum of log(lam[j]) for j > i
-  for (int64_t j = N - 1; j > hi; --j) suffix += log(lam[j]);
-  int64_t best = -1;
+  const double top = lam[N - 1];
+  CompensatedSum suffix;  // sum of ln(lam_j / top) over j >= i
+  for (int64_t j = N - 1; j > hi; --j) suffix.add(log(lam[j] / top));
+  int64_t best = -1, hint = -1;
   double best_d = 0.0, best_alpha = 0.0;
   for (int64_t i = hi; i >= lo; --i) {
-    suffix += log(lam[i]);
+    const double ell = log(lam[i] / top);
+    suffix.add(ell);
     // A flat tail (every value equal to xmin) has a zero denominator that round-off may leave positive.
-    if (!(lam[i] > 0.0) || !(lam[N - 1] > lam[i])) continue;
+    if (!(lam[i] > 0.0) || !(top > lam[i])) continue;
     const double n = static_cast<double>(N - i);
-    const double denom = suffix - n * log(lam[i]);
+    const double denom = suffix.value() - n * ell;  // sum_{j >= i} ln(lam_j / lam_i)
     if (!(denom > 0.0)) continue;
     const double alpha = 1.0 + n / denom;
-    const double d = ks_distance(lam + i, N - i, alpha);
+    const double d = ks_distance_bounded(lam, i, N, alpha, best < 0 ? INFINITY : best_d, &hint);
     if (best < 0 || d <= best_d) {
       best = i;
       best_d = d;

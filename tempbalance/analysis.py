@@ -64,28 +64,39 @@ def metrics_row(spec: MatrixSpec, shape: tuple[int, ...], m: dict[str, Any]) -> 
                        m["status"], reason)
 
 
-def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, stack: torch.Tensor | None, dtype: torch.dtype) -> str:
+def _non_finite_why(weight: torch.Tensor, dtype: torch.dtype) -> str:
+    """Why a spectrum is not finite: NaN/Inf weights, a Gram that overflows ``dtype``, or else the eigensolver (it
+    reported no convergence). Reads the weight (on a GPU it waits for it: failed layers only)."""
     w = weight.detach()
     n_nan = int(torch.isnan(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
     n_inf = int(torch.isinf(w).sum()) if (w.is_floating_point() or w.is_complex()) else 0
     if n_nan or n_inf:
-        return f"layer '{spec.name}': weight has {n_nan} NaN and {n_inf} Inf of {w.numel()} entries"
-    return f"layer '{spec.name}': weight overflows {dtype} (largest |w| = {w.abs().max().item():.3g}); use float64"
+        return f"weight has {n_nan} NaN and {n_inf} Inf of {w.numel()} entries"
+    real = dtype.to_real() if dtype.is_complex else dtype
+    square = float(w.to(torch.complex128 if w.is_complex() else torch.float64).abs().pow(2).sum())
+    if not square <= torch.finfo(real).max:
+        return (f"weight overflows {dtype} in its Gram (largest |w| = {w.abs().max().item():.3g}, squared norm "
+                f"{square:.3g}); use float64")
+    return "the eigensolver did not converge on its Gram (the weights are finite)"
 
 
-def _non_finite_reason_late(spec: MatrixSpec, dtype: torch.dtype) -> str:
+def _non_finite_reason(spec: MatrixSpec, weight: torch.Tensor, dtype: torch.dtype) -> str:
+    return f"layer '{spec.name}': {_non_finite_why(weight, dtype)}"
+
+
+def _non_finite_why_late(spec: MatrixSpec, dtype: torch.dtype) -> str:
     try:
-        return _non_finite_reason(spec, spec.weight(), None, dtype)
+        return _non_finite_why(spec.weight(), dtype)
     except Exception as e:  # noqa: BLE001
-        return f"layer '{spec.name}': non-finite weight or Gram ({type(e).__name__}: {e})"
+        return f"non-finite weight or Gram ({type(e).__name__}: {e})"
 
 
 class _GramBatcher:
     """Collects slice stacks and solves them a chunk at a time, so memory stays within ``chunk_bytes``.
 
-    CPU stacks give numpy spectra. CUDA stacks (CUDA core usable) give device tensors, and their finiteness is
-    checked here, once per chunk, instead of once per layer (each check waits for the GPU): a non-finite stack
-    is never handed to cuSOLVER; its index lands in ``non_finite``.
+    CPU stacks give numpy spectra (non-finite ones never get here: ``analyze_specs`` checks them first). CUDA
+    stacks (CUDA core usable) give device tensors without waiting for the GPU: the core screens every Gram on the
+    device, and a non-finite one comes back as a NaN spectrum.
     """
 
     def __init__(self, backend: str, num_threads: int | None, chunk_bytes: int):
@@ -95,7 +106,6 @@ class _GramBatcher:
         self.shifts: dict[int, Any] = {}  # k of spectra.unit_scale per stack
         self.eigs: dict[int, Any] = {}
         self.errors: dict[int, str] = {}
-        self.non_finite: set[int] = set()
 
     def add(self, idx: int, stack: torch.Tensor, on_device: bool = False, largest: float | None = None) -> None:
         """Queue ``stack`` (``largest``: its largest |entry| when known, for the rescaling)."""
@@ -117,12 +127,7 @@ class _GramBatcher:
         for idx, stack, on_device in pending:
             groups.setdefault(stack.device if on_device else None, []).append((idx, stack))
         for device, items in groups.items():
-            if device is not None:
-                finite = torch.stack([torch.isfinite(s).all() for _, s in items]).tolist()  # one wait per chunk
-                self.non_finite.update(idx for (idx, _), ok in zip(items, finite) if not ok)
-                items = [item for item, ok in zip(items, finite) if ok]
-            if items:
-                self._solve(items, keep_device=device is not None)
+            self._solve(items, keep_device=device is not None)
 
     def _solve(self, items: list[tuple[int, torch.Tensor]], keep_device: bool) -> None:
         idxs, stacks = zip(*items)
@@ -162,7 +167,50 @@ def _all_finite(stack: torch.Tensor) -> bool:
     return math.isfinite(_largest(stack))
 
 
-def analyze_specs(
+class SpectralPass:
+    """An analysis pass whose GPU work is enqueued but not waited for.
+
+    :func:`start_pass` builds it: the layers that failed on the host have their rows, the CPU spectra their Hill
+    metrics, and the spectra on a GPU a ``(n, 10)`` metrics table there. :meth:`report` waits for the GPU (one copy
+    of each table) and builds the :class:`Report`; :meth:`device_table` gives the table of a pass done entirely on
+    one GPU, without waiting.
+    """
+
+    def __init__(self, specs: list[MatrixSpec], settings: dict[str, Any], start: float):
+        self.specs, self.settings, self.start = specs, settings, start
+        self.results: list[LayerResult | None] = [None] * len(specs)
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.dtypes: dict[int, torch.dtype] = {}  # each matrix's analysis precision
+        self.host_metrics: dict[int, dict] = {}
+        self.device_tables: list[tuple[list[int], torch.Tensor, list[float]]] = []  # (indices, table, zero_rtol)
+        self.backend_used = ""
+
+    def device_table(self) -> torch.Tensor | None:
+        """The metrics table of every layer, in order, on one device - or None unless every layer was analysed
+        there (a layer failed on the host, or the CPU path took some)."""
+        if len(self.device_tables) != 1 or self.host_metrics or any(r is not None for r in self.results):
+            return None
+        idxs, table, _ = self.device_tables[0]
+        return table if idxs == list(range(len(self.specs))) else None
+
+    def report(self) -> Report:
+        """The finished :class:`Report` (waits for the GPU once per device)."""
+        metrics = dict(self.host_metrics)
+        min_eigs = self.settings["min_eigs"]
+        for idxs, table, rtol in self.device_tables:
+            rows = hill.rows_from_table(table.cpu().numpy(), min_eigs=min_eigs, zero_rtol=rtol)
+            for idx, row in zip(idxs, rows):
+                if row["status"] == "non_finite":  # screened or failed on the device: say which
+                    row["reason"] = _non_finite_why_late(self.specs[idx], self.dtypes[idx])
+                metrics[idx] = row
+        results = list(self.results)
+        for idx, m in metrics.items():
+            results[idx] = metrics_row(self.specs[idx], self.shapes[idx], m)
+        return Report([r for r in results if r is not None], seconds=time.perf_counter() - self.start,
+                      settings=dict(self.settings, backend=self.backend_used), skipped=[])
+
+
+def start_pass(
     specs: list[MatrixSpec],
     *,
     xmin_pos: float = 2.0,
@@ -178,19 +226,18 @@ def analyze_specs(
     chunk_bytes: int | None = None,
     conv_mode: str = "slices",
     conv_scale: float = 1.0,
-    skipped: list[tuple[str, str]] | None = None,
-) -> Report:
-    """Analyse prepared :class:`MatrixSpec` s (what :func:`analyze` and the scheduler call). See :func:`analyze`."""
+) -> SpectralPass:
+    """Everything of :func:`analyze_specs` up to the Report: on CUDA weights, nothing here waits for the GPU."""
     _validate(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=dtype, backend=backend,
               num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode, conv_scale=conv_scale,
               zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=zero_rtol, filter_zeros=filter_zeros)
-    backend_used = _backend.name(backend)
+    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs,
+                    dtype="auto" if dtype is None else str(dtype).replace("torch.", ""), backend="",
+                    filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
+                    zero_rtol="auto" if zero_rtol is None else zero_rtol, conv_mode=conv_mode, conv_scale=conv_scale)
+    out = SpectralPass(specs, settings, time.perf_counter())
     use_cuda = backend != "torch"  # CUDA weights go to the CUDA core unless the torch reference was asked for
-    start = time.perf_counter()
-    results: list[LayerResult | None] = [None] * len(specs)
-    shapes: dict[int, tuple[int, ...]] = {}
     dims: dict[int, int] = {}
-    dtypes: dict[int, torch.dtype] = {}  # each matrix's analysis precision
     batch = _GramBatcher(backend, num_threads, chunk_bytes or DEFAULT_CHUNK_BYTES)
     with torch.no_grad():
         for idx, spec in enumerate(specs):
@@ -199,70 +246,72 @@ def analyze_specs(
                 w = spec.weight()
                 shape = tuple(w.shape)
                 if w.numel() == 0:
-                    results[idx] = _failed(spec, shape, "empty", f"layer '{spec.name}': empty weight of shape {shape}")
+                    out.results[idx] = _failed(spec, shape, "empty", f"layer '{spec.name}': empty weight of shape "
+                                                                      f"{shape}")
                     continue
                 on_device = use_cuda and cuda_backend.use_for(w)
-                dtypes[idx] = spectra.analysis_dtype(w.dtype, dtype)
-                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtypes[idx],
-                                       arg=f"layer '{spec.name}'", keep_device=on_device)
+                out.dtypes[idx] = spectra.analysis_dtype(w.dtype, dtype)
+                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale,
+                                       dtype=out.dtypes[idx], arg=f"layer '{spec.name}'", keep_device=on_device)
                 largest = None if on_device else _largest(stack)
                 if largest is not None and not math.isfinite(largest):
-                    results[idx] = _failed(spec, shape, "non_finite",
-                                           _non_finite_reason(spec, w, stack, dtypes[idx]))
+                    out.results[idx] = _failed(spec, shape, "non_finite",
+                                               _non_finite_reason(spec, w, out.dtypes[idx]))
                     continue
             except Exception as e:  # noqa: BLE001 - one bad layer never stops the pass
-                results[idx] = _failed(spec, shape, "error", f"layer '{spec.name}': {type(e).__name__}: {e}")
+                out.results[idx] = _failed(spec, shape, "error", f"layer '{spec.name}': {type(e).__name__}: {e}")
                 continue
-            shapes[idx], dims[idx] = shape, spectra.gram_dim(stack)
+            out.shapes[idx], dims[idx] = shape, spectra.gram_dim(stack)
             batch.add(idx, stack, on_device, largest)
             del w, stack
         batch.flush()
 
     for idx, msg in batch.errors.items():
-        results[idx] = _failed(specs[idx], shapes[idx], "error", f"layer '{specs[idx].name}': {msg}")
-    for idx in batch.non_finite:  # CUDA stacks, checked in the batcher
-        results[idx] = _failed(specs[idx], shapes[idx], "non_finite",
-                               _non_finite_reason_late(specs[idx], dtypes[idx]))
-    done = [idx for idx in shapes if idx in batch.eigs]
-    rtol = {idx: hill.default_zero_rtol(dims[idx], dtypes[idx]) if zero_rtol is None else zero_rtol for idx in done}
+        out.results[idx] = _failed(specs[idx], out.shapes[idx], "error", f"layer '{specs[idx].name}': {msg}")
+    done = [idx for idx in out.shapes if idx in batch.eigs]
+    rtol = {idx: hill.default_zero_rtol(dims[idx], out.dtypes[idx]) if zero_rtol is None else zero_rtol
+            for idx in done}
     options = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, filter_zeros=filter_zeros, zero_tol=zero_tol,
                    zero_rel=zero_rel, min_eigs=min_eigs)
-    metrics = _device_metrics(batch.eigs, done, rtol, options)  # spectra on a GPU: Hill on the GPU
-    on_host = [idx for idx in done if idx not in metrics]
-    metrics.update(zip(on_host, hill.hill_metrics(
-        [batch.eigs[idx] for idx in on_host], zero_rtol=[rtol[idx] for idx in on_host], backend=backend_used,
-        assume_sorted=True, **options)))
-    for idx in done:
-        results[idx] = metrics_row(specs[idx], shapes[idx], metrics[idx])
-    if len(on_host) < len(done):  # the CUDA core did some or all layers
-        backend_used = "cuda" if not on_host else f"cuda+{backend_used}"
-    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs,
-                    dtype="auto" if dtype is None else str(dtype).replace("torch.", ""),
-                    backend=backend_used, filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
-                    zero_rtol="auto" if zero_rtol is None else zero_rtol, conv_mode=conv_mode, conv_scale=conv_scale)
-    return Report([r for r in results if r is not None], seconds=time.perf_counter() - start, settings=settings,
-                  skipped=list(skipped or []))
+    out.device_tables = _device_metrics(batch.eigs, done, rtol, options)  # spectra on a GPU: Hill on the GPU
+    on_device = {idx for idxs, _, _ in out.device_tables for idx in idxs}
+    on_host = [idx for idx in done if idx not in on_device]
+    # backend="native" needs the CPU core only when the CPU path has work (CUDA weights need the CUDA core only)
+    host_backend = _backend.name(backend) if on_host or not on_device else ""
+    if on_host:
+        out.host_metrics = dict(zip(on_host, hill.hill_metrics(
+            [batch.eigs[idx] for idx in on_host], zero_rtol=[rtol[idx] for idx in on_host], backend=host_backend,
+            assume_sorted=True, num_threads=num_threads, **options)))
+    out.backend_used = host_backend if not on_device else ("cuda" if not on_host else f"cuda+{host_backend}")
+    return out
+
+
+def analyze_specs(specs: list[MatrixSpec], *, skipped: list[tuple[str, str]] | None = None,
+                  **options: Any) -> Report:
+    """Analyse prepared :class:`MatrixSpec` s (what :func:`analyze` and the scheduler call). See :func:`analyze`;
+    ``options`` are the keyword arguments of :func:`start_pass`."""
+    report = start_pass(specs, **options).report()
+    report.skipped = list(skipped or [])
+    return report
 
 
 def _device_metrics(eigs: dict[int, Any], done: list[int], rtol: dict[int, float],
-                    options: dict[str, Any]) -> dict[int, dict]:
-    """Hill rows of the spectra that are device tensors, by the CUDA core's kernel (one per device; the one wait
-    for the GPU is the copy of the (n, 10) table). Spectra it cannot take stay out (the caller does them)."""
+                    options: dict[str, Any]) -> list[tuple[list[int], torch.Tensor, list[float]]]:
+    """Hill metrics tables of the spectra that are device tensors, by the CUDA core's kernel, one per device, not
+    waited for. Spectra it cannot take are moved to the host (the caller does them)."""
     by_device: dict[torch.device, list[int]] = {}
     for idx in done:
         if isinstance(eigs[idx], torch.Tensor):
             by_device.setdefault(eigs[idx].device, []).append(idx)
-    out: dict[int, dict] = {}
+    out = []
     for idxs in by_device.values():
-        got = cuda_backend.hill_lr([eigs[idx] for idx in idxs], [-1] * len(idxs), 0,
-                                   hill=dict(options, zero_rtol=[rtol[idx] for idx in idxs]))
+        rtols = [rtol[idx] for idx in idxs]
+        got = cuda_backend.hill_lr([eigs[idx] for idx in idxs], [-1] * len(idxs), 0, hill=dict(options, zero_rtol=rtols))
         if got is None:  # not usable after all: the host path takes these spectra
             for idx in idxs:
                 eigs[idx] = eigs[idx].cpu().numpy()
             continue
-        table = got[0].cpu().numpy()
-        out.update(zip(idxs, hill.rows_from_table(table, min_eigs=options["min_eigs"],
-                                                  zero_rtol=[rtol[idx] for idx in idxs])))
+        out.append((idxs, got[0], rtols))
     return out
 
 

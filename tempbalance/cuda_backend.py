@@ -16,6 +16,7 @@ import warnings
 from types import ModuleType
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 _module: ModuleType | None = None
@@ -30,6 +31,17 @@ _failed_warned = False
 DEVICE_TYPE = "cuda"
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.complex64: "complex64",
            torch.complex128: "complex128"}
+# Grams solved together (one cusolverDnXsyevBatched call) hold at most this many bytes; on an out-of-memory the
+# pass retries with a quarter of it, down to one Gram at a time.
+GROUP_BYTES = 1 << 30
+_OutOfMemory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+# What the last gram_eigvalsh call did ({"groups", "batched_groups", "scratch_bytes", "solver_bytes",
+# "solver_host_bytes", "group_bytes"}), for diagnostics (scripts/gpu_check.sh).
+last_pass: dict[str, int] = {}
+
+
+class DeviceMemoryError(RuntimeError):
+    """The GPU has too little free memory for the spectral pass even one Gram at a time."""
 
 
 def library_dirs() -> list[str]:
@@ -140,12 +152,63 @@ def _current_stream(device: torch.device) -> Iterator[int]:
         yield torch.cuda.current_stream(device).cuda_stream
 
 
-def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = None) -> list[torch.Tensor] | None:
+def max_gram_dim() -> int:
+    """The largest Gram the loaded cuSOLVER takes (0: no limit); larger ones go to the CPU path."""
+    return int((_libraries or {}).get("max_n", 0))
+
+
+def host_to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on ``device`` without waiting: a pinned staging copy is truly asynchronous."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def _gram_bytes(stack: torch.Tensor) -> int:
+    k = min(int(stack.shape[1]), int(stack.shape[2]))
+    return k * k * stack.element_size()
+
+
+def _solve_on_device(module: ModuleType, mats: list, name: str, stream: int, device: torch.device,
+                     smallest: int) -> dict:
+    """One gram_eigvalsh call whose scratch comes from torch's caching allocator (counted and reused like every
+    other allocation). An out-of-memory retries with smaller solve groups, then raises DeviceMemoryError."""
+    group_bytes = GROUP_BYTES
+    while True:
+        keep: list[torch.Tensor] = []  # alive until the call returns: the work is stream-ordered after it
+
+        def alloc(nbytes: int) -> int:
+            buf = torch.empty(int(nbytes), dtype=torch.uint8, device=device)
+            keep.append(buf)
+            return buf.data_ptr()
+
+        try:
+            info = dict(module.gram_eigvalsh(mats, name, stream, alloc, group_bytes))
+            info["group_bytes"] = group_bytes
+            return info
+        except _OutOfMemory as exc:
+            if group_bytes <= smallest:
+                raise DeviceMemoryError(
+                    f"tempbalance: not enough free GPU memory for the spectral pass ({name}; even one Gram at a "
+                    f"time, {smallest / 2**20:.1f} MiB plus cuSOLVER's workspace, could not be allocated: {exc}). "
+                    "Free GPU memory (e.g. torch.cuda.empty_cache()) or analyse on the CPU (backend='torch', or "
+                    "CPU copies of the weights)") from exc
+            group_bytes = max(group_bytes // 4, smallest)
+        finally:
+            keep.clear()
+
+
+def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = None
+                 ) -> list[torch.Tensor | None] | None:
     """Pooled ascending Gram eigenvalues of CUDA stacks (S, m, n) on the current stream, or None to fall back.
 
-    The results stay on the device (real dtype of the input's precision); nothing waits for the GPU. None (after
-    one warning) when the core is unusable; None without a warning for inputs it does not handle (``top``,
-    mixed devices, empty or unsupported dtypes), which the CPU path then handles or reports.
+    The results stay on the device (real dtype of the input's precision); nothing waits for the GPU. A stack whose
+    weights are NaN/Inf, whose Gram overflows the precision, or whose solve fails comes back all NaN (decided on
+    the device; the Hill pass reports it as failed). An entry is None for a Gram above the loaded cuSOLVER's size
+    limit (the caller solves those on the CPU). None for all (after one warning) when the core is unusable; None
+    without a warning for inputs it does not handle (``top``, mixed devices, empty or unsupported dtypes). Raises
+    DeviceMemoryError when even one Gram at a time does not fit in GPU memory.
     """
     if not stacks or any(t for t in (top or ())):
         return None
@@ -157,20 +220,30 @@ def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = Non
     if module is None:
         _fallback_warning()
         return None
+    limit = max_gram_dim()
     with _current_stream(device) as stream:
         stacks = [s.detach().contiguous() for s in stacks]
-        outs = [torch.empty(int(s.shape[0]) * min(int(s.shape[1]), int(s.shape[2])),
-                            dtype=s.real.dtype if s.is_complex() else s.dtype, device=device) for s in stacks]
+        outs: list[torch.Tensor | None] = [
+            None if limit and min(int(s.shape[1]), int(s.shape[2])) > limit else
+            torch.empty(int(s.shape[0]) * min(int(s.shape[1]), int(s.shape[2])),
+                        dtype=s.real.dtype if s.is_complex() else s.dtype, device=device) for s in stacks]
         for name in dict.fromkeys(_DTYPES[s.dtype] for s in stacks):  # one call per scalar type
-            mats = [(s.data_ptr(), int(s.shape[0]), int(s.shape[1]), int(s.shape[2]), o.data_ptr())
-                    for s, o in zip(stacks, outs) if _DTYPES[s.dtype] == name]
+            chosen = [(s, o) for s, o in zip(stacks, outs) if _DTYPES[s.dtype] == name and o is not None]
+            if not chosen:
+                continue
+            mats = [(s.data_ptr(), int(s.shape[0]), int(s.shape[1]), int(s.shape[2]), o.data_ptr()) for s, o in chosen]
             try:
-                module.gram_eigvalsh(mats, name, stream)
+                info = _solve_on_device(module, mats, name, stream, device, max(_gram_bytes(s) for s, _ in chosen))
+            except DeviceMemoryError:
+                raise
             except RuntimeError as exc:
                 _failure_warning(exc)
                 return None
-        # Each slice's eigenvalues come back ascending; pooling several slices needs one sort (on the device).
-        return [o if s.shape[0] == 1 else torch.sort(o).values for s, o in zip(stacks, outs)]
+            last_pass.clear()
+            last_pass.update(info)
+        # Each slice's eigenvalues come back ascending; pooling several slices needs one sort (on the device; NaN
+        # sorts last, and a failed slice is all NaN anyway).
+        return [o if o is None or s.shape[0] == 1 else torch.sort(o).values for s, o in zip(stacks, outs)]
 
 
 def _keyword_defaults(fn, skip: tuple[str, ...]) -> dict:
@@ -181,13 +254,13 @@ def _keyword_defaults(fn, skip: tuple[str, ...]) -> dict:
 
 def _per_spectrum(value: Any, n: int, device: torch.device, arg: str) -> tuple[float, torch.Tensor | None]:
     """An option given as one number or one per spectrum -> (scalar, None) or (0.0, float64 device array)."""
-    values = torch.as_tensor(value, dtype=torch.float64)
+    values = np.asarray(value, dtype=np.float64)
     if values.ndim == 0:
         return float(values), None
     values = values.reshape(-1)
-    if values.numel() != n:
-        raise ValueError(f"{arg} must be one number or one per spectrum ({n}), got {values.numel()} values")
-    return 0.0, values.to(device, non_blocking=True)
+    if values.size != n:
+        raise ValueError(f"{arg} must be one number or one per spectrum ({n}), got {values.size} values")
+    return 0.0, host_to_device(values.tolist(), torch.float64, device)
 
 
 def hill_lr(
@@ -216,30 +289,67 @@ def hill_lr(
     if module is None:
         _fallback_warning()
         return None
-    from . import mapping as mapping_module, reference
+    from . import reference
 
     h = {**_keyword_defaults(reference.hill_metrics_one, ("n_total",)), **(hill or {})}
-    m = {**_keyword_defaults(mapping_module.lr_factors, ("backend",)), **(mapping or {})}
+    m = mapping_options(mapping)
     device, n = eigs[0].device, len(eigs)
     with _current_stream(device) as stream:
         flat = torch.cat([e.reshape(-1).to(torch.float64) for e in eigs])
-        lengths = torch.tensor([0] + [int(e.numel()) for e in eigs], dtype=torch.int64)
-        offsets = lengths.cumsum(0).to(device, non_blocking=True)
-        units = torch.tensor(list(unit_index), dtype=torch.int64).to(device, non_blocking=True)
+        lengths = np.cumsum([0] + [int(e.numel()) for e in eigs]).tolist()
+        offsets = host_to_device(lengths, torch.int64, device)
+        units = host_to_device([int(u) for u in unit_index], torch.int64, device)
         zero_tol, tols = _per_spectrum(h["zero_tol"], n, device, "zero_tol")
         zero_rtol, rtols = _per_spectrum(h["zero_rtol"], n, device, "zero_rtol")
         metrics = torch.empty((n, module.hill_columns), dtype=torch.float64, device=device)
         unit_alpha = torch.empty(n_units, dtype=torch.float64, device=device)
         factors = torch.empty(n_units, dtype=torch.float64, device=device)
+        scratch = torch.empty(n + 2 * int(n_units), dtype=torch.float64, device=device)
         try:
             module.hill_lr(flat.data_ptr(), offsets.data_ptr(), n, units.data_ptr(), int(n_units),
                            float(h["xmin_pos"]), h["xmin_rule"], bool(h["filter_zeros"]), zero_tol,
                            float(h["zero_rel"]), zero_rtol, int(h["min_eigs"]), m["mapping"],
                            float(m["tau"]), float(m["s_lo"]), float(m["s_hi"]), float(m["s1"]), float(m["s2"]),
-                           bool(m["compat"]), metrics.data_ptr(), unit_alpha.data_ptr(), factors.data_ptr(), stream,
+                           bool(m["compat"]), metrics.data_ptr(), unit_alpha.data_ptr(), factors.data_ptr(),
+                           scratch.data_ptr(), stream,
                            zero_tols=tols.data_ptr() if tols is not None else 0,
                            zero_rtols=rtols.data_ptr() if rtols is not None else 0)
         except RuntimeError as exc:
             _failure_warning(exc)
             return None
         return metrics, unit_alpha, factors
+
+
+def mapping_options(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``mapping`` over the defaults of ``mapping.lr_factors`` (the kernels take the same options)."""
+    from . import mapping as mapping_module
+
+    return {**_keyword_defaults(mapping_module.lr_factors, ("backend",)), **(mapping or {})}
+
+
+def unit_factors(metrics: torch.Tensor, unit_index: Sequence[int], n_units: int, *, metric: str,
+                 previous: torch.Tensor, mapping: Mapping[str, Any] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """TempBalance's (unit values, factors) of a pass, computed on the device from its ``(n, 10)`` metrics
+    table (``tb::packed_unit_factors``: units with a failed matrix keep ``previous``, and all keep it when a
+    factor comes out non-finite or <= 0). Nothing waits for the GPU; None when the core is unusable."""
+    module = _check()
+    if module is None or not is_device(metrics):
+        return None
+    m = mapping_options(mapping)
+    device, n = metrics.device, int(metrics.shape[0])
+    with _current_stream(device) as stream:
+        units = host_to_device([int(u) for u in unit_index], torch.int64, device)
+        previous = previous.to(device=device, dtype=torch.float64).contiguous()
+        values = torch.empty(n_units, dtype=torch.float64, device=device)
+        factors = torch.empty(n_units, dtype=torch.float64, device=device)
+        scratch = torch.empty(n + 2 * int(n_units), dtype=torch.float64, device=device)
+        try:
+            module.unit_factors(metrics.contiguous().data_ptr(), units.data_ptr(), n, int(n_units), metric,
+                                previous.data_ptr(), m["mapping"], float(m["tau"]), float(m["s_lo"]),
+                                float(m["s_hi"]), float(m["s1"]), float(m["s2"]), bool(m["compat"]),
+                                values.data_ptr(), factors.data_ptr(), scratch.data_ptr(), stream)
+        except RuntimeError as exc:
+            _failure_warning(exc)
+            return None
+        return values, factors

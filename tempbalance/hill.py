@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import _backend, reference
+from . import _backend, _native, reference
 from .reference import HILL_COLUMNS, XMIN_RULES
 
 # Status codes of csrc/tb_math.h (tb::Status) <-> the strings reports use.
@@ -77,7 +77,8 @@ def _reason(row: dict, min_eigs: int, zero_rtol: float) -> str:
         return (f"xmin={row['xmin']:.4g} is not above the numerical zero {zero_rtol:.2g}*lambda_max "
                 f"(rank-deficient matrix?)")
     if status == "non_finite":
-        return "non-finite eigenvalues (NaN/Inf weights?)"
+        return ("non-finite eigenvalues (NaN/Inf weights, a Gram that overflows the analysis dtype, or an "
+                "eigensolver that did not converge)")
     if status == "empty":
         return "no eigenvalues (empty matrix, or all filtered as zeros)"
     if status == "top_too_short":
@@ -97,15 +98,20 @@ def hill_metrics(
     min_eigs: int = 50,
     backend: str = "auto",
     assume_sorted: bool = False,
+    num_threads: int | None = None,
 ) -> list[dict]:
     """Per-spectrum metrics as dicts with the keys of ``HILL_COLUMNS`` (``status`` as a string) plus ``reason``.
 
     ``filter_zeros`` drops eigenvalues ``<= max(zero_tol, zero_rel * lam_max)`` first. ``zero_rtol`` (one value
     or one per spectrum) is the numerical-zero guard: ``xmin <= zero_rtol * lam_max`` gives status
     ``xmin_not_positive`` (see :func:`default_zero_rtol`). Spectra are sorted unless ``assume_sorted``.
+    ``num_threads``: the native core's workers (``None``: torch's intra-op thread count).
     """
     validate_options(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, zero_tol=zero_tol,
                      zero_rel=zero_rel)
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+                                    or num_threads < 1):
+        raise ValueError(f"num_threads must be None or an integer >= 1, got {num_threads!r}")
     eigs = [_as_spectrum(e, f"eig_list[{k}]") for k, e in enumerate(eig_list)]
     try:
         rtol = np.broadcast_to(np.asarray(zero_rtol, dtype=np.float64), (len(eigs),)).copy()
@@ -123,8 +129,9 @@ def hill_metrics(
         for k, e in enumerate(eigs):
             table[k] = reference.hill_metrics_one(e, zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=rtol[k], **kw)
     else:
+        threads = _native.default_threads() if num_threads is None else int(num_threads)
         table = np.asarray(core.hill_metrics(eigs, zero_tol=float(zero_tol), zero_rel=float(zero_rel), zero_rtol=rtol,
-                                             **kw)).reshape(len(eigs), len(HILL_COLUMNS))
+                                             num_threads=threads, **kw)).reshape(len(eigs), len(HILL_COLUMNS))
     return rows_from_table(table, min_eigs=int(min_eigs), zero_rtol=rtol)
 
 

@@ -15,10 +15,10 @@ it follows ``csrc/tb_math.h`` rule for rule (SPEC §2-§3):
      ``stable_rank = frobenius / lam_max``, ``spectral_norm = lam_max``.
   4. ``n_eigs < max(min_eigs, 2)`` -> ``STATUS_TOO_FEW_EIGS``.
   5. xmin index ``i = floor(N / xmin_pos)`` (clamped to ``N - 1``). Rules "fit", "peak", "peak_compat" scan
-     candidates ``i`` in ``[lo, hi]``, ``hi <= N - 2`` (``alpha`` of each from suffix sums of ``log lam``), skip
-     ``lam_i <= 0``, flat tails (:func:`flat_tail`: the top candidates are dropped from ``hi`` down; and
-     ``lam_max == lam_i``, tested exactly) and zero denominators, and keep the smallest KS distance (ties: smallest
-     ``i``). "peak":
+     candidates ``i`` in ``[lo, hi]``, ``hi <= N - 2`` (``alpha`` of each from suffix sums of
+     ``ln(lam / lam_max)``), skip ``lam_i <= 0``, flat tails (:func:`flat_tail`: the top candidates are dropped from
+     ``hi`` down; and ``lam_max == lam_i``, tested exactly) and zero denominators, and keep the smallest KS distance
+     (ties: smallest ``i``). "peak":
      ``peak = 10**(left edge of the fullest of 100 bins of log10 lam over the positive eigenvalues)``, candidates
      with ``0.95 peak <= lam_i <= 1.5 peak``; "peak_compat" uses ``log10(0.95 peak)`` as the lower bound against
      the *linear* eigenvalues, as the reference code does. No candidate -> the median index.
@@ -107,8 +107,9 @@ def flat_tail(xmin: float, lam_max: float, rtol: float) -> bool:
     return not (lam_max - xmin > rtol * lam_max)
 
 
-def _ks_distances(lam: np.ndarray, logs: np.ndarray, cand: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """KS distance of the power-law fit for every candidate xmin index in ``cand`` (vectorised in blocks)."""
+def _ks_distances(lam: np.ndarray, cand: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """KS distance of the power-law fit for every candidate xmin index in ``cand`` (vectorised in blocks; every
+    term computed, O(N^2): the plain definition the native core's pruned scan must reproduce)."""
     N = lam.size
     out = np.empty(cand.size)
     j = np.arange(N)
@@ -119,8 +120,8 @@ def _ks_distances(lam: np.ndarray, logs: np.ndarray, cand: np.ndarray, alphas: n
         n = (N - ci).astype(np.float64)
         t = j[None, :] - ci
         mask = t >= 0
-        with np.errstate(over="ignore", invalid="ignore"):
-            fit = 1.0 - np.exp((1.0 - a) * (logs[None, :] - logs[ci]))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            fit = 1.0 - (lam[None, :] / lam[ci]) ** (1.0 - a)
             diff = np.abs(fit - t / n)
         out[s:s + block] = np.where(mask, diff, 0.0).max(axis=1)
     return out
@@ -152,20 +153,21 @@ def _best_fit(lam: np.ndarray, lo: int, hi: int) -> tuple[int, float, float]:
     N = lam.size
     if lo > hi:
         return -1, math.nan, math.nan
-    with np.errstate(divide="ignore"):
-        logs = np.log(lam)
-    suffix = np.cumsum(logs[::-1])[::-1]  # suffix[i] = sum_{j>=i} log lam_j
+    # ln(lam / lam_max), not ln(lam): a tail of large, close eigenvalues keeps its digits in the difference below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(lam / lam[-1])
+    suffix = np.cumsum(logs[::-1])[::-1]  # suffix[i] = sum_{j>=i} ln(lam_j / lam_max)
     cand = np.arange(lo, hi + 1)
     n = (N - cand).astype(np.float64)
     with np.errstate(invalid="ignore"):
-        denom = suffix[cand] - n * logs[cand]
+        denom = suffix[cand] - n * logs[cand]  # = sum_{j>=i} ln(lam_j / lam_i)
     # A flat tail (max == xmin) is tested exactly: suffix-sum round-off can leave its denominator a tiny positive.
     ok = (lam[cand] > 0.0) & (denom > 0.0) & (lam[-1] > lam[cand])
     cand, n, denom = cand[ok], n[ok], denom[ok]
     if cand.size == 0:
         return -1, math.nan, math.nan
     alphas = 1.0 + n / denom
-    ds = _ks_distances(lam, logs, cand, alphas)
+    ds = _ks_distances(lam, cand, alphas)
     k = int(np.argmin(ds))  # first minimum = smallest index on ties
     return int(cand[k]), float(alphas[k]), float(ds[k])
 

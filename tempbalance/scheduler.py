@@ -43,7 +43,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from . import analysis, distributed, groups as _groups, mapping as _mapping
+from . import analysis, device_lr, distributed, groups as _groups, mapping as _mapping, streams
 from .distributed import partition
 from .adapters import MatrixSpec, get_adapter, unwrap_model
 from .cadence import Cadence, as_cadence
@@ -78,19 +78,21 @@ def _raise(error: BaseException) -> torch.Tensor:
     raise error
 
 
-def _snapshot(specs: list[MatrixSpec]) -> list[MatrixSpec]:
-    """Copies of the analysed weights as they are now, for a pass that runs while training changes them. A layer
+def _snapshot(specs: list[MatrixSpec]) -> tuple[list[MatrixSpec], streams.Handoff]:
+    """Copies of the analysed weights as they are now, for a pass that runs while training changes them, and the
+    handoff that orders a background thread's use of CUDA copies after the copying (streams.Handoff). A layer
     whose weight cannot be read fails in the pass, with its error, like in a synchronous one."""
-    out = []
+    out, copies = [], []
     with torch.no_grad():
         for s in specs:
             try:
                 w = s.weight().detach().clone()
+                copies.append(w)
                 fn = (lambda w=w: w)
             except Exception as e:  # noqa: BLE001
                 fn = (lambda e=e: _raise(e))
             out.append(MatrixSpec(s.name, s.kind, fn, s.unit))
-    return out
+    return out, streams.Handoff(copies)
 
 
 def _report_state(report: Report) -> dict[str, Any]:
@@ -330,6 +332,7 @@ class TempBalance(LRScheduler):
         self._epoch_source = epoch_source(unwrap_model(model))
         self._source_epoch: int | None = None
         self._pending: _PendingPass | None = None
+        self._deferred: tuple[device_lr.DeviceRefresh, list[int], float] | None = None  # see _settle
         self._executor: ThreadPoolExecutor | None = None
         self._callbacks: collections.OrderedDict[int, Callable[[dict[str, Any]], None]] = collections.OrderedDict()
         self._last_commit = (0, time.perf_counter())  # (step, clock) of the last applied refresh, for Budget
@@ -447,6 +450,7 @@ class TempBalance(LRScheduler):
         e.g. the metric of ReduceLROnPlateau), re-analyses every ``interval`` calls, applies base lr x factor."""
         self._check_attached()
         self._check_repeats()
+        self._settle()
         self._sync_groups(strict=True)
         self._calls_since_update += 1
         if self._step_hook is None:  # the optimizer's step is not seen: now is the earliest look after it
@@ -472,6 +476,7 @@ class TempBalance(LRScheduler):
         before the next optimizer step (``lag=0``) or starts the background pass then. (A LightningModule's epochs
         are followed without it; calling it hands the epoch count back to your loop.)"""
         self._check_attached()
+        self._settle()
         self._epoch_source = None
         self._end_epoch()
 
@@ -505,7 +510,7 @@ class TempBalance(LRScheduler):
         self._repeats = self._repeats + 1 if self._calls_since_update > 1 else 0
         self._calls_since_update = 0
         self._poll_epochs(before_step=True)
-        self._run_due()
+        self._run_due(settle=False)
 
     def _check_repeats(self) -> None:
         """Refuse a loop that calls ``tb.step()`` more than once per optimizer step, before it changes anything
@@ -525,11 +530,15 @@ class TempBalance(LRScheduler):
         if self._step_hook is None:
             self._run_due()
 
-    def _run_due(self) -> None:
-        """Run the refresh that fell due (synchronously or as a background pass) and apply the factors."""
+    def _run_due(self, settle: bool = True) -> None:
+        """Run the refresh that fell due (synchronously or as a background pass) and apply the factors; first
+        commit a refresh that ran on the GPU (_settle), unless ``settle=False`` (before an optimizer step: the GPU
+        pass and the step stay queued behind each other) and no refresh is due."""
         if self._groups.released is not None:
             return
         self._poll_epochs()
+        if settle or self._refresh_due:
+            self._settle()
         if self._refresh_due:
             self._refresh_due = False
             self._start_refresh()
@@ -564,6 +573,8 @@ class TempBalance(LRScheduler):
         return True
 
     def _apply(self) -> None:
+        if self._deferred is not None:
+            return  # the GPU pass wrote base x its factor into the lr tensors; _settle brings the floats up to date
         if self._groups.released is None and self._sync_groups(strict=False):
             self._groups.apply(self._factors)
 
@@ -583,18 +594,49 @@ class TempBalance(LRScheduler):
         untouched then). A pending background pass is dropped: this one is newer."""
         self._check_attached()
         self._refresh_due = False
+        self._settle()
         self._drop_pending()
         report = self._refresh_now()
         self._apply()
         return report
 
-    def _refresh_now(self, indices: list[int] | None = None) -> Report:
+    def _refresh_now(self, indices: list[int] | None = None, fused: bool = False) -> Report | None:
         """Analyse the live weights (the matrices ``indices``, default all) and commit the factors; the loop
-        waits for all of it."""
+        waits for all of it - except with ``fused`` on CUDA weights and tensor lrs, where the pass writes the
+        factors into the lr tensors on the GPU and the commit waits until _settle (returns None then)."""
         indices = list(range(len(self._specs))) if indices is None else indices
         start = time.perf_counter()
-        report = self._analyze([self._specs[i] for i in indices])
+        specs = [self._specs[i] for i in indices]
+        if (fused and self.target == "lr" and self._dist is None and len(indices) == len(self._specs)
+                and device_lr.tensor_lrs(self.optimizer.param_groups) is not None):
+            index = {u: k for k, u in enumerate(self.units)}
+            pending = device_lr.fused_refresh(
+                specs, self.analysis_options, groups=self.optimizer.param_groups, base=self._groups.scheduled,
+                group_unit=[index.get(u, -1) for u in self._groups.units],
+                unit_index=[index[self._key(s)] for s in specs], n_units=len(self.units), metric=self.metric,
+                previous=[self._factors.get(u, 1.0) for u in self.units], map_options=self.map_options)
+            if pending.written:
+                self._deferred = (pending, indices, time.perf_counter() - start)
+                return None
+            report = pending.report()
+        else:
+            report = self._analyze(specs)
         return self._commit(report, indices, started_step=self.step_count, blocking=time.perf_counter() - start)
+
+    def _settle(self) -> None:
+        """Commit a refresh whose factors the GPU already wrote into the lr tensors (device_lr): waits for it once
+        and brings the floats (factors, report, history) and the groups' bookkeeping up to date. Runs before
+        anything reads them: the next step(), epoch_end(), every accessor, state_dict(), close()."""
+        if self._deferred is None:
+            return
+        pending, indices, blocking = self._deferred
+        self._deferred = None
+        try:
+            self._commit(pending.report(), indices, started_step=self.step_count, blocking=blocking)
+        except Exception as e:  # noqa: BLE001 - as a synchronous pass: the units keep their factors (so did the GPU)
+            self._warn_failed(e)
+        if self._groups.released is None and self._groups.in_sync():
+            self._groups.apply(self._factors)  # the values the GPU wrote, now in the bookkeeping too
 
     def _stagger_slices(self, k: int) -> list[list[int]]:
         """The matrices split into ``k`` slices of about equal spectral cost (largest first onto the cheapest
@@ -632,7 +674,7 @@ class TempBalance(LRScheduler):
         """A refresh is due: synchronous with ``lag=0``, else snapshot + background pass due ``lag`` steps on."""
         if not self.lag:
             try:
-                self._refresh_now(self._take_slice())
+                self._refresh_now(self._take_slice(), fused=True)
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
                 self._warn_failed(e)
             return
@@ -642,13 +684,13 @@ class TempBalance(LRScheduler):
         start = time.perf_counter()
         indices = self._take_slice()
         try:
-            snapshot = _snapshot([self._specs[i] for i in indices])
+            snapshot, handoff = _snapshot([self._specs[i] for i in indices])
         except Exception as e:  # noqa: BLE001
             self._warn_failed(e)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
-        future = self._executor.submit(self._analyze, snapshot)
+        future = self._executor.submit(handoff.run, self._analyze, snapshot)
         self._pending = _PendingPass(self.step_count, self.step_count + self.lag, future,
                                      time.perf_counter() - start, indices)
 
@@ -682,6 +724,7 @@ class TempBalance(LRScheduler):
         """Detach from the optimizer: drop a due or pending pass, stop the background thread, remove the optimizer
         step hook and give the groups back their un-factored learning rates (the base schedule's). Reads
         (``history``, ``factors``, ...) keep working; ``step()`` then raises. Collecting the object does the same."""
+        self._settle()
         self._refresh_due = False
         self._drop_pending()
         if self._step_hook is not None:
@@ -861,6 +904,7 @@ class TempBalance(LRScheduler):
         ``base_scheduler``, ``passes``, ``results``. A pending background pass is waited for and saved with its due
         step, so the resumed run applies it at the same step; a refresh that fell due and has not run is saved as
         due and runs before the resumed run's first optimizer step."""
+        self._settle()
         return dict(
             version=_STATE_VERSION,
             settings=dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger),
@@ -914,6 +958,7 @@ class TempBalance(LRScheduler):
         self.skipped_refreshes = [int(x) for x in passes["skipped_refreshes"]]
         self._next_slice = int(passes["next_slice"])
         self._drop_pending()
+        self._deferred = None  # superseded: the groups get the loaded factors below
         self._refresh_due = bool(progress["refresh_due"])
         if passes["pending"] is not None:
             p = passes["pending"]

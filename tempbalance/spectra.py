@@ -171,25 +171,34 @@ def gram_eigvals(
     num_threads: int | None = None,
     top: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
-    """Pooled ascending Gram eigenvalues of every stack in one call (native) or a loop (torch)."""
-    core = _backend.resolve(backend)
+    """Pooled ascending Gram eigenvalues of every stack in one call (native) or a loop (torch).
+
+    CUDA stacks go to the CUDA core unless ``backend="torch"`` (their spectra stay on the device); what it does not
+    take goes to the CPU core, or the torch reference. ``backend="native"`` needs a compiled core for what it gets:
+    the CUDA core alone serves CUDA weights.
+    """
+    if backend not in _backend.BACKENDS:
+        raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
     top = [0] * len(stacks) if top is None else list(top)
+    out: list[torch.Tensor | None] = [None] * len(stacks)
     from . import cuda_backend
 
     if backend != "torch" and stacks and cuda_backend.is_device(stacks[0]):
-        # CUDA tensors stay on the device; None: the CUDA core is not usable here (or not for these), fall through
-
-        on_device = cuda_backend.gram_eigvals(stacks, top)
-        if on_device is not None:
-            return on_device
+        # CUDA tensors stay on the device; None: the CUDA core is not usable here (or not for these stacks)
+        out = list(cuda_backend.gram_eigvals(stacks, top) or out)
+    rest = [i for i, o in enumerate(out) if o is None]
+    if not rest:
+        return out  # type: ignore[return-value]
+    core = _backend.resolve(backend)
     if core is None:
-        return reference.gram_eigvalsh(stacks, top)
+        for i, e in zip(rest, reference.gram_eigvalsh([stacks[i] for i in rest], [top[i] for i in rest])):
+            out[i] = e
+        return out  # type: ignore[return-value]
     if num_threads is None:
         num_threads = _native.default_threads()
-    mats = [np.ascontiguousarray(s.detach().cpu().numpy()) for s in stacks]
-    out: list[torch.Tensor | None] = [None] * len(mats)
+    mats = {i: np.ascontiguousarray(stacks[i].detach().cpu().numpy()) for i in rest}
     for solver in ("evd", "2stage"):
-        idx = [i for i, s in enumerate(stacks) if (gram_dim(s) >= TWO_STAGE_MIN_DIM) == (solver == "2stage")]
+        idx = [i for i in rest if (gram_dim(stacks[i]) >= TWO_STAGE_MIN_DIM) == (solver == "2stage")]
         if idx:
             eigs = core.gram_eigvalsh([mats[i] for i in idx], [top[i] for i in idx], int(num_threads), solver)
             for i, e in zip(idx, eigs):

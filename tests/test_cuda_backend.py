@@ -20,11 +20,11 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance import TempBalance, _native, analyze, cuda_backend, hill, mapping
+from tempbalance import TempBalance, _native, analyze, cuda_backend, hill, mapping, streams
 
 core = _native.core
-pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "hill_lr_packed"),
-                                reason="native core without hill_lr_packed (rebuild the package)")
+pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "unit_factors_packed"),
+                                reason="native core without the CUDA twins (rebuild the package)")
 COLUMNS = len(hill.HILL_COLUMNS)
 
 
@@ -42,10 +42,16 @@ class FakeDeviceCore:
     hill_columns = COLUMNS
     required_symbols: list = []
 
-    def __init__(self, devices: int = 1, why: str = "", load_error: str | None = None):
+    def __init__(self, devices: int = 1, why: str = "", load_error: str | None = None, memory: int | None = None,
+                 max_n: int = 0):
         self.devices, self.why, self.load_error = devices, why, load_error
+        self.memory, self.max_n = memory, max_n  # bytes one allocation may take (None: any); cuSOLVER's limit
         self.calls = collections.Counter()
-        self.matrices: list[tuple[int, int, int]] = []
+        self.matrices: list[tuple[int, int, int]] = []  # every input it was given
+        self.solved: list[tuple[int, int]] = []  # (matrix, slice) of every Gram that reached the "solver"
+        self.group_bytes: list[int] = []  # max_bytes of every gram_eigvalsh call
+        self.called_on: list = []  # the stream of every gram_eigvalsh call
+        self.fault_skip: int | None = None
 
     def device_count(self):
         return self.devices, self.why
@@ -54,23 +60,59 @@ class FakeDeviceCore:
         self.calls["load"] += 1
         if self.load_error:
             raise RuntimeError(self.load_error)
-        return {"cusolver": "fake libcusolver", "cublas": "fake libcublas", "batched": True}
+        return {"cusolver": "fake libcusolver", "cublas": "fake libcublas", "batched": True,
+                "version": 11701 if self.max_n else 12000, "max_n": self.max_n}
 
-    def gram_eigvalsh(self, mats, dtype, stream):
+    def _arm_fault(self, fault, skip=0):
+        self.fault_skip = skip if fault == "solver_info" else None
+
+    def _solver_fails(self) -> bool:
+        if self.fault_skip is None:
+            return False
+        self.fault_skip -= 1
+        if self.fault_skip < 0:
+            self.fault_skip = None
+            return True
+        return False
+
+    def gram_eigvalsh(self, mats, dtype, stream, alloc, max_bytes=1 << 30):
         self.calls["gram_eigvalsh"] += 1
+        self.group_bytes.append(max_bytes)
+        self.called_on.append(stream)
         kind = np.dtype(dtype)
         real = np.empty(0, kind).real.dtype
+        sizes = [min(m, n) for _, _, m, n, _ in mats]
+        if self.max_n and max(sizes) > self.max_n:
+            raise ValueError(f"a {max(sizes)} x {max(sizes)} Gram is above this cuSOLVER's limit of {self.max_n}")
+        layout = core.cuda_scratch_layout([s for _, s, _, _, _ in mats], sizes, kind.itemsize, real.itemsize, True,
+                                          max_bytes)
+        for nbytes in (layout["bytes"], 4096):  # the scratch buffer, then cuSOLVER's workspace
+            if self.memory is not None and nbytes > self.memory:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {nbytes} bytes")
+            assert alloc(nbytes)
         for data, s, m, n, out in mats:
             self.matrices.append((s, m, n))
             a = _view(data, s * m * n, kind).reshape(s, m, n)
             k = min(m, n)
             res = _view(out, s * k, real)
             for i in range(s):  # per slice, ascending, as the CUDA core leaves them (the caller pools)
-                res[i * k:(i + 1) * k] = core.gram_eigvalsh([np.ascontiguousarray(a[i:i + 1])], [0], 1)[0]
+                with np.errstate(all="ignore"):
+                    g = a[i] @ a[i].conj().T if m <= n else a[i].conj().T @ a[i]  # in the input's precision
+                unusable = bool(core.cuda_gram_unusable(np.ascontiguousarray(g[None]))[0])
+                w = np.zeros(k, real)
+                if not unusable:
+                    self.solved.append((len(self.matrices) - 1, i))
+                    w = core.gram_eigvalsh([np.ascontiguousarray(a[i:i + 1])], [0], 1)[0]
+                info = 1 if self._solver_fails() else 0
+                res[i * k:(i + 1) * k] = core.cuda_finished_eigenvalues(w[None], [info], [int(unusable)])[0]
+        groups = len(core.cuda_plan_groups([s for _, s, _, _, _ in mats], sizes, kind.itemsize, True,
+                                           core.CUDA_BATCHED_ELEMENT_LIMIT, max_bytes))
+        return {"groups": groups, "batched_groups": groups, "scratch_bytes": layout["bytes"], "solver_bytes": 4096,
+                "solver_host_bytes": 0}
 
     def hill_lr(self, eigs, offsets, n, unit_index, n_units, xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel,
-                zero_rtol, min_eigs, mapping, tau, s_lo, s_hi, s1, s2, compat, metrics, unit_alpha, factors, stream,
-                zero_tols=0, zero_rtols=0):
+                zero_rtol, min_eigs, mapping, tau, s_lo, s_hi, s1, s2, compat, metrics, unit_alpha, factors, scratch,
+                stream, zero_tols=0, zero_rtols=0):
         self.calls["hill_lr"] += 1
         off = _view(offsets, n + 1, np.int64).copy()
         tol = _view(zero_tols, n, np.float64).copy() if zero_tols else zero_tol
@@ -83,11 +125,65 @@ class FakeDeviceCore:
             _view(unit_alpha, n_units, np.float64)[:] = got[1]
             _view(factors, n_units, np.float64)[:] = got[2]
 
+    def unit_factors(self, metrics, unit_index, n, n_units, metric, previous, mapping, tau, s_lo, s_hi, s1, s2,
+                     compat, unit_values, factors, scratch, stream):
+        self.calls["unit_factors"] += 1
+        if not n_units:
+            return
+        got = core.unit_factors_packed(_view(metrics, n * COLUMNS, np.float64).reshape(n, COLUMNS).copy(),
+                                       _view(unit_index, n, np.int64).copy(), n_units, metric,
+                                       _view(previous, n_units, np.float64).copy(), mapping, tau, s_lo, s_hi, s1, s2,
+                                       compat)
+        _view(unit_values, n_units, np.float64)[:] = got[0]
+        _view(factors, n_units, np.float64)[:] = got[1]
+
+
+class FakeStreams:
+    """`streams.API`'s torch.cuda calls, recorded: events, side streams, waits, record_stream, the current stream."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+        self.current = "training"
+        outer = self
+
+        class Event:
+            def record(self, stream):
+                outer.log.append(("record", stream))
+
+        class Stream:
+            def __init__(self, device):
+                self.name = f"side{sum(1 for e in outer.log if e[0] == 'stream')}"
+                outer.log.append(("stream", self.name))
+
+            def wait_event(self, event):
+                outer.log.append(("wait", self.name))
+
+        self.Event, self.Stream = Event, Stream
+
+    def current_stream(self, device):
+        return self.current
+
+    @contextlib.contextmanager
+    def stream(self, side):
+        previous, self.current = self.current, side.name
+        self.log.append(("enter", side.name))
+        try:
+            yield
+        finally:
+            self.current = previous
+            self.log.append(("exit", side.name))
+
+    def record_stream(self, tensor, side):
+        self.log.append(("record_stream", side.name, tuple(tensor.shape)))
+
 
 def install(monkeypatch, fake: FakeDeviceCore) -> FakeDeviceCore:
-    """Route CPU tensors through the CUDA dispatch with `fake` as the device module (fresh per-process state)."""
+    """Route CPU tensors through the CUDA dispatch with `fake` as the device module (fresh per-process state);
+    streams are a FakeStreams (`fake.streams`), whose current stream is what the core is called with."""
+    fake.streams = FakeStreams()
+    monkeypatch.setattr(streams, "API", fake.streams)
     monkeypatch.setattr(cuda_backend, "DEVICE_TYPE", "cpu")
-    monkeypatch.setattr(cuda_backend, "_current_stream", lambda device: contextlib.nullcontext(0))
+    monkeypatch.setattr(cuda_backend, "_current_stream", lambda device: contextlib.nullcontext(fake.streams.current))
     monkeypatch.setattr(cuda_backend, "_import", lambda: fake)
     for name, value in (("_module", None), ("_ready", None), ("_reason", None), ("_libraries", None),
                         ("_checked", False), ("_warned", False), ("_failed_warned", False)):
@@ -235,6 +331,7 @@ def test_device_path_uses_each_matrix_zero_guard(device):
 
 
 def test_device_path_reports_non_finite_layers_without_solving_them(device):
+    # The check is on the device (the Gram's diagonal), not a host wait per chunk: the Grams never reach cuSOLVER.
     m = model()
     with torch.no_grad():
         m[3].weight[5, 7] = float("nan")
@@ -243,7 +340,29 @@ def test_device_path_reports_non_finite_layers_without_solving_them(device):
     status = {r.name: r.status for r in report.rows}
     assert status == {"0": "ok", "2": "ok", "3": "non_finite", "4": "non_finite"}
     assert "'3'" in report["3"].reason and "1 NaN" in report["3"].reason and "1 Inf" in report["4"].reason
-    assert (1, 80, 96) not in device.matrices and (1, 60, 80) not in device.matrices
+    solved = {device.matrices[k] for k, _ in device.solved}
+    assert (1, 80, 96) not in solved and (1, 60, 80) not in solved and (1, 96, 64) in solved
+
+
+def test_an_overflowing_gram_is_a_failed_layer_not_a_solve(device):
+    # Finite float32 weights of 1e19: the Gram's diagonal overflows (1e38 x 96 > FLT_MAX). The layer is reported
+    # as failed, with the fix (float64), and cuSOLVER never sees it; in float64 the same weights are fine.
+    weights = {"big": torch.full((40, 96), 1e19) + torch.randn(40, 96) * 1e18, "fine": torch.randn(60, 80)}
+    report = analyze(weights, min_eigs=10)
+    assert [r.status for r in report.rows] == ["non_finite", "ok"]
+    assert "overflows torch.float32" in report["big"].reason and "float64" in report["big"].reason
+    assert [device.matrices[k] for k, _ in device.solved] == [(1, 60, 80)]
+    assert analyze(weights, min_eigs=10, dtype=torch.float64)["big"].status == "ok"
+
+
+def test_a_solver_that_does_not_converge_fails_its_layer_only(device):
+    # cuSOLVER's info != 0 for the 2nd Gram of a stack: that layer's spectrum is NaN (decided on the device from
+    # the info array), its reason says so, the other layers are unaffected.
+    device._arm_fault("solver_info", 2)  # Grams in order: layer 0 (1), then layer 2's 9 slices
+    report = analyze(model(), min_eigs=10)
+    status = {r.name: r.status for r in report.rows}
+    assert status == {"0": "ok", "2": "non_finite", "3": "ok", "4": "ok"}
+    assert "did not converge" in report["2"].reason
 
 
 def test_backend_torch_never_uses_the_device_core(device):
@@ -304,10 +423,10 @@ class FailingDeviceCore(FakeDeviceCore):
         super().__init__()
         self.fail = fail
 
-    def gram_eigvalsh(self, mats, dtype, stream):
+    def gram_eigvalsh(self, mats, dtype, stream, alloc, max_bytes=1 << 30):
         if self.fail == "gram_eigvalsh":
             raise RuntimeError("cusolverDnXsyevBatched: cuSOLVER status 7")
-        super().gram_eigvalsh(mats, dtype, stream)
+        return super().gram_eigvalsh(mats, dtype, stream, alloc, max_bytes)
 
     def hill_lr(self, *args, **kw):
         if self.fail == "hill_lr":
@@ -329,3 +448,67 @@ def test_a_failing_device_call_falls_back_to_the_cpu_path(monkeypatch, fail):
     for r in got:
         assert [x.status for x in r.rows] == ["ok"] * 4
         np.testing.assert_allclose(rows_of(r)[1], rows_of(want)[1], rtol=1e-6)
+
+
+# --- memory: scratch from torch's allocator; an out-of-memory shrinks the solve groups, then is a clear error -----
+def _oom_weights():
+    torch.manual_seed(5)
+    return {"lin": torch.randn(100, 120), "conv": torch.randn(70, 64, 3, 3)}  # Grams: 100^2 and 9 x 64^2 float32
+
+
+def test_out_of_memory_retries_with_smaller_solve_groups(monkeypatch):
+    fake = install(monkeypatch, FakeDeviceCore(memory=100_000))  # the conv's 9 Grams (147 kB) do not fit at once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the device did the work
+        got = analyze(_oom_weights(), min_eigs=10)
+    assert got.settings["backend"] == "cuda" and [r.status for r in got.rows] == ["ok", "ok"]
+    assert fake.group_bytes[0] == cuda_backend.GROUP_BYTES and min(fake.group_bytes) < 100_000
+    with cuda_backend_off():
+        want = analyze(_oom_weights(), min_eigs=10, backend="native")
+    np.testing.assert_allclose(rows_of(got)[1], rows_of(want)[1], rtol=1e-6)
+
+
+def test_out_of_memory_for_a_single_gram_is_a_clear_error_per_layer(monkeypatch):
+    install(monkeypatch, FakeDeviceCore(memory=30_000))  # below one 100^2 float32 Gram (40 kB): cannot run at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # never a silent switch to the CPU
+        report = analyze(_oom_weights(), min_eigs=10)
+    assert report["lin"].status == "error"
+    assert "not enough free GPU memory" in report["lin"].reason and "'lin'" in report["lin"].reason
+
+
+def test_out_of_memory_keeps_the_factors_in_a_refresh(monkeypatch):
+    fake = install(monkeypatch, FakeDeviceCore())
+    m = model()
+    tb = TempBalance(m, torch.optim.SGD(m.parameters(), lr=0.1), unit="layer", min_eigs=8)
+    before = dict(tb.factors)
+    fake.memory = 1000
+    with pytest.warns(RuntimeWarning, match="not enough free GPU memory"):
+        tb.refresh()
+    assert tb.factors == before
+
+
+# --- Grams above the loaded cuSOLVER's limit, and backend="native" with the CUDA core only -----------------------
+def test_grams_above_the_solver_limit_go_to_the_cpu_core(monkeypatch):
+    fake = install(monkeypatch, FakeDeviceCore(max_n=70))  # cuSOLVER 11.x: pretend the limit is n <= 70
+    report = analyze(model(), min_eigs=10)
+    assert sorted(fake.matrices) == [(1, 60, 80), (1, 96, 64), (9, 70, 8)]  # not the 80-wide Gram of (80, 96)
+    with cuda_backend_off():
+        want = analyze(model(), min_eigs=10, backend="native")
+    np.testing.assert_allclose(rows_of(report)[1], rows_of(want)[1], rtol=1e-6)
+
+
+def test_native_backend_serves_cuda_weights_without_the_cpu_core(device, monkeypatch):
+    # backend="native" used to resolve the CPU core first: CUDA weights raised although the CUDA core could run.
+    monkeypatch.setattr(_native, "core", None)
+    monkeypatch.setattr(_native, "unavailable_reason", "not built here")
+    report = analyze(model(), min_eigs=10, backend="native")
+    assert report.settings["backend"] == "cuda" and all(r.status == "ok" for r in report.rows)
+    from tempbalance import spectra
+
+    assert spectra.esd(torch.randn(30, 40), backend="native").shape == (30,)  # esd() goes through the CUDA core too
+    device.max_n = 70  # now some Grams need the CPU core, which is missing: the error says so
+    cuda_backend._checked = False
+    report = analyze(model(), min_eigs=10, backend="native")
+    assert {r.name: r.status for r in report.rows} == {"0": "ok", "2": "ok", "3": "error", "4": "ok"}
+    assert "native core is unavailable: not built here" in report["3"].reason

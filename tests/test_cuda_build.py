@@ -213,8 +213,8 @@ def test_built_module_says_which_library_paths_it_tried(core_cuda, tmp_path):
         result = module.load(13, [str(tmp_path)])
     except RuntimeError as exc:
         assert str(tmp_path / "libcublas.so.13") in str(exc) or "libcusolver" in str(exc)
-    else:  # a machine with cuSOLVER/cuBLAS installed system-wide
-        assert set(result) == {"cusolver", "cublas", "batched"}
+    else:  # a machine with cuSOLVER/cuBLAS installed system-wide (or loaded already: the first load wins)
+        assert set(result) == {"cusolver", "cublas", "batched", "version", "max_n"}
 
 
 def _doc_parameters(fn) -> list[str]:
@@ -228,7 +228,7 @@ def test_stand_in_has_the_built_module_signatures(core_cuda):
     from test_cuda_backend import FakeDeviceCore
 
     module, _ = core_cuda
-    for name in ("hill_lr", "gram_eigvalsh", "load", "device_count"):
+    for name in ("hill_lr", "gram_eigvalsh", "unit_factors", "load", "device_count", "_arm_fault"):
         fake = [p for p in inspect.signature(getattr(FakeDeviceCore, name)).parameters if p != "self"]
         assert _doc_parameters(getattr(module, name)) == fake, name
 
@@ -237,12 +237,17 @@ def test_built_module_takes_the_dispatch_arguments_without_a_gpu(core_cuda):
     # n = 0 returns before any CUDA call: this checks the argument conversion and the option parsing only.
     module, _ = core_cuda
     args = [0, 0, 0, 0, 0, 2.0, "median", False, 1e-5, 0.0, 0.0, 50, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False,
-            0, 0, 0, 0]
+            0, 0, 0, 0, 0]
     assert module.hill_lr(*args, zero_tols=0, zero_rtols=0) is None
     with pytest.raises(ValueError, match="xmin_rule"):
         module.hill_lr(*args[:6], "bogus", *args[7:])
     with pytest.raises(ValueError, match="null"):
-        module.gram_eigvalsh([(0, 1, 2, 2, 0)], "float32", 0)
+        module.gram_eigvalsh([(0, 1, 2, 2, 0)], "float32", 0, lambda n: 0)
+    assert module.unit_factors(0, 0, 0, 0, "alpha", 0, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False, 0, 0, 0, 0) is None
+    with pytest.raises(ValueError, match="metric"):
+        module.unit_factors(0, 0, 0, 1, "bogus", 0, "sigmoid", 10.0, 2.0, 1.0, 0.5, 1.5, False, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="fault must be"):
+        module._arm_fault("bogus")
 
 
 class _PretendDevice:
@@ -287,3 +292,61 @@ def test_built_module_unusable_here_falls_back_end_to_end(core_cuda, monkeypatch
         want = analyze(m, min_eigs=10)
     assert all(r.settings["backend"] == want.settings["backend"] for r in got)
     assert all((rows_of(r)[1] == rows_of(want)[1]).all() for r in got)
+
+
+# --- the device checks around cuSOLVER and the scratch layout, through their CPU twins in `_core` ---------------
+needs_twins = pytest.mark.skipif(core is None or not hasattr(core, "cuda_gram_unusable"),
+                                 reason="native core without the CUDA twins (rebuild the package)")
+
+
+@needs_twins
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "complex128"])
+def test_gram_screen_rejects_exactly_the_grams_whose_trace_is_not_finite(dtype):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    real_max = np.finfo(np.dtype(dtype).type(0).real.dtype).max
+    a = rng.standard_normal((6, 5, 7)).astype(dtype)
+    big = np.sqrt(real_max / 2.25)  # three such entries in one row overflow the trace (1.33 max), two do not
+    a[1, 0, 0] = np.nan
+    a[2, 3, 4] = np.inf
+    a[3, 0, :2] = big
+    a[4, 0, :3] = big
+    if np.iscomplexobj(a):
+        a[5, 2, 1] = complex(0, np.nan)  # NaN only in an imaginary part
+    with np.errstate(all="ignore"):
+        grams = np.ascontiguousarray(a @ a.conj().transpose(0, 2, 1))
+        trace = np.einsum("bii->b", grams.astype(np.complex128 if np.iscomplexobj(a) else np.float64))
+    want = [not (np.isfinite(t) and abs(t.real) <= real_max) for t in trace]
+    assert core.cuda_gram_unusable(grams) == want
+    assert want == [False, True, True, False, True, np.iscomplexobj(a)]
+
+
+@needs_twins
+def test_finished_eigenvalues_are_nan_for_failed_grams_and_clamped_otherwise():
+    import numpy as np
+
+    w = np.array([[-1e-7, 0.5, 2.0], [1.0, 2.0, 3.0], [-2.0, 0.0, 1.0]])
+    got = core.cuda_finished_eigenvalues(w, [0, 3, 0], [0, 0, 1])
+    np.testing.assert_array_equal(got[0], [0.0, 0.5, 2.0])
+    assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+
+
+@needs_twins
+def test_scratch_layout_holds_every_buffer_aligned_and_apart():
+    g = core.cuda_plan_groups([9, 1, 3], [64, 100, 64], 4, True, INT32_MAX, 60_000)
+    lay = core.cuda_scratch_layout([9, 1, 3], [64, 100, 64], 4, 4, True, 60_000)
+    most = max(b for _, b, _, _ in g)
+    grams = max(n * n * b * 4 for n, b, _, _ in g)
+    eigs = max(n * b * 4 for n, b, _, _ in g)
+    assert all(lay[k] % 256 == 0 for k in ("grams", "eigs", "info", "unusable", "bytes"))
+    assert lay["eigs"] - lay["grams"] >= grams and lay["info"] - lay["eigs"] >= eigs
+    assert lay["unusable"] - lay["info"] >= 4 * most and lay["bytes"] - lay["unusable"] >= 4 * most
+    assert lay["bytes"] < grams + eigs + 8 * most + 4 * 256
+
+
+@needs_twins
+def test_solver_size_limit_by_cusolver_version():
+    # CUDA 12's cuSOLVER (11.x) fails above n = 32768 in Xsyevd / XsyevBatched; CUDA 13's (12.x) has no limit.
+    assert core.cuda_solver_max_n(11701) == core.cuda_solver_max_n(0) == 32768
+    assert core.cuda_solver_max_n(12000) == core.cuda_solver_max_n(12401) == 0

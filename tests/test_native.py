@@ -125,3 +125,80 @@ def test_hill_metrics_takes_per_spectrum_tolerances_in_one_call(rng):
 def test_hill_metrics_per_spectrum_length_errors_name_the_argument(arg):
     with pytest.raises(ValueError, match=arg):
         core.hill_metrics([np.arange(1.0, 10.0)] * 3, **{arg: [1, 2]})
+
+
+# --- failure paths that inputs cannot provoke: `_core._arm_fault` makes the real call fail once ---------------
+@pytest.fixture
+def fault():
+    if core is None or not hasattr(core, "_arm_fault"):
+        pytest.skip("native core without fault injection (rebuild the package)")
+    yield core._arm_fault
+    core._arm_fault("none")
+
+
+def test_a_failed_slice_makes_the_pooled_spectrum_nan(fault):
+    # A conv-like stack of 4 slices whose 3rd solve does not converge: the pool is all NaN (a layer failure),
+    # never a sort over NaN (undefined behaviour) or a spectrum with a hole; the other matrices are unaffected.
+    rng = np.random.default_rng(4)
+    stack, plain = rng.standard_normal((4, 30, 40)), rng.standard_normal((20, 25))
+    fault("solver_info", 2)
+    got_stack, got_plain = core.gram_eigvalsh([stack, plain], [], 1)
+    assert np.isnan(got_stack).all() and got_stack.shape == (120,)
+    np.testing.assert_allclose(got_plain, _reference(plain), rtol=1e-10)
+    (again,) = core.gram_eigvalsh([stack], [], 1)  # the fault fired once
+    np.testing.assert_allclose(again, _reference(stack), rtol=1e-10)
+
+
+def test_a_failed_slice_is_reported_as_a_failed_layer(fault):
+    import torch
+
+    from tempbalance import analyze
+
+    torch.manual_seed(0)
+    conv, lin = torch.nn.Conv2d(60, 80, 2), torch.nn.Linear(60, 80)  # the conv is solved first (more flops)
+    fault("solver_info", 1)
+    report = analyze({"conv": conv.weight, "lin": lin.weight}, min_eigs=10, backend="native", num_threads=1)
+    assert [r.status for r in report.rows] == ["non_finite", "ok"]
+    assert "'conv'" in report.rows[0].reason and "did not converge" in report.rows[0].reason
+
+
+def test_syevr_short_count_gives_nan_not_garbage(fault):
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((60, 80))
+    fault("evr_short_count", 0)
+    (top,) = core.gram_eigvalsh([a], [20], 1)
+    assert top.shape == (20,) and np.isnan(top).all()
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_a_worker_thread_that_cannot_start_leaves_the_work_to_the_others(fault, skip):
+    # The OS refusing a thread used to destroy joinable std::threads (std::terminate, the process dies); run in a
+    # subprocess so that failure reports instead of killing the test run.
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from tempbalance import _native
+core = _native.core
+rng = np.random.default_rng(6)
+mats = [rng.standard_normal((30 + k, 40)) for k in range(6)]
+want = core.gram_eigvalsh(mats, [], 1)
+core._arm_fault("thread_start", {skip})
+got = core.gram_eigvalsh(mats, [], 4)
+assert all(np.allclose(g, w, rtol=1e-12) for g, w in zip(got, want))
+spectra = [np.sort(rng.pareto(2.0, 300) + 1) for _ in range(8)]
+one = core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=1)
+core._arm_fault("thread_start", 0)
+assert np.array_equal(core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=3), one)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_fault_names_are_checked(fault):
+    with pytest.raises(ValueError, match="fault must be"):
+        fault("bogus")
+    with pytest.raises(ValueError, match="skip"):
+        fault("solver_info", -1)

@@ -73,6 +73,9 @@ void load_once(int cuda_major, const std::vector<std::string>& dirs) {
     resolve(solver, "cusolverDnXsyevBatched_bufferSize", &g_api.syev_batched_buffer_size, false);
     resolve(solver, "cusolverDnXsyevBatched", &g_api.syev_batched, false);
     if (!g_api.syev_batched_buffer_size) g_api.syev_batched = nullptr;
+    resolve(solver, "cusolverGetVersion", &g_api.get_version, false);
+    if (!g_api.get_version || g_api.get_version(&g_api.version) != CUSOLVER_STATUS_SUCCESS) g_api.version = 0;
+    g_api.max_n = cuda_plan::solver_max_n(g_api.version);
     g_ok = true;
   } catch (const std::exception& e) {
     g_error = e.what();
@@ -87,7 +90,7 @@ const std::vector<std::string>& required_symbols() {
       "cublasGemmStridedBatchedEx", "cusolverDnCreate",    "cusolverDnDestroy",
       "cusolverDnSetStream",    "cusolverDnCreateParams",  "cusolverDnDestroyParams",
       "cusolverDnXsyevd_bufferSize", "cusolverDnXsyevd",   "cusolverDnXsyevBatched_bufferSize",
-      "cusolverDnXsyevBatched"};
+      "cusolverDnXsyevBatched", "cusolverGetVersion"};
   return names;
 }
 

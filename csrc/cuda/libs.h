@@ -7,6 +7,7 @@
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,10 @@ struct Api {
   // Optional: cuSOLVER >= 11.7.1 (CUDA 12.6.2). Missing -> per-Gram Xsyevd.
   decltype(&cusolverDnXsyevBatched_bufferSize) syev_batched_buffer_size = nullptr;
   decltype(&cusolverDnXsyevBatched) syev_batched = nullptr;
+  decltype(&cusolverGetVersion) get_version = nullptr;  // optional: without it the version counts as unknown (0)
   std::string cusolver_path, cublas_path;
+  int version = 0;     // cusolverGetVersion, e.g. 11701 for 11.7.1
+  int64_t max_n = 0;   // the largest Gram its Xsyevd / XsyevBatched take (0: no limit), tb::cuda_plan::solver_max_n
 };
 
 // The symbol names the module resolves (also checked by .ci/check_cuda.sh in the built binary).

@@ -83,6 +83,39 @@ inline int64_t eig_buffer_bytes(const std::vector<Group>& groups, int64_t real_b
   return most;
 }
 
+// The most Grams of one group (the length of the per-Gram info and screen arrays).
+inline int64_t max_batch(const std::vector<Group>& groups) {
+  int64_t most = 0;
+  for (const Group& g : groups) most = std::max(most, g.batch);
+  return most;
+}
+
+constexpr int64_t kAlignment = 256;  // what cudaMalloc guarantees; cuSOLVER and cuBLAS expect at least 16
+inline int64_t align_up(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+// One scratch buffer for the whole pass (allocated by the caller, from torch's allocator), in byte offsets: the
+// Grams of a group, their eigenvalues, cuSOLVER's info per Gram and the screen's verdict per Gram (both int32).
+// The solver's own workspace is a second buffer: its size is known only after asking cuSOLVER.
+struct ScratchLayout {
+  int64_t grams = 0, eigs = 0, info = 0, unusable = 0, bytes = 0;
+};
+
+inline ScratchLayout scratch_layout(const std::vector<Group>& groups, int64_t elem_bytes, int64_t real_bytes) {
+  ScratchLayout l;
+  l.grams = 0;
+  l.eigs = align_up(gram_buffer_bytes(groups, elem_bytes));
+  l.info = l.eigs + align_up(eig_buffer_bytes(groups, real_bytes));
+  l.unusable = l.info + align_up(max_batch(groups) * 4);
+  l.bytes = l.unusable + align_up(max_batch(groups) * 4);
+  return l;
+}
+
+// The largest Gram cuSOLVER's Xsyevd / XsyevBatched take, by cuSOLVER version (cusolverGetVersion: 11701 =
+// 11.7.1), 0 for no limit. The cuSOLVER of CUDA 12 (11.x) indexes their workspace with 32-bit integers and fails
+// above n = 32768; CUDA 13's (12.0 on) has full 64-bit support. A version of 0 (unknown) gets the limit. Larger
+// Grams go to the CPU core.
+inline int64_t solver_max_n(int cusolver_version) { return cusolver_version >= 12000 ? 0 : 32768; }
+
 // The soname's version suffix of `lib` ("cusolver" | "cublas" | "cublasLt" | "cusparse" | "nvJitLink") for a
 // CUDA major release, or "" when unknown. CUDA 12 ships cuSOLVER 11, cuBLAS 12, cuSPARSE 12, nvJitLink 12; CUDA 13
 // ships cuSOLVER 12, cuBLAS 13, cuSPARSE 12, nvJitLink 13.

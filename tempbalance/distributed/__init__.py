@@ -44,8 +44,9 @@ from .transport import (LayoutError, comm_device, describe, gather_to_owner, loc
 
 __all__ = ["Coordinator", "LayoutError"]
 
-# analyze_specs' keyword defaults: the options the Gram path needs when the caller leaves them out
-_DEFAULTS = {k: p.default for k, p in inspect.signature(analysis.analyze_specs).parameters.items()
+# analyze_specs' keyword defaults (those of start_pass, which it forwards to): the options the Gram path needs when
+# the caller leaves them out
+_DEFAULTS = {k: p.default for k, p in inspect.signature(analysis.start_pass).parameters.items()
              if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 

@@ -91,3 +91,15 @@ def test_solver_crossover_smoke(tmp_path):
         assert _positive(r["evd_seconds"]) and _positive(r["two_stage_seconds"])
         assert r["ratio"] == pytest.approx(r["two_stage_seconds"] / r["evd_seconds"])
     assert res["two_stage_min_dim"] == spectra.TWO_STAGE_MIN_DIM
+
+
+def test_fit_rule_smoke(tmp_path):
+    res = _run("fit_rule.py", tmp_path / "fit.json")
+    assert res["mode"] == "smoke" and res["before_rev"] == "none"
+    assert [r["set"] for r in res["rows"]] == ["smollm2-135m", "llama7b-block"]
+    for r in res["rows"]:
+        assert set(r["seconds"]) == {"after_1thread", "after_threads", "median", "reference"}
+        assert all(_positive(v) for v in r["seconds"].values()), r
+    for comps in res["agreement"].values():
+        c = comps["after_vs_reference"]  # the pruned scan picks the reference's xmin everywhere
+        assert c["same_xmin"] == c["spectra"] and c["alpha_max_rel_diff"] < 1e-9 and c["ks_max_rel_diff"] < 1e-9
