@@ -387,7 +387,7 @@ class TempBalance(LRScheduler):
         tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
         found = self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
         # weights no adapter rule covers are named in every report's ``skipped``
-        self.analysis_options["skipped"] = analysis.unanalysed(unwrap_model(self.model), found)
+        self._skipped = analysis.unanalysed(unwrap_model(self.model), found)
         specs = [s for s in found
                  if (tuned is None or tuned(s))
                  and (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
@@ -399,7 +399,7 @@ class TempBalance(LRScheduler):
         specs = [s for s in specs if self._key(s) not in drop]
         units = [u for u in units if u not in drop]
         if not specs:
-            skipped = self.analysis_options["skipped"]
+            skipped = self._skipped
             unanalysed = (f"; not analysed: {', '.join(f'{n} ({r})' for n, r in skipped[:3])}"
                           f"{' ...' if len(skipped) > 3 else ''}") if skipped else ""
             warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
@@ -758,6 +758,7 @@ class TempBalance(LRScheduler):
         anything changes); the other matrices keep the rows of their last analysis. Returns the full report."""
         if [r.name for r in report.rows] != [self._specs[i].name for i in indices]:
             raise RuntimeError("analysis returned rows that do not match the analysed matrices")
+        report.skipped = list(self._skipped)
         if len(indices) == len(self._specs):
             fresh, rows = set(range(len(self._specs))), list(report.rows)
         else:
