@@ -20,7 +20,7 @@ namespace tb {
 enum Status : int {
   kOk = 0,
   kTooFewEigs = 1,       // fewer than min_eigs eigenvalues: reported, not tuned
-  kFlatTail = 2,         // zero denominator: every tail eigenvalue equals xmin
+  kFlatTail = 2,         // the tail is flat: it spans no more than the analysis round-off (see flat_tail)
   kXminNotPositive = 3,  // xmin is zero (or numerically zero): rank-deficient matrix
   kNonFinite = 4,        // NaN/Inf eigenvalues (non-finite weights)
   kEmpty = 5,            // no eigenvalues at all
@@ -74,6 +74,11 @@ TB_HD inline void write_row(const HillResult& r, double* row) {
                                      r.frobenius, r.stable_rank, r.alpha_hat, r.n_eigs,      double(r.status)};
   for (int c = 0; c < kHillColumns; ++c) row[c] = vals[c];
 }
+
+// A tail from xmin to lam_max that spans no more than the round-off of the analysis, rtol * lam_max (rtol =
+// zero_rtol, d * eps for a d-square Gram), is flat: the equal singular values of an orthogonal matrix, whose fitted
+// "alpha" would be round-off (~1e6). With rtol = 0 only an exactly flat tail is.
+TB_HD inline bool flat_tail(double xmin, double lam_max, double rtol) { return !(lam_max - xmin > rtol * lam_max); }
 
 // One term of the Kolmogorov-Smirnov distance of the tail starting at xmin = lam[i] (n = N - i values) from the
 // power law with exponent alpha: |F(j) - (j - i) / n| with the fitted CDF F(j) = 1 - (lam_j / xmin)^(1 - alpha).
@@ -279,6 +284,7 @@ TB_HD inline HillResult hill_metrics(const double* eigs, int64_t len, const Hill
       while (top + 1 <= N - 2 && lam[top + 1] <= upper) ++top;
       hi = top;
     }
+    while (hi >= lo && flat_tail(lam[hi], lam[N - 1], p.zero_rtol)) --hi;  // flat candidate tails: no fit
     const int64_t best = lo <= hi ? best_fit_index(lam, N, lo, hi, &alpha, &ks) : -1;
     if (best >= 0) {
       i = best;
@@ -300,6 +306,10 @@ TB_HD inline HillResult hill_metrics(const double* eigs, int64_t len, const Hill
     return r;
   }
   if (isnan(alpha)) {
+    if (flat_tail(xmin, lam_max, p.zero_rtol)) {
+      r.status = kFlatTail;
+      return r;
+    }
     double denom = 0.0;
     for (int64_t j = local; j < n_have; ++j) denom += log(lam[j] / xmin);
     if (!(denom > 0.0)) {

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import _backend, cuda_backend, hill, spectra
-from .adapters import MatrixSpec, get_adapter, specs_from_named_weights
+from .adapters import MatrixSpec, get_adapter, specs_from_named_weights, unanalysed, unwrap_model
 from .report import LayerResult, Report
 
 DEFAULT_CHUNK_BYTES = 1 << 30  # matrices + Grams in flight per native call: a 7B model never holds all its Grams
@@ -39,6 +39,15 @@ def _validate(*, xmin_pos, xmin_rule, min_eigs, dtype, backend, num_threads, chu
         raise ValueError(f"zero_rtol must be None (automatic) or a finite number >= 0, got {zero_rtol!r}")
     if not isinstance(filter_zeros, bool):
         raise ValueError(f"filter_zeros must be True or False, got {filter_zeros!r}")
+
+
+def check_options(*, xmin_pos=2.0, xmin_rule="median", min_eigs=DEFAULT_MIN_EIGS, dtype=None, backend="auto",
+                  num_threads=None, chunk_bytes=None, conv_mode="slices", conv_scale=1.0, zero_tol=1e-5,
+                  zero_rel=0.0, zero_rtol=None, filter_zeros=False, skipped=None) -> None:
+    """Raise ``ValueError`` naming the first bad option of :func:`analyze_specs` (the defaults are its own)."""
+    _validate(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=dtype, backend=backend,
+              num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode, conv_scale=conv_scale,
+              zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=zero_rtol, filter_zeros=filter_zeros)
 
 
 def _failed(spec: MatrixSpec, shape: tuple[int, ...], status: str, reason: str, n_eigs: int = 0) -> LayerResult:
@@ -94,14 +103,17 @@ class _GramBatcher:
         self.backend, self.num_threads, self.chunk_bytes = backend, num_threads, chunk_bytes
         self.pending: list[tuple[int, torch.Tensor, bool]] = []
         self.bytes = 0
+        self.shifts: dict[int, Any] = {}  # k of spectra.unit_scale per stack
         self.eigs: dict[int, Any] = {}
         self.errors: dict[int, str] = {}
 
-    def add(self, idx: int, stack: torch.Tensor, on_device: bool = False) -> None:
+    def add(self, idx: int, stack: torch.Tensor, on_device: bool = False, largest: float | None = None) -> None:
+        """Queue ``stack`` (``largest``: its largest |entry| when known, for the rescaling)."""
         d = spectra.gram_dim(stack)
         nbytes = stack.numel() * stack.element_size() + stack.shape[0] * d * d * stack.element_size()
         if self.pending and self.bytes + nbytes > self.chunk_bytes:
             self.flush()
+        stack, self.shifts[idx] = spectra.unit_scale(stack, on_device, largest)
         self.pending.append((idx, stack, on_device))
         self.bytes += nbytes
         if self.bytes >= self.chunk_bytes:
@@ -132,15 +144,27 @@ class _GramBatcher:
         for idx, e in zip(idxs, results):
             if e is not None:
                 e = e.to(torch.float64)
+                k = self.shifts[idx]
+                if isinstance(k, torch.Tensor):
+                    e = e * torch.exp2(2.0 * k.to(torch.float64))
+                elif k:
+                    e = e * 4.0 ** k
                 keep = keep_device and cuda_backend.is_device(e)
                 self.eigs[idx] = e if keep else e.cpu().numpy()  # device spectra stay there for the Hill kernel
 
 
+def _largest(stack: torch.Tensor) -> float:
+    """The largest |entry| of ``stack`` (of the real and imaginary parts), or ``inf`` when an entry is not finite.
+    One reduction without a mask the size of the weights (an elementwise check cost ~10% of a RoBERTa-base pass):
+    min and max propagate NaN and show an Inf, and the value also decides the rescaling of the Gram."""
+    lo, hi = torch.aminmax(torch.view_as_real(stack) if stack.is_complex() else stack)
+    lo, hi = float(lo), float(hi)
+    return max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.inf
+
+
 def _all_finite(stack: torch.Tensor) -> bool:
-    """Whether every entry is finite. A finite sum proves it (NaN and Inf propagate) in one read without a mask
-    the size of the weights (the elementwise check cost ~10% of a RoBERTa-base pass); only a non-finite sum
-    (a bad entry, or finite entries so large that the sum overflows) pays for the elementwise check."""
-    return bool(torch.isfinite(stack.sum())) or bool(torch.isfinite(stack).all())
+    """Whether every entry is finite."""
+    return math.isfinite(_largest(stack))
 
 
 class SpectralPass:
@@ -156,6 +180,7 @@ class SpectralPass:
         self.specs, self.settings, self.start = specs, settings, start
         self.results: list[LayerResult | None] = [None] * len(specs)
         self.shapes: dict[int, tuple[int, ...]] = {}
+        self.dtypes: dict[int, torch.dtype] = {}  # each matrix's analysis precision
         self.host_metrics: dict[int, dict] = {}
         self.device_tables: list[tuple[list[int], torch.Tensor, list[float]]] = []  # (indices, table, zero_rtol)
         self.backend_used = ""
@@ -172,12 +197,11 @@ class SpectralPass:
         """The finished :class:`Report` (waits for the GPU once per device)."""
         metrics = dict(self.host_metrics)
         min_eigs = self.settings["min_eigs"]
-        dtype = getattr(torch, self.settings["dtype"])
         for idxs, table, rtol in self.device_tables:
             rows = hill.rows_from_table(table.cpu().numpy(), min_eigs=min_eigs, zero_rtol=rtol)
             for idx, row in zip(idxs, rows):
                 if row["status"] == "non_finite":  # screened or failed on the device: say which
-                    row["reason"] = _non_finite_why_late(self.specs[idx], dtype)
+                    row["reason"] = _non_finite_why_late(self.specs[idx], self.dtypes[idx])
                 metrics[idx] = row
         results = list(self.results)
         for idx, m in metrics.items():
@@ -192,7 +216,7 @@ def start_pass(
     xmin_pos: float = 2.0,
     xmin_rule: str = "median",
     min_eigs: int = DEFAULT_MIN_EIGS,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     filter_zeros: bool = False,
     zero_tol: float = 1e-5,
@@ -207,8 +231,9 @@ def start_pass(
     _validate(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=dtype, backend=backend,
               num_threads=num_threads, chunk_bytes=chunk_bytes, conv_mode=conv_mode, conv_scale=conv_scale,
               zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=zero_rtol, filter_zeros=filter_zeros)
-    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, dtype=str(dtype).replace("torch.", ""),
-                    backend="", filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
+    settings = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs,
+                    dtype="auto" if dtype is None else str(dtype).replace("torch.", ""), backend="",
+                    filter_zeros=filter_zeros, zero_tol=zero_tol, zero_rel=zero_rel,
                     zero_rtol="auto" if zero_rtol is None else zero_rtol, conv_mode=conv_mode, conv_scale=conv_scale)
     out = SpectralPass(specs, settings, time.perf_counter())
     use_cuda = backend != "torch"  # CUDA weights go to the CUDA core unless the torch reference was asked for
@@ -225,23 +250,27 @@ def start_pass(
                                                                       f"{shape}")
                     continue
                 on_device = use_cuda and cuda_backend.use_for(w)
-                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype,
-                                       arg=f"layer '{spec.name}'", keep_device=on_device)
-                if not on_device and not _all_finite(stack):
-                    out.results[idx] = _failed(spec, shape, "non_finite", _non_finite_reason(spec, w, dtype))
+                out.dtypes[idx] = spectra.analysis_dtype(w.dtype, dtype)
+                stack = spectra.slices(w, spec.kind, conv_mode=conv_mode, conv_scale=conv_scale,
+                                       dtype=out.dtypes[idx], arg=f"layer '{spec.name}'", keep_device=on_device)
+                largest = None if on_device else _largest(stack)
+                if largest is not None and not math.isfinite(largest):
+                    out.results[idx] = _failed(spec, shape, "non_finite",
+                                               _non_finite_reason(spec, w, out.dtypes[idx]))
                     continue
             except Exception as e:  # noqa: BLE001 - one bad layer never stops the pass
                 out.results[idx] = _failed(spec, shape, "error", f"layer '{spec.name}': {type(e).__name__}: {e}")
                 continue
             out.shapes[idx], dims[idx] = shape, spectra.gram_dim(stack)
-            batch.add(idx, stack, on_device)
+            batch.add(idx, stack, on_device, largest)
             del w, stack
         batch.flush()
 
     for idx, msg in batch.errors.items():
         out.results[idx] = _failed(specs[idx], out.shapes[idx], "error", f"layer '{specs[idx].name}': {msg}")
     done = [idx for idx in out.shapes if idx in batch.eigs]
-    rtol = {idx: hill.default_zero_rtol(dims[idx], dtype) if zero_rtol is None else zero_rtol for idx in done}
+    rtol = {idx: hill.default_zero_rtol(dims[idx], out.dtypes[idx]) if zero_rtol is None else zero_rtol
+            for idx in done}
     options = dict(xmin_pos=xmin_pos, xmin_rule=xmin_rule, filter_zeros=filter_zeros, zero_tol=zero_tol,
                    zero_rel=zero_rel, min_eigs=min_eigs)
     out.device_tables = _device_metrics(batch.eigs, done, rtol, options)  # spectra on a GPU: Hill on the GPU
@@ -304,7 +333,7 @@ def analyze(
     xmin_pos: float = 2.0,
     xmin_rule: str = "median",
     min_eigs: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     filter_zeros: bool = False,
     include_embeddings: bool = False,
@@ -326,7 +355,8 @@ def analyze(
         xmin_rule: "median" (default, uses ``xmin_pos``), "fit" (smallest KS distance), "peak", "peak_compat".
         min_eigs: layers with fewer eigenvalues are reported but not fitted; ``None`` = the adapter's default
             (50 for transformers/CNNs).
-        dtype: analysis precision, ``torch.float32`` (default) or ``torch.float64``; bf16/fp16 are upcast.
+        dtype: analysis precision, ``torch.float32`` or ``torch.float64``; ``None`` (default) follows each weight:
+            float64 (complex128) weights in float64, the rest in float32 (bf16/fp16 are upcast).
         backend: "native" (compiled core), "torch" (reference), "auto" (native when built).
         filter_zeros: drop eigenvalues ``<= max(zero_tol, zero_rel * lambda_max)`` before fitting.
         include_embeddings: analyse embedding matrices too.
@@ -340,8 +370,10 @@ def analyze(
 
     Returns:
         A :class:`Report`. A layer that cannot be analysed (NaN/Inf weights, empty, too few eigenvalues, flat
-        tail, ...) gets a row with a non-"ok" status and a reason naming it; bad options raise ``ValueError``.
-        Weights are read under ``torch.no_grad`` and never modified.
+        tail, ...) gets a row with a non-"ok" status and a reason naming it; weights of a model that no adapter
+        rule analyses (recurrent weights, embeddings not asked for, bare 2-d parameters) are named with a reason
+        in ``Report.skipped``; bad options raise ``ValueError``. Weights are read under ``torch.no_grad`` and
+        never modified.
     """
     if not isinstance(include_embeddings, bool):
         raise ValueError(f"include_embeddings must be True or False, got {include_embeddings!r}")
@@ -349,6 +381,7 @@ def analyze(
     if isinstance(model_or_named_weights, nn.Module):
         chosen = get_adapter(model_or_named_weights, adapter)
         specs = chosen.enumerate(model_or_named_weights, include_embeddings=include_embeddings)
+        skipped = unanalysed(unwrap_model(model_or_named_weights), specs)
         default_min = getattr(chosen, "min_eigs", DEFAULT_MIN_EIGS)
     else:
         pairs = _named_pairs(model_or_named_weights)

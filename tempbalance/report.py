@@ -183,6 +183,11 @@ class Report:
             f"std {_fmt(s['unit_alpha_std'])}; {self.seconds:.2f} s",
         ]
         lines += [f"  {r.status}: {r.reason}" for r in self.rows if not r.ok]
+        if self.skipped:
+            lines.append(f"not analysed: {len(self.skipped)} tensor(s)")
+            lines += [f"  {name}: {reason}" for name, reason in self.skipped[:10]]
+            if len(self.skipped) > 10:
+                lines.append(f"  ... and {len(self.skipped) - 10} more (Report.skipped)")
         return lines
 
     def __str__(self) -> str:

@@ -1,17 +1,16 @@
 """TempBalance: per-unit learning-rate factors from the spectra of the weights, over any optimizer and schedule.
 
-How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
-un-factored learning rate ``base[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
-group holds ``base[i] * f[i]`` while the optimizer steps. ``step()`` first writes ``base[i]`` back into the
-groups, then advances the base scheduler (so chainable schedulers - StepLR, the recursive CosineAnnealingLR,
-LinearLR, SequentialLR - read their own value, and LambdaLR-style ones that rewrite ``lr`` from ``base_lrs`` are
-unaffected), records the new ``base[i]`` and writes ``base[i] * f[i]`` again. Factors are only ever multiplied onto
-``base[i]``, never onto the previous group value.
+What it does, in order: select the matrices (via the model's adapter) -> refresh (analyse them, map unit alphas
+to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups. The param-group bookkeeping
+(splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) lives in
+:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`.
 
-Param groups: each existing group is split by unit when its parameters belong to several units (every
-hyper-parameter of the source group copied; splits are placed right after it), never merged; a base scheduler
-built on the unsplit optimizer has its per-group lists (``base_lrs``, ``lr_lambdas``, ``_last_lr``, ...) extended
-to match. Groups get informational keys ``tb_unit`` and ``tb_factor``.
+How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
+un-factored learning rate ``scheduled[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
+group holds ``scheduled[i] * f[i]`` while the optimizer steps. ``step()`` first writes ``scheduled[i]`` back into
+the groups, then advances the base scheduler (so chainable schedulers - StepLR, the recursive CosineAnnealingLR,
+LinearLR, SequentialLR - read their own value, and LambdaLR-style ones that rewrite ``lr`` from ``base_lrs`` are
+unaffected), records the new ``scheduled[i]`` and writes ``scheduled[i] * f[i]`` again.
 
 Typical use::
 
@@ -26,6 +25,7 @@ Resume: build model, optimizer, base scheduler and TempBalance as before (the gr
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import re
@@ -39,12 +39,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
-from . import analysis, device_lr, distributed, mapping as _mapping, streams
+from . import analysis, device_lr, distributed, groups as _groups, mapping as _mapping, streams
 from .distributed import partition
-from .adapters import MatrixSpec, get_adapter
+from .adapters import MatrixSpec, get_adapter, unwrap_model
 from .cadence import Cadence, as_cadence
+from .integrations.lightning import epoch_source
 from .report import Report
 
 METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")
@@ -52,9 +55,11 @@ TARGETS = ("lr", "weight_decay")
 # statuses that mean "the spectral pass failed for this layer" (keep the last factor), as opposed to "cannot be
 # fitted" (too few eigenvalues, flat tail: untuned, factor 1)
 _FAILED = ("non_finite", "error", "empty")
-# scheduler attributes that hold one entry per param group (torch's schedulers; transformers' are LambdaLRs)
-_PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs", "base_momentums", "max_momentums")
-_STATE_VERSION = 2
+_STATE_VERSION = 3
+# tb.step() calls in a row without an optimizer step between them, after this many optimizer steps in a row that
+# each saw more than one, is a loop that steps TempBalance twice per update (a single extra call is allowed: a
+# GradScaler skips optimizer.step() on overflow and the schedule still advances, as torch's schedulers do)
+_REPEATS_TOLERATED = 2
 
 
 @dataclass
@@ -111,31 +116,6 @@ def _patterns(arg: str, value: Any) -> list[re.Pattern]:
     return out
 
 
-def _get(group: dict, key: str) -> float:
-    v = group[key]
-    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
-
-
-def _set(group: dict, key: str, value: float) -> None:
-    if isinstance(group[key], torch.Tensor):
-        group[key].fill_(value)  # fused/capturable optimizers hold the tensor; keep it
-    else:
-        group[key] = value
-
-
-def _copy_hparams(group: dict) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in group.items()
-            if k != "params"}
-
-
-def _schedulers(sched: Any) -> list[Any]:
-    """``sched`` and, recursively, the schedulers it chains (SequentialLR, ChainedScheduler)."""
-    out = [sched]
-    for s in getattr(sched, "_schedulers", []) or []:
-        out.extend(_schedulers(s))
-    return out
-
-
 def _number(arg: str, v: Any, lo: float | None = None, strict: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{arg} must be a finite number, got {v!r}")
@@ -159,41 +139,56 @@ def _steps_through_torch(optimizer: Any) -> bool:
 
 
 def _register_step_hook(tb: "TempBalance") -> Any:
-    """A global optimizer step pre-hook that runs ``tb``'s due refresh before its optimizer steps. It holds ``tb``
-    weakly, so an abandoned TempBalance is still collected (and its hook removed)."""
+    """A global optimizer step pre-hook: before ``tb``'s optimizer steps, it counts the update (for the check on
+    repeated ``tb.step()`` calls), notices an epoch that ended in a framework's loop, and runs a due refresh. It
+    holds ``tb`` weakly, so an abandoned TempBalance is still collected (and its hook removed)."""
     ref = weakref.ref(tb)
 
     def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
         me = ref()  # compare the groups now: optimizer.load_state_dict replaces the list
-        if me is not None and me._refresh_due and optimizer.param_groups is me.optimizer.param_groups:
-            me._run_due()
+        if me is not None and me._groups.released is None and optimizer.param_groups is me.optimizer.param_groups:
+            me._before_optimizer_step()
 
     return register_optimizer_step_pre_hook(before_step)
 
 
-class TempBalance:
+class TempBalance(LRScheduler):
     """Layer-wise (block-wise) learning rates from PL_Alpha_Hill, multiplied onto any base schedule.
 
+    It is an LR scheduler in torch's sense (``step()``, ``get_last_lr()``, ``state_dict()``): frameworks that take a
+    scheduler take it - HF ``Trainer(optimizers=(opt, tb))``, PyTorch Lightning's
+    ``{"optimizer": opt, "lr_scheduler": {"scheduler": tb, "interval": "step"}}``, ``accelerate``'s ``prepare``.
+
+    One optimizer has at most one TempBalance: building a second one on the same optimizer (re-running a notebook
+    cell) takes over cleanly - it starts from the un-factored learning rates the first one kept - and the first one
+    is detached (its ``step()`` raises). :meth:`close` detaches explicitly.
+
     Args:
-        model: the model being trained.
+        model: the model being trained (its structure decides which unit every parameter belongs to, frozen
+            parameters included: they get their unit's factor once they train).
         optimizer: any torch optimizer (or wrapper exposing ``param_groups``) over the model's parameters.
+            ``torch.optim.LBFGS`` is refused (it supports one param group; TempBalance needs one per unit).
         base_scheduler: the user's LR scheduler, built on ``optimizer`` before this object; ``step()`` advances
-            it. Without one the groups' current ``lr`` is the (constant) base.
+            it. Without one the groups' current ``lr`` is the (constant) base. Assigning ``tb.base_scheduler``
+            later is checked the same way (a scheduler built after TempBalance read the factored LRs: refused).
         unit: ``"block"`` (mean alpha of a block's matrices drives every parameter of the block) or ``"layer"``
             (each matrix drives its own layer); ``None`` = the adapter's choice.
         mapping: ``"sigmoid"`` (TBSigmoid: ``tau``, ``s_lo``, ``s_hi``) or ``"linear"`` (TBLinearMap: ``s1``, ``s2``).
         xmin_pos, xmin_rule, min_eigs, dtype, backend: analysis options (:func:`tempbalance.analyze`);
-            ``min_eigs=None`` = the adapter's default.
+            ``min_eigs=None`` = the adapter's default; ``dtype=None`` = the precision of each weight (float64
+            weights in float64, the rest in float32).
         interval: when to re-analyse (always also once at construction): an integer = every ``interval`` calls
-            of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end`; ``"adaptive"`` or a
-            :class:`~tempbalance.cadence.Adaptive` = often while the alphas move, rarely once they settle;
-            :class:`~tempbalance.cadence.Budget` = as often as keeps the spectral work under a share of the
-            training time; any :class:`~tempbalance.cadence.Cadence`. A refresh due at :meth:`epoch_end` runs
-            right before the next ``optimizer.step()`` (the weights cannot change before it, so the factors are
-            those of an immediate pass), so the pass after a loop's last epoch costs nothing unless its results
-            are read (``alphas``, ``factors``, ``history``, ``get_last_lr()``, ...), which runs it then; reading
-            ``optimizer.param_groups`` directly between ``epoch_end()`` and the next step shows the previous
-            factors. Optimizers that do not step through ``torch.optim.Optimizer`` get the pass at once.
+            of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end` (a LightningModule's epochs are
+            followed by themselves; :class:`~tempbalance.cadence.PerEpoch` with ``steps_per_epoch`` also refreshes
+            a loop that never calls ``epoch_end()``); ``"adaptive"`` or a :class:`~tempbalance.cadence.Adaptive` =
+            often while the alphas move, rarely once they settle; :class:`~tempbalance.cadence.Budget` = as often
+            as keeps the spectral work under a share of the training time; any :class:`~tempbalance.cadence.Cadence`.
+            A refresh due at :meth:`epoch_end` runs right before the next ``optimizer.step()`` (the weights cannot
+            change before it, so the factors are those of an immediate pass), so the pass after a loop's last epoch
+            costs nothing unless its results are read (``alphas``, ``factors``, ``history``, ``get_last_lr()``,
+            ...), which runs it then; reading ``optimizer.param_groups`` directly between ``epoch_end()`` and the
+            next step shows the previous factors. Optimizers that do not step through ``torch.optim.Optimizer``
+            get the pass at once.
         lag: ``0`` = analyse synchronously inside :meth:`step` / :meth:`epoch_end`. ``k >= 1`` = copy the weights
             then, analyse the copy in a background thread while training goes on, and apply its factors exactly
             ``k`` steps later (waiting only if the pass has not finished by then). Runs stay deterministic: the
@@ -217,7 +212,8 @@ class TempBalance:
         compat: reproduce the reference code (LoRA without scaling, conv eigenvalues x 0.5, linear map with all
             alphas equal -> s2).
         adapter: ``"auto"``, a registered adapter name or an :class:`~tempbalance.adapters.Adapter`.
-        include_embeddings: analyse and tune embedding matrices too.
+        include_embeddings: analyse and tune embedding matrices too (an LM head tied to the embedding is the
+            embedding).
         process_group: under ``torch.distributed`` (DDP, FSDP2), the group whose ranks share the spectral work
             (each rank analyses its share of the matrices, the results are all-gathered and every rank checks it
             sets the same factors); ``None`` = the default group when torch.distributed is initialised, else a
@@ -225,7 +221,9 @@ class TempBalance:
 
     Failures of a spectral pass (non-finite weights, a layer that cannot be analysed any more) leave the
     affected units at their last factor with one warning naming them; all new factors are computed before any
-    group is touched, so the optimizer is never half-updated.
+    group is touched, so the optimizer is never half-updated. Misuse that would silently give wrong learning
+    rates is an error naming what to do instead: ``tb.step()`` called twice per optimizer step, a scheduler built
+    after TempBalance, param groups added that the base scheduler does not cover.
     """
 
     def __init__(
@@ -258,10 +256,12 @@ class TempBalance:
         compat: bool = False,
         adapter: Any = "auto",
         backend: str = "auto",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         include_embeddings: bool = False,
         process_group: Any = None,
     ):
+        # LRScheduler.__init__ is not called on purpose: it would step and rewrite the groups' lr; the class is a
+        # base so that frameworks' scheduler checks (Lightning, accelerate) accept a TempBalance.
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not hasattr(optimizer, "param_groups"):
@@ -278,7 +278,7 @@ class TempBalance:
         for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("compat", compat)):
             if not isinstance(v, bool):
                 raise ValueError(f"{arg} must be True or False, got {v!r}")
-        self.model, self.optimizer, self.base_scheduler = model, optimizer, base_scheduler
+        self.model, self.optimizer = model, optimizer
         self.adapter = get_adapter(model, adapter)
         if compat and hasattr(self.adapter, "lora_scaling"):
             self.adapter.lora_scaling = False
@@ -296,8 +296,8 @@ class TempBalance:
             conv_scale=0.5 if compat else 1.0, num_threads=num_threads,
             chunk_bytes=chunk_bytes,
         )
-        self._check_base_scheduler()
-        self._check_optimizer()
+        analysis.check_options(**self.analysis_options)
+        self._check_base_scheduler(base_scheduler)
         self._dist = distributed.Coordinator.maybe(process_group)
         if self._dist is not None and lag:
             raise ValueError("lag >= 1 (background passes) is not supported under torch.distributed yet; use lag=0")
@@ -305,23 +305,20 @@ class TempBalance:
             raise ValueError("stagger >= 2 is not supported under torch.distributed yet (the ranks already share "
                              "each pass); use stagger=1")
 
+        # select the matrices
         self._specs, self.units = self._select_specs(include, exclude, remove_first, remove_last, include_embeddings)
         self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
         self.stagger = stagger
         self._slices = self._stagger_slices(stagger)
         self._next_slice = 0
-        unit_params = self.adapter.unit_params(model, self._specs, self.unit)
-        self._split_groups({u: unit_params.get(u, []) for u in self.units})
+        owner, params = self._owner_map()
 
-        groups = self.optimizer.param_groups
-        self._base = [_get(g, "lr") for g in groups]
-        self._base_wd = [_get(g, "weight_decay") if target == "weight_decay" else 0.0 for g in groups]
-        self._written = list(self._base)
         self._factors: dict[str, float] = {u: 1.0 for u in self.units}
         self._unit_values: dict[str, float] = {u: math.nan for u in self.units}
         self._alphas: dict[str, float] = {}
         self._alpha_std = math.nan
         self.step_count = 0
+        self._step_count = 0  # torch's LRScheduler counter; accelerate's wrapper counts accumulation steps in it
         self.epoch = 0
         self._spectral_seconds = 0.0
         self._blocking_seconds = 0.0
@@ -329,48 +326,69 @@ class TempBalance:
         self.skipped_refreshes: list[int] = []
         self._last_report: Report | None = None
         self._refresh_due = False
-        self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
-        self._warned_external = False
+        self._warned: set[str] = set()
+        self._calls_since_update = 0  # tb.step() calls since the optimizer last stepped
+        self._repeats = 0  # optimizer steps in a row that were each followed by more than one tb.step()
+        self._epoch_source = epoch_source(unwrap_model(model))
+        self._source_epoch: int | None = None
         self._pending: _PendingPass | None = None
         self._deferred: tuple[device_lr.DeviceRefresh, list[int], float] | None = None  # see _settle
         self._executor: ThreadPoolExecutor | None = None
-        self._callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._callbacks: collections.OrderedDict[int, Callable[[dict[str, Any]], None]] = collections.OrderedDict()
         self._last_commit = (0, time.perf_counter())  # (step, clock) of the last applied refresh, for Budget
-        self.refresh()
+        self._step_hook = None
+        self._refresh_now()  # the initial analysis, before the optimizer is touched (it may raise)
+        # the optimizer's groups, split by unit (a previous TempBalance on this optimizer is released first)
+        self._groups = _groups.FactoredGroups(optimizer, owner, target=target, params=params,
+                                              scheduler=base_scheduler)
+        self._base_scheduler = base_scheduler
+        self._apply()
+        self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
+        self._warn_if_nothing_tuned()
 
-    # --- setup ------------------------------------------------------------------------------------------------
-    def _check_base_scheduler(self) -> None:
-        s = self.base_scheduler
+    # --- setup: which matrices, which groups -------------------------------------------------------------------
+    def _check_base_scheduler(self, s: Any) -> None:
         if s is None:
             if any("initial_lr" in g for g in self.optimizer.param_groups):
                 warnings.warn(
                     "TempBalance: the optimizer's groups have 'initial_lr', so an LR scheduler seems attached; pass "
                     "it as base_scheduler= so TempBalance steps it (a scheduler stepped outside TempBalance "
-                    "overwrites or compounds the factors)", UserWarning, stacklevel=3)
+                    "overwrites or compounds the factors)", UserWarning, stacklevel=4)
             return
+        if isinstance(s, TempBalance):
+            raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
         if not callable(getattr(s, "step", None)):
             raise TypeError(f"base_scheduler must have a step() method, got {type(s).__name__}")
-        for sub in _schedulers(s):
+        for sub in _groups.schedulers_in(s):
             opt = getattr(sub, "optimizer", None)
             if opt is not None and opt is not self.optimizer and opt.param_groups is not self.optimizer.param_groups:
                 raise ValueError(f"base_scheduler ({type(sub).__name__}) was built on a different optimizer than the "
                                  "one given to TempBalance")
 
-    def _check_optimizer(self) -> None:
-        for i, g in enumerate(self.optimizer.param_groups):
-            if self.target == "lr" and "lr" not in g:
-                raise ValueError(f"optimizer param group {i} has no 'lr'")
-            if self.target == "lr" and g.get("relative_step", False):
-                raise ValueError(
-                    f"optimizer param group {i}: Adafactor with relative_step=True computes its own learning rate "
-                    "and ignores 'lr'; use relative_step=False with a fixed lr, or target='weight_decay'")
-            if self.target == "weight_decay" and "weight_decay" not in g:
-                raise ValueError(f"target='weight_decay' but optimizer param group {i} has no 'weight_decay'")
+    @property
+    def base_scheduler(self) -> Any:
+        """The LR scheduler :meth:`step` advances (None: the groups' lr is a constant base)."""
+        return self._base_scheduler
+
+    @base_scheduler.setter
+    def base_scheduler(self, scheduler: Any) -> None:
+        """Attach (or with None, detach) the base scheduler after construction: checked like the argument, and a
+        scheduler built after TempBalance - its base LRs are the factored ones - is refused."""
+        self._check_attached()
+        if scheduler is self._base_scheduler:
+            return
+        if scheduler is not None:
+            self._check_base_scheduler(scheduler)
+            self._groups.attach_scheduler(scheduler)
+        self._base_scheduler = scheduler
 
     def _select_specs(self, include, exclude, remove_first, remove_last, include_embeddings):
         inc, exc = _patterns("include", include), _patterns("exclude", exclude)
         tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
-        specs = [s for s in self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
+        found = self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
+        # weights no adapter rule covers are named in every report's ``skipped``
+        self._skipped = analysis.unanalysed(unwrap_model(self.model), found)
+        specs = [s for s in found
                  if (tuned is None or tuned(s))
                  and (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
         units: list[str] = []
@@ -381,77 +399,72 @@ class TempBalance:
         specs = [s for s in specs if self._key(s) not in drop]
         units = [u for u in units if u not in drop]
         if not specs:
-            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter); every group "
-                          "keeps factor 1", UserWarning, stacklevel=3)
+            skipped = self._skipped
+            unanalysed = (f"; not analysed: {', '.join(f'{n} ({r})' for n, r in skipped[:3])}"
+                          f"{' ...' if len(skipped) > 3 else ''}") if skipped else ""
+            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
+                          f"{unanalysed}); every group keeps factor 1", UserWarning, stacklevel=3)
         return specs, units
 
     def _key(self, spec: MatrixSpec) -> str:
         return spec.name if self.unit == "layer" else spec.unit
 
-    def _split_groups(self, unit_params: dict[str, list[nn.Parameter]]) -> None:
+    def _owner_map(self) -> tuple[dict[int, str], list[nn.Parameter]]:
+        """``id(param) -> unit`` for every parameter a unit drives (the first unit wins for a shared one). An
+        optimizer that holds none of the model's parameters is a ``ValueError``: nothing could ever be tuned."""
+        model_params = {id(p) for p in self.model.parameters()}
+        opt_params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if opt_params and not any(id(p) in model_params for p in opt_params):
+            raise ValueError(
+                f"none of the optimizer's {len(opt_params)} parameters belongs to the model given to TempBalance "
+                f"({type(self.model).__name__}); pass the model whose parameters the optimizer trains")
+        unit_params = self.adapter.unit_params(self.model, self._specs, self.unit)
         owner: dict[int, str] = {}
-        for u, ps in unit_params.items():
-            for p in ps:
-                owner.setdefault(id(p), u)
-        groups = self.optimizer.param_groups
-        n_old = len(groups)
-        new_groups, src = [], []
-        for gi, g in enumerate(groups):
-            buckets: dict[str | None, list] = {}
-            for p in g["params"]:
-                buckets.setdefault(owner.get(id(p)), []).append(p)
-            if len(buckets) <= 1:
-                g["tb_unit"] = next(iter(buckets), None)
-                new_groups.append(g)
-                src.append(gi)
-                continue
-            for k, (u, ps) in enumerate(buckets.items()):
-                ng = g if k == 0 else _copy_hparams(g)
-                ng["params"], ng["tb_unit"] = ps, u
-                new_groups.append(ng)
-                src.append(gi)
-        lr_tensors: set[int] = set()
-        for g in new_groups:  # each group needs its own lr tensor: factors differ, and lr is written in place
-            lr = g.get("lr")
-            if isinstance(lr, torch.Tensor):
-                if id(lr) in lr_tensors:
-                    g["lr"] = lr.clone()
-                lr_tensors.add(id(g["lr"]))
-        self._group_units = [g["tb_unit"] for g in new_groups]
-        if len(new_groups) != len(groups):
-            groups[:] = new_groups  # in place: wrappers (SAM) share this list
-            if self.base_scheduler is not None:
-                self._remap_scheduler(src, len(src), n_old)
+        params: list[nn.Parameter] = []
+        for u in self.units:
+            for p in unit_params.get(u, []):
+                if id(p) not in owner:
+                    owner[id(p)] = u
+                    params.append(p)
+        return owner, params
 
-    def _remap_scheduler(self, src: list[int], n_new: int, n_old: int) -> None:
-        for s in _schedulers(self.base_scheduler):
-            for attr in _PER_GROUP:
-                lst = getattr(s, attr, None)
-                if isinstance(lst, list) and len(lst) == n_old:
-                    setattr(s, attr, [lst[i] for i in src])
-            lst = getattr(s, "base_lrs", None)
-            if isinstance(lst, list) and len(lst) != n_new:
-                raise ValueError(f"base_scheduler {type(s).__name__}: has {len(lst)} base_lrs for {n_new} param groups "
-                                 "after TempBalance split the groups by unit; build it on the same optimizer")
+    def _warn_if_nothing_tuned(self) -> None:
+        """One warning when no group of the optimizer gets a factor from the analysis (all units untuned, or none
+        of the optimizer's parameters in a unit); the reasons are in ``last_report``."""
+        if not self._specs:
+            return  # warned at selection
+        tuned = {u for u, v in self._unit_values.items() if math.isfinite(v)}
+        if not tuned:
+            rows = self._last_report.rows if self._last_report is not None else []
+            reasons = "; ".join(r.reason for r in rows if not r.ok and r.reason)[:400]
+            why = f"no analysed matrix could be fitted ({reasons})"
+        elif not any(u in tuned for u in self._groups.units):
+            why = f"no param group of the optimizer holds a parameter of the tuned units ({sorted(tuned)[:4]}...)"
+        else:
+            return
+        warnings.warn(f"TempBalance: nothing is tuned: {why}; every group keeps factor 1", UserWarning, stacklevel=3)
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def step(self, *args: Any, **kwargs: Any) -> None:
         """Call once after each ``optimizer.step()``: advances the base scheduler (``args`` are passed to it,
         e.g. the metric of ReduceLROnPlateau), re-analyses every ``interval`` calls, applies base lr x factor."""
+        self._check_attached()
+        self._check_repeats()
+        self._settle()
+        self._sync_groups(strict=True)
+        self._calls_since_update += 1
+        if self._step_hook is None:  # the optimizer's step is not seen: now is the earliest look after it
+            self._poll_epochs(before_step=True)
         self._run_due()
-        groups = self.optimizer.param_groups
-        self._sync_groups(groups)
-        if self.base_scheduler is not None:
-            if self.target == "lr":
-                for g, b in zip(groups, self._base):
-                    _set(g, "lr", b)  # the base scheduler reads and writes its own, un-factored value
+        book = self._groups
+        if self._base_scheduler is not None:
+            book.restore_base()  # the base scheduler reads and writes its own, un-factored value
             try:
-                self.base_scheduler.step(*args, **kwargs)
+                self._base_scheduler.step(*args, **kwargs)
             except BaseException:
                 self._apply()  # the groups never stay un-factored
                 raise
-            if self.target == "lr":
-                self._base = [_get(g, "lr") for g in groups]
+            book.capture_base()
         self.step_count += 1
         self._collect_due()
         if self.cadence.due_after_step(self.step_count):
@@ -460,11 +473,56 @@ class TempBalance:
 
     def epoch_end(self) -> None:
         """Call at the end of every epoch: counts it, and with a per-epoch cadence (``interval=None``) re-analyses
-        before the next optimizer step (``lag=0``) or starts the background pass then."""
+        before the next optimizer step (``lag=0``) or starts the background pass then. (A LightningModule's epochs
+        are followed without it; calling it hands the epoch count back to your loop.)"""
+        self._check_attached()
         self._settle()
+        self._epoch_source = None
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
         self.epoch += 1
         if self.cadence.due_at_epoch_end(self.epoch):
             self._mark_due()
+
+    def _poll_epochs(self, before_step: bool = False) -> None:
+        """Count the epochs that ended without ``epoch_end()``: those a framework's loop finished since the last
+        look (a LightningModule's trainer), and - ``before_step``, when the next epoch has begun, so an
+        ``epoch_end()`` after the last step of an epoch is not missed - those a cadence that knows the epoch length
+        saw pass (one warning)."""
+        if self._epoch_source is not None and (now := self._epoch_source()) is not None:
+            if self._source_epoch is None:
+                self._source_epoch = now
+            while self._source_epoch < now:
+                self._source_epoch += 1
+                self._end_epoch()
+        if before_step and self.cadence.missed_epoch_end(self.step_count):
+            self._warn_once("no_epoch_end", f"TempBalance: {self.step_count} optimizer steps and no epoch_end(): "
+                            "the per-epoch cadence counts an epoch every "
+                            f"{getattr(self.cadence, 'steps_per_epoch', '?')} steps instead. Call tb.epoch_end() at "
+                            "each epoch's end (HF Trainer: callbacks=[TempBalanceCallback(tb)]) to refresh at the "
+                            "true epoch ends", stacklevel=5)
+            self.epoch += 1
+            self._mark_due()
+
+    def _before_optimizer_step(self) -> None:
+        """The optimizer is about to step (from the step pre-hook)."""
+        self._repeats = self._repeats + 1 if self._calls_since_update > 1 else 0
+        self._calls_since_update = 0
+        self._poll_epochs(before_step=True)
+        self._run_due(settle=False)
+
+    def _check_repeats(self) -> None:
+        """Refuse a loop that calls ``tb.step()`` more than once per optimizer step, before it changes anything
+        (needs the step hook to see the optimizer's steps)."""
+        if self._step_hook is not None and self._calls_since_update >= 1 and self._repeats >= _REPEATS_TOLERATED:
+            raise RuntimeError(
+                f"TempBalance.step() was called more than once after each of the last {self._repeats} "
+                "optimizer steps: every call advances the base schedule and the refresh interval by one step. "
+                "Call it once per optimizer.step(): don't combine auto_step(tb) with explicit tb.step() calls, don't "
+                "pass TempBalance to a framework that steps it and step it yourself too (under accelerate with "
+                "several processes, a prepared scheduler is stepped once per process: don't pass TempBalance to "
+                "accelerator.prepare(), call tb.step() after each optimizer update)")
 
     def _mark_due(self) -> None:
         """A refresh is due: run it when the next optimizer step starts (the step hook), or now without one."""
@@ -472,50 +530,69 @@ class TempBalance:
         if self._step_hook is None:
             self._run_due()
 
-    def _run_due(self) -> None:
-        """Commit a refresh that ran on the GPU (_settle), then run the refresh that fell due (synchronously or
-        as a background pass) and apply the factors."""
-        self._settle()
+    def _run_due(self, settle: bool = True) -> None:
+        """Run the refresh that fell due (synchronously or as a background pass) and apply the factors; first
+        commit a refresh that ran on the GPU (_settle), unless ``settle=False`` (before an optimizer step: the GPU
+        pass and the step stay queued behind each other) and no refresh is due."""
+        if self._groups.released is not None:
+            return
+        self._poll_epochs()
+        if settle or self._refresh_due:
+            self._settle()
         if self._refresh_due:
             self._refresh_due = False
             self._start_refresh()
             self._apply()
 
-    def _sync_groups(self, groups: list[dict]) -> None:
-        """A group lr that changed since TempBalance wrote it was set outside (a scheduler not passed as
-        base_scheduler, manual warmup): take it as the new base, and say so once."""
-        if self.target != "lr":
-            return
-        if len(groups) != len(self._base):
-            raise RuntimeError(f"the optimizer has {len(groups)} param groups, TempBalance manages "
-                               f"{len(self._base)}: groups were added or removed after TempBalance was built")
-        changed = [i for i, g in enumerate(groups) if _get(g, "lr") != self._written[i]]
-        for i in changed:
-            self._base[i] = self._written[i] = _get(groups[i], "lr")
-        if changed and not self._warned_external:
-            self._warned_external = True
-            warnings.warn(
-                f"TempBalance: the lr of param group(s) {changed[:8]} was changed outside TempBalance; taking it as "
-                "the new base lr. Pass your scheduler as base_scheduler= so TempBalance steps it.",
-                UserWarning, stacklevel=3)
+    def _sync_groups(self, strict: bool) -> bool:
+        """Bring the bookkeeping up to date with the optimizer: adopt groups added since, take LRs set outside as
+        the new base (one warning), and refuse a scheduler built after TempBalance. ``strict=False`` (inside the
+        optimizer's step) never raises: what it cannot take is left alone for the next ``tb.step()`` to refuse.
+        Returns whether the groups can be written."""
+        book = self._groups
+        try:
+            book.adopt_added(self._base_scheduler)
+        except (ValueError, RuntimeError):
+            if strict:
+                raise
+            return False
+        late = book.scheduler_added()
+        if late:
+            if strict:
+                raise RuntimeError(
+                    f"TempBalance: param group(s) {late[:8]} got 'initial_lr' after TempBalance was built: an LR "
+                    "scheduler was created on this optimizer afterwards, from the factored learning rates (base x "
+                    "factor), and stepping it applies the factors twice. Build the scheduler first and pass it as "
+                    "TempBalance(..., base_scheduler=sched); TempBalance steps it")
+            return False
+        changed = book.sync_external()
+        if changed:
+            self._warn_once("external", f"TempBalance: the {self.target} of param group(s) {changed[:8]} was changed "
+                            "outside TempBalance; taking it as the new base value. Pass your scheduler as "
+                            "base_scheduler= so TempBalance steps it.", stacklevel=4)
+        return True
 
     def _apply(self) -> None:
-        for i, g in enumerate(self.optimizer.param_groups):
-            u = self._group_units[i]
-            f = self._factors.get(u, 1.0) if u is not None else 1.0
-            if self._deferred is not None and isinstance(g["lr"], torch.Tensor):
-                continue  # the GPU pass writes base x its factor there; _settle brings the floats up to date
-            if self.target == "lr":
-                _set(g, "lr", self._base[i] * f)
-                self._written[i] = _get(g, "lr")  # as stored (a float32 tensor lr rounds)
-            else:
-                _set(g, "weight_decay", self._base_wd[i] * f)
-            g["tb_factor"] = f
+        if self._deferred is not None:
+            return  # the GPU pass wrote base x its factor into the lr tensors; _settle brings the floats up to date
+        if self._groups.released is None and self._sync_groups(strict=False):
+            self._groups.apply(self._factors)
+
+    def _check_attached(self) -> None:
+        if self._groups.released is not None:
+            raise RuntimeError(f"TempBalance: {self._groups.released}; this object no longer manages the "
+                               "optimizer (one optimizer has at most one TempBalance)")
+
+    def _warn_once(self, key: str, message: str, category: type = UserWarning, stacklevel: int = 3) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, category, stacklevel=stacklevel)
 
     # --- analysis ---------------------------------------------------------------------------------------------
     def refresh(self) -> Report:
         """Analyse the weights now, synchronously, and apply the new factors (exceptions propagate; groups are
         untouched then). A pending background pass is dropped: this one is newer."""
+        self._check_attached()
         self._refresh_due = False
         self._settle()
         self._drop_pending()
@@ -534,8 +611,8 @@ class TempBalance:
                 and device_lr.tensor_lrs(self.optimizer.param_groups) is not None):
             index = {u: k for k, u in enumerate(self.units)}
             pending = device_lr.fused_refresh(
-                specs, self.analysis_options, groups=self.optimizer.param_groups, base=self._base,
-                group_unit=[index.get(u, -1) for u in self._group_units],
+                specs, self.analysis_options, groups=self.optimizer.param_groups, base=self._groups.scheduled,
+                group_unit=[index.get(u, -1) for u in self._groups.units],
                 unit_index=[index[self._key(s)] for s in specs], n_units=len(self.units), metric=self.metric,
                 previous=[self._factors.get(u, 1.0) for u in self.units], map_options=self.map_options)
             if pending.written:
@@ -558,7 +635,8 @@ class TempBalance:
             self._commit(pending.report(), indices, started_step=self.step_count, blocking=blocking)
         except Exception as e:  # noqa: BLE001 - as a synchronous pass: the units keep their factors (so did the GPU)
             self._warn_failed(e)
-        self._apply()
+        if self._groups.released is None and self._groups.in_sync():
+            self._groups.apply(self._factors)  # the values the GPU wrote, now in the bookkeeping too
 
     def _stagger_slices(self, k: int) -> list[list[int]]:
         """The matrices split into ``k`` slices of about equal spectral cost (largest first onto the cheapest
@@ -575,14 +653,17 @@ class TempBalance:
         self._next_slice += 1
         return indices
 
-    def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> None:
+    def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> RemovableHandle:
         """Call ``fn(record)`` after every applied refresh with its ``history`` record (step, epoch, seconds,
         blocking_seconds, started_step, unit_values, factors, alpha_std, failed, alphas, analysed: how many
         matrices this pass analysed, stale_drift: the largest alpha change among them since their previous
-        analysis). For loggers; an exception in ``fn`` is turned into a warning so training goes on."""
+        analysis). For loggers; an exception in ``fn`` is turned into a warning so training goes on. Returns a
+        handle whose ``remove()`` unregisters ``fn``."""
         if not callable(fn):
             raise TypeError(f"refresh callback must be callable, got {type(fn).__name__}")
-        self._callbacks.append(fn)
+        handle = RemovableHandle(self._callbacks)
+        self._callbacks[handle.id] = fn
+        return handle
 
     def _analyze(self, specs: list[MatrixSpec]) -> Report:
         if self._dist is not None:
@@ -640,8 +721,9 @@ class TempBalance:
             wait([self._pending.future])
 
     def close(self) -> None:
-        """Drop a due or pending pass, stop the background thread and remove the optimizer step hook (also done
-        when the object is collected)."""
+        """Detach from the optimizer: drop a due or pending pass, stop the background thread, remove the optimizer
+        step hook and give the groups back their un-factored learning rates (the base schedule's). Reads
+        (``history``, ``factors``, ...) keep working; ``step()`` then raises. Collecting the object does the same."""
         self._settle()
         self._refresh_due = False
         self._drop_pending()
@@ -651,6 +733,7 @@ class TempBalance:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._groups.release("this TempBalance was closed")
 
     def __del__(self) -> None:
         hook = getattr(self, "_step_hook", None)
@@ -659,6 +742,12 @@ class TempBalance:
         ex = getattr(self, "_executor", None)
         if ex is not None:
             ex.shutdown(wait=False)
+        book = getattr(self, "_groups", None)
+        if book is not None:
+            try:
+                book.release("this TempBalance was collected")
+            except Exception:  # noqa: BLE001 - at interpreter exit the optimizer may be gone already
+                pass
 
     def _warn_failed(self, e: BaseException) -> None:
         warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed ({type(e).__name__}: {e}); "
@@ -669,6 +758,7 @@ class TempBalance:
         anything changes); the other matrices keep the rows of their last analysis. Returns the full report."""
         if [r.name for r in report.rows] != [self._specs[i].name for i in indices]:
             raise RuntimeError("analysis returned rows that do not match the analysed matrices")
+        report.skipped = list(self._skipped)
         if len(indices) == len(self._specs):
             fresh, rows = set(range(len(self._specs))), list(report.rows)
         else:
@@ -731,7 +821,7 @@ class TempBalance:
             warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
                           f"{sorted(newly_failed)} ({reasons}); they keep their previous factor", RuntimeWarning,
                           stacklevel=4)
-        for fn in self._callbacks:
+        for fn in list(self._callbacks.values()):
             try:
                 fn(record)
             except Exception as e:  # noqa: BLE001 - a logger must not stop training
@@ -791,84 +881,134 @@ class TempBalance:
     @property
     def group_units(self) -> list[str | None]:
         """The unit of every param group (None: not tuned)."""
-        return list(self._group_units)
+        return list(self._groups.units)
 
     def get_last_lr(self) -> list[float]:
         """The learning rate of every param group as the optimizer uses it (base x factor)."""
         self._run_due()
-        return [_get(g, "lr") for g in self.optimizer.param_groups]
+        return [_groups.read(g, "lr") for g in self.optimizer.param_groups]
+
+    def get_lr(self) -> list[float]:
+        """As :meth:`get_last_lr` (TempBalance computes no closed form of its own)."""
+        return self.get_last_lr()
 
     def get_base_lr(self) -> list[float]:
         """The un-factored learning rate of every group (what the base schedule says)."""
-        return list(self._base) if self.target == "lr" else [_get(g, "lr") for g in self.optimizer.param_groups]
+        if self.target == "lr":
+            return list(self._groups.scheduled)
+        return [_groups.read(g, "lr") for g in self.optimizer.param_groups]
 
     # --- checkpointing ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly, the base scheduler's state included (plain Python + tensors,
-        loadable with ``torch.load(weights_only=True)``). A pending background pass is waited for and saved with
-        its due step, so the resumed run applies it at the same step; a refresh that fell due and has not run is
-        saved as due and runs before the resumed run's first optimizer step."""
+        loadable with ``torch.load(weights_only=True)``), nested by component: ``groups``, ``cadence``,
+        ``base_scheduler``, ``passes``, ``results``. A pending background pass is waited for and saved with its due
+        step, so the resumed run applies it at the same step; a refresh that fell due and has not run is saved as
+        due and runs before the resumed run's first optimizer step."""
         self._settle()
         return dict(
-            version=_STATE_VERSION, step_count=self.step_count, epoch=self.epoch, unit=self.unit,
-            metric=self.metric, target=self.target, base=list(self._base), base_wd=list(self._base_wd),
-            written=list(self._written), factors=dict(self._factors), unit_values=dict(self._unit_values),
-            alphas=dict(self._alphas), alpha_std=self._alpha_std, group_units=list(self._group_units),
-            fingerprint=[list(x) for x in self._fingerprint], spectral_seconds=self._spectral_seconds,
-            blocking_seconds=self._blocking_seconds, history=copy.deepcopy(self._history),
-            cadence=self.cadence.state_dict(), lag=self.lag, pending=self._pending_state(),
-            refresh_due=self._refresh_due, stagger=self.stagger, next_slice=self._next_slice,
-            last_report=_report_state(self._last_report) if self.stagger > 1 and self._last_report else None,
-            skipped_refreshes=list(self.skipped_refreshes),
-            base_scheduler=self.base_scheduler.state_dict() if self.base_scheduler is not None else None,
+            version=_STATE_VERSION,
+            settings=dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger),
+            fingerprint=[list(x) for x in self._fingerprint],
+            groups=self._groups.state_dict(),
+            cadence=self.cadence.state_dict(),
+            base_scheduler=self._base_scheduler.state_dict() if self._base_scheduler is not None else None,
+            progress=dict(step_count=self.step_count, epoch=self.epoch, source_epoch=self._source_epoch,
+                          refresh_due=self._refresh_due),
+            passes=dict(pending=self._pending_state(), next_slice=self._next_slice,
+                        skipped_refreshes=list(self.skipped_refreshes)),
+            results=dict(factors=dict(self._factors), unit_values=dict(self._unit_values), alphas=dict(self._alphas),
+                         alpha_std=self._alpha_std, spectral_seconds=self._spectral_seconds,
+                         blocking_seconds=self._blocking_seconds, history=copy.deepcopy(self._history),
+                         last_report=(_report_state(self._last_report) if self.stagger > 1 and self._last_report
+                                      else None)),
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; a different model, unit mode or param-group layout is a ValueError
-        saying what differs. The groups get base lr x factor as saved."""
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(f"not a TempBalance state_dict of version {_STATE_VERSION}")
-        self._check_fingerprint(state["fingerprint"])
-        for key, mine in (("unit", self.unit), ("metric", self.metric), ("target", self.target), ("lag", self.lag),
-                          ("stagger", self.stagger)):
-            if state.get(key, 1 if key == "stagger" else None) != mine:
-                raise ValueError(f"TempBalance.load_state_dict: saved with {key}={state[key]!r}, this object has "
-                                 f"{key}={mine!r}")
-        if list(state["group_units"]) != self._group_units:
-            raise ValueError(
-                f"TempBalance.load_state_dict: the param groups differ (saved {len(state['group_units'])} groups "
-                f"for units {state['group_units'][:6]}..., now {len(self._group_units)} for "
-                f"{self._group_units[:6]}...); build the optimizer the same way")
-        if (state["base_scheduler"] is None) != (self.base_scheduler is None):
-            raise ValueError("TempBalance.load_state_dict: saved "
-                             f"{'without' if state['base_scheduler'] is None else 'with'} a base_scheduler, this "
-                             f"object has {'none' if self.base_scheduler is None else 'one'}")
-        if self.base_scheduler is not None:
-            self.base_scheduler.load_state_dict(state["base_scheduler"])
-        self.step_count, self.epoch = int(state["step_count"]), int(state["epoch"])
-        self._base, self._base_wd = [float(x) for x in state["base"]], [float(x) for x in state["base_wd"]]
-        self._factors = {u: float(f) for u, f in state["factors"].items()}
-        self._unit_values = dict(state["unit_values"])
-        self._alphas, self._alpha_std = dict(state["alphas"]), float(state["alpha_std"])
-        self._spectral_seconds = float(state["spectral_seconds"])
-        self._blocking_seconds = float(state["blocking_seconds"])
-        self._history = copy.deepcopy(list(state["history"]))
+        """Restore a :meth:`state_dict`. Everything is checked before anything changes: a different model, unit
+        mode, cadence or param-group layout is a ``ValueError`` saying what differs, and on any error this object,
+        its optimizer's groups and its base scheduler are exactly as before. The groups get base lr x factor as
+        saved. (Param groups added to the optimizer since construction are adopted first, as ``step()`` would.)"""
+        self._check_attached()
+        self._groups.adopt_added(self._base_scheduler)
+        self._check_state(state)
+        if self._base_scheduler is not None:
+            before = copy.deepcopy(self._base_scheduler.state_dict())
+            try:
+                self._base_scheduler.load_state_dict(state["base_scheduler"])
+            except BaseException:
+                self._base_scheduler.load_state_dict(before)
+                raise
+        self._groups.load_state_dict(state["groups"])
         self.cadence.load_state_dict(state["cadence"])
+        progress, passes, results = state["progress"], state["passes"], state["results"]
+        self.step_count, self.epoch = int(progress["step_count"]), int(progress["epoch"])
+        source = progress.get("source_epoch")
+        self._source_epoch = None if source is None else int(source)
+        self._calls_since_update = self._repeats = 0
+        self._factors = {u: float(f) for u, f in results["factors"].items()}
+        self._unit_values = {u: float(v) for u, v in results["unit_values"].items()}
+        self._alphas = {n: float(a) for n, a in results["alphas"].items()}
+        self._alpha_std = float(results["alpha_std"])
+        self._spectral_seconds = float(results["spectral_seconds"])
+        self._blocking_seconds = float(results["blocking_seconds"])
+        self._history = copy.deepcopy(list(results["history"]))
+        if results.get("last_report") is not None:
+            self._last_report = _report_from_state(results["last_report"])
         self._last_commit = (self.step_count, time.perf_counter())
-        self.skipped_refreshes = [int(x) for x in state["skipped_refreshes"]]
+        self.skipped_refreshes = [int(x) for x in passes["skipped_refreshes"]]
+        self._next_slice = int(passes["next_slice"])
         self._drop_pending()
         self._deferred = None  # superseded: the groups get the loaded factors below
-        self._refresh_due = bool(state.get("refresh_due", False))
-        self._next_slice = int(state.get("next_slice", 0))
-        if state.get("last_report") is not None:
-            self._last_report = _report_from_state(state["last_report"])
-        if state["pending"] is not None:
-            p = state["pending"]
+        self._refresh_due = bool(progress["refresh_due"])
+        if passes["pending"] is not None:
+            p = passes["pending"]
             future: Future = Future()
             future.set_result(_report_from_state(p["report"]))
             self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]), future, 0.0,
-                                         [int(i) for i in p.get("indices", range(len(self._specs)))])
-        self._apply()
+                                         [int(i) for i in p["indices"]])
+        self._groups.apply(self._factors)  # as saved: the groups' values now (a loaded optimizer's) are not a base
+
+    def _check_state(self, state: Any) -> None:
+        """Every check of :meth:`load_state_dict`, before it changes anything."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            found = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"TempBalance.load_state_dict: not a TempBalance state_dict of version {_STATE_VERSION} "
+                             f"(got version {found!r}); save it with this tempbalance version")
+        parts = {"settings": (), "fingerprint": None, "groups": (), "cadence": (), "base_scheduler": None,
+                 "progress": ("step_count", "epoch", "refresh_due"),
+                 "passes": ("pending", "next_slice", "skipped_refreshes"),
+                 "results": ("factors", "unit_values", "alphas", "alpha_std", "spectral_seconds", "blocking_seconds",
+                             "history")}
+        for part, keys in parts.items():
+            if part not in state or (keys is not None and (not isinstance(state[part], dict)
+                                                           or any(k not in state[part] for k in keys))):
+                raise ValueError(f"TempBalance.load_state_dict: the state has no valid {part!r} part "
+                                 f"(expected keys {list(keys or [])})")
+        self._check_fingerprint(state["fingerprint"])
+        mine = dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger)
+        for key, value in mine.items():
+            if state["settings"].get(key) != value:
+                raise ValueError(f"TempBalance.load_state_dict: saved with {key}={state['settings'].get(key)!r}, "
+                                 f"this object has {key}={value!r}")
+        try:
+            self._groups.check_state(state["groups"])
+            self.cadence.check_state(state["cadence"])
+        except ValueError as e:
+            raise ValueError(f"TempBalance.load_state_dict: {e}") from None
+        if (state["base_scheduler"] is None) != (self._base_scheduler is None):
+            raise ValueError("TempBalance.load_state_dict: saved "
+                             f"{'without' if state['base_scheduler'] is None else 'with'} a base_scheduler, this "
+                             f"object has {'none' if self._base_scheduler is None else 'one'}")
+        factors = state["results"]["factors"]
+        if not isinstance(factors, dict) or set(factors) != set(self.units) or not all(
+                isinstance(f, (int, float)) and math.isfinite(f) and f > 0 for f in factors.values()):
+            raise ValueError(f"TempBalance.load_state_dict: the saved factors do not cover this object's "
+                             f"{len(self.units)} units with finite positive numbers")
+        pending = state["passes"]["pending"]
+        if pending is not None and (not isinstance(pending, dict) or any(
+                k not in pending for k in ("started_step", "due_step", "report", "indices"))):
+            raise ValueError("TempBalance.load_state_dict: the saved pending pass is incomplete")
 
     def _pending_state(self) -> dict[str, Any] | None:
         p = self._pending

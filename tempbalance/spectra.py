@@ -14,13 +14,14 @@ Slicing by kind:
 real with 3-5 dims -> ``"conv"``; anything else is an error asking for an explicit kind. (An HF ``Conv1D``
 weight is 2-d and guessed as ``"linear"``: its transpose has the same eigenvalues.)
 
-Analysis precision: float32 by default, float64 on request; bf16/fp16 weights are upcast (torch has no
-half-precision eigensolver); complex weights go to complex64/complex128 accordingly.
+Analysis precision follows the weight unless asked for (:func:`analysis_dtype`): float64 (complex128) weights in
+float64, everything else in float32 - bf16/fp16 weights are upcast (torch has no half-precision eigensolver);
+complex weights go to complex64/complex128 accordingly.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,11 +33,19 @@ CONV_MODES = ("slices", "flatten")
 _MATRIX_KINDS = ("linear", "lora", "embedding")
 
 
-def check_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The analysis dtype, validated: ``torch.float32`` or ``torch.float64``."""
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+def check_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """The analysis dtype, validated: ``torch.float32``, ``torch.float64`` or ``None`` (follow each weight)."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be None (follow the weights), torch.float32 or torch.float64, got {dtype!r}")
     return dtype
+
+
+def analysis_dtype(weight_dtype: torch.dtype, requested: torch.dtype | None = None) -> torch.dtype:
+    """The real precision a weight of ``weight_dtype`` is analysed in: ``requested`` when given, else float64 for
+    float64 and complex128 weights and float32 for the rest (half precisions are upcast)."""
+    if requested is not None:
+        return check_dtype(requested)
+    return torch.float64 if weight_dtype in (torch.float64, torch.complex128) else torch.float32
 
 
 def guess_kind(weight: torch.Tensor) -> str:
@@ -78,7 +87,7 @@ def slices(
     """``weight`` as a contiguous ``(S, m, n)`` stack whose pooled Gram eigenvalues are its ESD.
 
     ``dtype`` (float32/float64) converts to the analysis precision (complex weights to the matching complex
-    dtype); ``None`` keeps the weight's dtype. The result is detached and on the CPU, or on the weight's device
+    dtype); ``None`` keeps the weight's dtype (see :func:`analysis_dtype` for the default analyses use). The result is detached and on the CPU, or on the weight's device
     with ``keep_device`` (for the CUDA core); ``weight`` is never modified. Errors name ``arg``.
     """
     _check_weight(weight, arg)
@@ -114,6 +123,33 @@ def slices(
     else:  # spectral: (in, out, m1, ...) -> (m1, ..., in, out) -> (S, in, out)
         stack = w.permute(*range(2, w.ndim), 0, 1).reshape(-1, shape[0], shape[1])
     return stack.contiguous()
+
+
+# Largest |log2(max |entry|)| a stack may have before it is rescaled for its Gram: float32 Grams of weights beyond
+# 2**±30 (~1e±9) lose their small eigenvalues to underflow (1e-22 weights: 0.5% alpha error, "ok") or overflow.
+_UNSCALED_LOG2 = {torch.float32: 30, torch.float64: 400}
+_MAX_SHIFT = 120  # 2**±120 stays a normal float32
+
+
+def unit_scale(stack: torch.Tensor, on_device: bool, largest: float | None = None) -> tuple[torch.Tensor, Any]:
+    """``stack`` times ``2**-k`` - only the exponents change, so exactly - and ``k``: the Gram eigenvalues of the
+    original are those of the result times ``4**k``. Brings the largest entry near 1 when the Gram would under- or
+    overflow its dtype (CPU: only then; device stacks: always, as tensor ops, so nothing waits for the GPU).
+    ``largest``: the largest |entry| (of the real and imaginary parts) when the caller knows it already."""
+    parts = torch.view_as_real(stack) if stack.is_complex() else stack
+    if on_device:
+        k = torch.frexp(parts.abs().amax()).exponent.clamp(-_MAX_SHIFT, _MAX_SHIFT)
+        return stack * torch.exp2(-k.to(parts.dtype)), k
+    if largest is None:
+        lo, hi = torch.aminmax(parts)
+        largest = max(-float(lo), float(hi))
+    if not (0.0 < largest < math.inf):
+        return stack, 0
+    k = math.frexp(largest)[1]
+    if abs(k) <= _UNSCALED_LOG2.get(parts.dtype, 30):
+        return stack, 0
+    k = max(-_MAX_SHIFT, min(_MAX_SHIFT, k))
+    return stack * (2.0 ** -k), k
 
 
 def gram_dim(stack: torch.Tensor) -> int:
@@ -174,7 +210,7 @@ def esd(
     weight: torch.Tensor,
     *,
     kind: str = "auto",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     conv_mode: str = "slices",
     conv_scale: float = 1.0,
@@ -182,12 +218,16 @@ def esd(
     """Ascending eigenvalues of one layer's ESD (SPEC §1): squared singular values, pooled over slices.
 
     ``kind``: ``"auto"`` or one of ``KINDS`` (see the module docstring for the slicing and the auto rule).
-    ``dtype``: analysis precision, float32 or float64; the result is real of that precision. Raises
-    ``ValueError`` naming ``weight`` for 0-/1-d, empty, integer or non-finite weights.
+    ``dtype``: analysis precision, float32 or float64 (``None``: float64 for float64/complex128 weights, else
+    float32); the result is real of that precision. Raises ``ValueError`` naming ``weight`` for 0-/1-d, empty,
+    integer or non-finite weights.
     """
     check_dtype(dtype)
-    stack = slices(weight, kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=dtype)
+    _check_weight(weight, "weight")
+    stack = slices(weight, kind, conv_mode=conv_mode, conv_scale=conv_scale, dtype=analysis_dtype(weight.dtype, dtype))
     bad = int((~torch.isfinite(stack)).sum())
     if bad:
         raise ValueError(f"weight has {bad} non-finite (NaN/Inf) entries")
-    return gram_eigvals([stack], backend=backend)[0]
+    stack, k = unit_scale(stack, on_device=False)
+    eigs = gram_eigvals([stack], backend=backend)[0]
+    return eigs * 4.0 ** k if k else eigs

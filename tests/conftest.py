@@ -1,4 +1,8 @@
-"""Shared fixtures: pinned torch threads, seeded RNGs, the backends to test, the real MiniLM-L6."""
+"""Shared fixtures: pinned torch threads, seeded RNGs, the backends to test, the real MiniLM-L6; hypothesis profiles.
+
+Property-based tests run the "ci" profile (few examples) unless asked for more: ``--hypothesis-profile thorough``
+or ``TB_HYPOTHESIS_PROFILE=thorough`` (the command line wins).
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -13,6 +17,23 @@ from tempbalance import _native
 
 # A shared 2-core machine: one thread keeps tests from fighting other work (and each other).
 torch.set_num_threads(1)
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    # ci: the same few examples on every run (a CI failure reproduces); thorough: many, newly drawn each run
+    settings.register_profile("ci", max_examples=20, deadline=None, suppress_health_check=_slow_ok,
+                              print_blob=True, derandomize=True)
+    settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=_slow_ok,
+                              print_blob=True)
+except ImportError:  # the property tests skip themselves
+    settings = None
+
+
+def pytest_configure(config):
+    if settings is not None and not config.getoption("--hypothesis-profile", default=None):
+        settings.load_profile(os.environ.get("TB_HYPOTHESIS_PROFILE", "ci"))
 
 BACKENDS = ["torch"] + (["native"] if _native.core is not None else [])
 

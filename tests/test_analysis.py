@@ -97,9 +97,9 @@ def test_nan_and_inf_layers_are_reported_not_raised(tiny, backend):
 
 def test_float64_weights_that_overflow_float32(backend):
     w = torch.randn(60, 60, dtype=torch.float64) * 1e39
-    rep = analyze([("big", w)], backend=backend)
+    rep = analyze([("big", w)], backend=backend, dtype=torch.float32)
     assert rep["big"].status == "non_finite" and "overflows" in rep["big"].reason
-    assert analyze([("big", w)], backend=backend, dtype=torch.float64)["big"].status != "non_finite"
+    assert analyze([("big", w)], backend=backend)["big"].status != "non_finite"  # float64 weights: float64
 
 
 @pytest.mark.parametrize("case", ["ok", "nan", "inf", "both_infs", "sum_overflows", "complex_nan", "complex_ok"])
@@ -250,8 +250,10 @@ def test_lora_effective_weight(backend):
     assert row.alpha == pytest.approx(np_alpha(eff.numpy()), rel=1e-9)
     specs = GenericAdapter().enumerate(model)
     lora_spec = next(s for s in specs if s.kind == "lora")
+    # the layer drives its trainable factors (and owns its frozen base weight, which has no gradient)
     assert {id(p) for p in lora_spec.params} == {id(layer.lora_A["default"].weight),
-                                                   id(layer.lora_B["default"].weight)}
+                                                   id(layer.lora_B["default"].weight), id(layer.base_layer.weight),
+                                                   id(layer.base_layer.bias)}
     unscaled = GenericAdapter(lora_scaling=False).enumerate(model)
     eff1 = next(s for s in unscaled if s.kind == "lora").weight()
     assert torch.allclose(eff1, layer.base_layer.weight + b @ a)
@@ -323,3 +325,98 @@ def test_minilm_native_agrees_with_torch(minilm, rule):
         assert a.alpha == pytest.approx(b.alpha, rel=1e-4)
         assert a.spectral_norm == pytest.approx(b.spectral_norm, rel=1e-5)
         assert a.stable_rank == pytest.approx(b.stable_rank, rel=1e-5)
+
+
+# --- precision follows the weights (case 12) ------------------------------------------------------------------------
+def test_default_precision_follows_the_weight(backend):
+    from tempbalance import esd
+
+    w = torch.randn(128, 80, dtype=torch.float64)
+    ref = np.sort(np.linalg.svd(w.numpy(), compute_uv=False) ** 2)
+    e = esd(w, backend=backend)
+    assert e.dtype == torch.float64
+    np.testing.assert_allclose(e.numpy(), ref, rtol=1e-11)  # was float32: 7e-7
+    for lower in (torch.float32, torch.float16, torch.bfloat16):
+        assert esd(w.to(lower), backend=backend).dtype == torch.float32
+    assert esd(w, dtype=torch.float32, backend=backend).dtype == torch.float32
+    assert analyze([("w", w)], backend=backend)["w"].alpha == pytest.approx(np_alpha(w.numpy()), rel=1e-11)
+    assert analyze([("w", w)], backend=backend).settings["dtype"] == "auto"
+
+
+def test_tempbalance_analyses_a_float64_model_in_float64():
+    from tempbalance import TempBalance
+
+    model = nn.Sequential(nn.Linear(40, 64), nn.Linear(64, 48)).double()
+    tb = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), min_eigs=8, backend="torch")
+    for name in ("0", "1"):
+        w = model[int(name)].weight.detach().numpy()
+        assert tb.alphas[name] == pytest.approx(np_alpha(w), rel=1e-11)
+
+
+# --- tied weights and weights no rule analyses (cases 4, 7) ---------------------------------------------------------
+def tiny_llama(tied: bool):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                   tie_word_embeddings=tied)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def test_a_head_tied_to_the_embedding_is_the_embedding(backend):
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=32,
+                                                                vocab_size=100))
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight
+    rep = analyze(gpt2, backend=backend)
+    assert "lm_head" not in rep and ("transformer.wte.weight", "embedding (include_embeddings=False)") in rep.skipped
+    from tempbalance import TempBalance
+
+    opt = torch.optim.AdamW(gpt2.parameters(), lr=1e-3)
+    tb = TempBalance(gpt2, opt, min_eigs=8, backend=backend)
+    assert "lm_head" not in tb.units  # the embedding was tuned as "lm_head" (factor 2.97 seen)
+    wte = next(i for i, g in enumerate(opt.param_groups) if any(p is gpt2.transformer.wte.weight for p in g["params"]))
+    assert tb.group_units[wte] is None and opt.param_groups[wte]["lr"] == 1e-3
+    llama = tiny_llama(tied=True)
+    assert llama.lm_head.weight is llama.model.embed_tokens.weight
+    rep = analyze(llama, backend=backend)
+    assert "lm_head" not in rep
+    with_emb = analyze(llama, backend=backend, include_embeddings=True)
+    assert [r.name for r in with_emb.rows if r.kind == "embedding"] == ["model.embed_tokens"]
+    assert "lm_head" not in with_emb
+    assert "lm_head" in analyze(tiny_llama(tied=False), backend=backend)  # an untied head is a linear layer
+
+
+def test_state_dict_with_a_tied_head(backend):
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=32,
+                                                                vocab_size=100))
+    state = dict(gpt2.state_dict(keep_vars=True))
+    rep = analyze(state, backend=backend)
+    assert "lm_head.weight" not in rep
+    assert ("lm_head.weight", "tied to an embedding (include_embeddings=False)") in rep.skipped
+
+
+def test_multihead_attention_with_other_key_and_value_sizes(backend):
+    mha = nn.MultiheadAttention(64, 4, kdim=96, vdim=80)
+    rep = analyze(mha, backend=backend)
+    assert [(r.name, r.shape) for r in rep.rows] == [("q_proj", (64, 64)), ("k_proj", (64, 96)),
+                                                     ("v_proj", (64, 80)), ("out_proj", (64, 64))]
+    assert rep["k_proj"].alpha == pytest.approx(np_alpha(mha.k_proj_weight.detach().numpy()), rel=1e-4)
+    assert rep.skipped == []
+
+
+def test_recurrent_and_bare_weights_are_reported_as_skipped(backend):
+    class Policy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(16, 64, num_layers=2)
+            self.gate = nn.Parameter(torch.randn(64, 64))
+            self.head = nn.Linear(64, 64)
+
+    rep = analyze(Policy(), backend=backend)
+    assert [r.name for r in rep.rows] == ["head"]
+    skipped = dict(rep.skipped)
+    assert set(skipped) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_ih_l1", "rnn.weight_hh_l1", "gate"}
+    assert "LSTM recurrent weight" in skipped["rnn.weight_hh_l0"] and "no adapter rule" in skipped["gate"]
+    assert "not analysed: 5 tensor(s)" in str(rep)

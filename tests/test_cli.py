@@ -146,3 +146,34 @@ def test_analyze_plot_errors(tmp_path, state_dict, capsys, extra, match):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+# --- bad files and output paths fail in one line, before the work (case 13) ----------------------------------------
+@pytest.mark.parametrize("content", [b"", b"\x00\x01 not safetensors at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{"])
+def test_corrupt_or_empty_safetensors_is_a_one_line_error(tmp_path, capsys, content):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    code = main(["analyze", str(path), "--plain"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot read" in err and "safetensors" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--csv", "--json"])
+def test_output_into_a_missing_folder_fails_before_the_analysis(tmp_path, state_dict, capsys, monkeypatch, option):
+    import tempbalance.analysis as A
+
+    torch.save(state_dict, tmp_path / "sd.pt")
+    calls = []
+    monkeypatch.setattr(A, "analyze_specs", lambda *a, **k: calls.append(1))
+    code = main(["analyze", str(tmp_path / "sd.pt"), "--plain", option, str(tmp_path / "no" / "out.txt")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{option} " in err and "does not exist" in err and calls == []
+
+
+def test_a_checkpoint_with_weights_under_an_unknown_key_exits_non_zero(tmp_path, state_dict, capsys):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"ema_weights": state_dict, "step": 100}, path)
+    code = main(["analyze", str(path), "--plain"])
+    err = capsys.readouterr().err
+    assert code == 1 and "nothing analysed" in err and "'ema_weights'" in err and "'step'" in err

@@ -150,7 +150,7 @@ def test_state_dict_commits_the_device_refresh_first(monkeypatch):
     m, opt, tb = build()
     train(m, opt, tb, 2)
     state = tb.state_dict()
-    assert len(state["history"]) == 2 and state["factors"] == tb.factors
+    assert len(state["results"]["history"]) == 2 and state["results"]["factors"] == tb.factors
 
 
 @pytest.mark.parametrize("metric", ["alpha", "stable_rank"])

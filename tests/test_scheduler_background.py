@@ -168,9 +168,16 @@ def test_refresh_callbacks_get_every_record_and_cannot_stop_training():
 
     def broken(record):
         raise KeyError("boom")
-    tb.add_refresh_callback(broken)
+    handle = tb.add_refresh_callback(broken)
     with pytest.warns(RuntimeWarning, match="broken.*boom"):
         for b in batches(4):
+            train_step(model, opt, b)
+            tb.step()
+    assert seen == tb.history[1:]
+    handle.remove()  # a RemovableHandle, as torch's hooks: no more calls, no more warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for b in batches(2):
             train_step(model, opt, b)
             tb.step()
     assert seen == tb.history[1:]
@@ -192,8 +199,8 @@ def test_chunk_bytes_bounds_the_pass_without_changing_it():
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     small = TempBalance(model, opt, chunk_bytes=1, **KW)        # one matrix per native call
-    opt2 = torch.optim.SGD(make_model().parameters(), lr=0.05)
-    whole = TempBalance(make_model(), opt2, **KW)
+    model2 = make_model()
+    whole = TempBalance(model2, torch.optim.SGD(model2.parameters(), lr=0.05), **KW)
     assert small.alphas == pytest.approx(whole.alphas, nan_ok=True) and small.factors == whole.factors
     with pytest.raises(ValueError, match="chunk_bytes"):
         TempBalance(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1), chunk_bytes=0, **KW)

@@ -135,7 +135,7 @@ def test_resume_with_the_epoch_refresh_still_due_is_bit_for_bit():
         tb.step()
     tb.epoch_end()
     saved = checkpoint_roundtrip(model, opt, tb)
-    assert saved["tb"]["refresh_due"] is True
+    assert saved["tb"]["progress"]["refresh_due"] is True
 
     model2 = make_model(seed=5)  # other weights: everything must come from the checkpoint
     opt2 = torch.optim.AdamW(model2.parameters(), lr=0.02)

@@ -76,9 +76,10 @@ def test_resume_mid_cycle_is_bit_for_bit():
     (_, _, tb), _, (_, _, tb3), _ = train_and_resume(fresh, data, 4)  # stopped mid-cycle: 4 refreshes of 3 slices
     assert tb3.factors == tb.factors
     assert [h["analysed"] for h in tb3.history] == [h["analysed"] for h in tb.history]
+    other = make_model()
     with pytest.raises(ValueError, match="stagger"):
-        TempBalance(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1), stagger=2,
-                    **KW).load_state_dict(tb.state_dict())
+        TempBalance(other, torch.optim.SGD(other.parameters(), lr=0.1), stagger=2, **KW).load_state_dict(
+            tb.state_dict())
 
 
 def test_a_failure_is_warned_once_and_its_unit_keeps_its_factor_until_reanalysed():
@@ -114,7 +115,7 @@ def test_background_passes_stagger_too():
     # refreshes start at steps 2, 4, 6, 8 and apply a step later; the one of step 8 is still pending
     assert [h["analysed"] for h in tb.history] == [4, 1, 3, 1]
     assert [(h["started_step"], h["step"]) for h in tb.history[1:]] == [(2, 3), (4, 5), (6, 7)]
-    assert tb.state_dict()["pending"]["indices"] == [0, 2, 3]
+    assert tb.state_dict()["passes"]["pending"]["indices"] == [0, 2, 3]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])

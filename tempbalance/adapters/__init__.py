@@ -18,7 +18,7 @@ from typing import Callable
 from torch import nn
 
 from .base import Adapter, MatrixSpec, is_lora_layer, lora_effective_weight
-from .generic import GenericAdapter, specs_from_named_weights
+from .generic import GenericAdapter, specs_from_named_weights, unanalysed
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,20 @@ def available_adapters() -> list[str]:
     return [e.name for e in sorted(_REGISTRY.values(), key=lambda e: -e.priority)]
 
 
+def _inner(model: nn.Module) -> nn.Module | None:
+    """The module a wrapper holds: DDP / DataParallel's ``module``, ``torch.compile``'s ``_orig_mod``."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return model._orig_mod
+    return None
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside data-parallel wrappers (DDP, DataParallel): its names are the plain model's."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
+    """The module inside wrappers (DDP, DataParallel, ``torch.compile``): its names are the plain model's, so
+    units and checkpoints match an unwrapped run."""
+    while (inner := _inner(model)) is not None:
+        model = inner
     return model
 
 
@@ -68,7 +78,8 @@ def _unwrapping(adapter: Adapter) -> Adapter:
 
 def get_adapter(model: nn.Module, name: str | Adapter = "auto") -> Adapter:
     """The adapter for ``model``: an :class:`Adapter` instance as given, a registered name, or ``"auto"``.
-    For a DDP / DataParallel model it reads the wrapped module (names without the ``module.`` prefix)."""
+    For a DDP / DataParallel / ``torch.compile`` model it reads the wrapped module (names without the
+    ``module.`` / ``_orig_mod.`` prefix)."""
     if unwrap_model(model) is not model:
         inner = name if isinstance(name, Adapter) else get_adapter(unwrap_model(model), name)
         return _unwrapping(inner)
@@ -106,5 +117,5 @@ register_adapter("generic", lambda model: True, GenericAdapter, priority=-100)
 
 __all__ = [
     "Adapter", "MatrixSpec", "GenericAdapter", "register_adapter", "get_adapter", "available_adapters",
-    "specs_from_named_weights", "is_lora_layer", "lora_effective_weight", "unwrap_model",
+    "specs_from_named_weights", "is_lora_layer", "lora_effective_weight", "unwrap_model", "unanalysed",
 ]

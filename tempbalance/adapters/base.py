@@ -16,7 +16,8 @@ class MatrixSpec:
     ``weight()`` returns the stored weight (LoRA: the effective ``W + s * B @ A``), detached; its layout is
     described by ``kind`` ("linear" | "conv" | "conv1d_hf" | "spectral" | "lora" | "embedding", see
     :mod:`tempbalance.spectra`). ``unit`` is the block the matrix belongs to (the layer name when the adapter
-    knows no blocks); ``params`` are the trainable parameters its layer drives in "layer" mode.
+    knows no blocks); ``params`` are the parameters its layer drives in "layer" mode (frozen ones included: a
+    parameter's unit follows the model's structure, not ``requires_grad`` at one moment).
     """
 
     name: str

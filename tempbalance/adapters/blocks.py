@@ -75,9 +75,7 @@ class BlockAdapter(Adapter):
             return super().unit_params(model, specs, unit)
         blocks = sorted({s.unit for s in specs}, key=len, reverse=True)
         out: dict[str, list[nn.Parameter]] = {s.unit: [] for s in specs}
-        for pname, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
+        for pname, p in model.named_parameters():  # frozen ones too: they get the factor once they train
             b = block_of(pname.rsplit(".", 1)[0] if "." in pname else pname, blocks)
             if b is not None:
                 out[b].append(p)

@@ -62,7 +62,7 @@ class FNOAdapter(Adapter):
             if _is_spectral_conv(mod):
                 spectral.append(name)
                 specs.append(MatrixSpec(name, "spectral", lambda m=mod: _dense_weight(m), _block_unit(name),
-                                        [p for p in mod.parameters() if p.requires_grad]))
+                                        list(mod.parameters())))
         for s in GenericAdapter(lora_scaling=self.lora_scaling).enumerate(model, include_embeddings):
             if block_of(s.name, spectral) is None:
                 s.unit = _block_unit(s.name)
@@ -76,7 +76,7 @@ class FNOAdapter(Adapter):
         out: dict[str, list[nn.Parameter]] = {u: [] for u in units}
         for pname, p in model.named_parameters():
             u = _block_unit(pname.rsplit(".", 1)[0])
-            if p.requires_grad and u in out:
+            if u in out:
                 out[u].append(p)
         return {k: unique_params(v) for k, v in out.items()}
 

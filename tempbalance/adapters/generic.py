@@ -2,7 +2,11 @@
 
 It knows no blocks, so ``unit`` is the layer name in both unit modes; model-specific adapters (registered in
 :mod:`tempbalance.adapters`) group matrices into blocks. Also builds specs from a plain state_dict or
-(name, tensor) pairs, where no module types are known.
+(name, tensor) pairs, where no module types are known, and names the weights of a model no rule analyses
+(:func:`unanalysed`).
+
+A layer's ``params`` are all its parameters, frozen ones included: which unit a parameter belongs to follows the
+model's structure, so a layer unfrozen later (gradual unfreezing) gets its unit's factor.
 """
 from __future__ import annotations
 
@@ -33,13 +37,22 @@ def module_kind(module: nn.Module, include_embeddings: bool = False) -> str | No
     return None
 
 
-def _trainable(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
+def _layer_params(module: nn.Module) -> list[nn.Parameter]:
+    return list(module.parameters())
+
+
+def _embedding_weights(model: nn.Module) -> set[int]:
+    """``id`` of every embedding's weight: a Linear that holds one (a tied LM head) is that embedding."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, _EMBEDDING_TYPES)
+            and isinstance(getattr(m, "weight", None), torch.Tensor)}
 
 
 class GenericAdapter(Adapter):
-    """Linear, Conv1d/2d/3d (and transposed), HF Conv1D, nn.MultiheadAttention's packed in-projection, PEFT LoRA
-    linears (effective weight), embeddings on request. Tied weights are analysed once, under their first name.
+    """Linear, Conv1d/2d/3d (and transposed), HF Conv1D, nn.MultiheadAttention's in-projection (packed, or its
+    separate q/k/v projections when ``kdim``/``vdim`` differ from ``embed_dim``), PEFT LoRA linears (effective
+    weight), embeddings on request. Tied weights are analysed once, under their first name; a layer whose weight is
+    an embedding's (GPT-2's ``lm_head``, LLaMA's tied head) is that embedding: left out unless
+    ``include_embeddings``, then analysed once under the embedding's name.
 
     ``lora_scaling=False`` analyses LoRA layers as ``W + B @ A`` without ``lora_alpha / r`` (compat).
     """
@@ -52,6 +65,7 @@ class GenericAdapter(Adapter):
     def enumerate(self, model: nn.Module, include_embeddings: bool = False) -> list[MatrixSpec]:
         specs: list[MatrixSpec] = []
         seen: set[int] = set()
+        embedding_weights = _embedding_weights(model)
         lora_prefixes: list[str] = []
         for name, mod in model.named_modules():
             if any(name.startswith(p) for p in lora_prefixes):
@@ -62,26 +76,62 @@ class GenericAdapter(Adapter):
                 seen.add(id(base.weight))
                 specs.append(MatrixSpec(
                     name, "lora", lambda m=mod: lora_effective_weight(m, scaled=self.lora_scaling), name,
-                    _trainable(mod),
+                    _layer_params(mod),
                 ))
                 continue
-            if isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
-                w = mod.in_proj_weight
-                if id(w) not in seen:
-                    seen.add(id(w))
-                    params = [p for p in (mod.in_proj_weight, mod.in_proj_bias) if p is not None and p.requires_grad]
-                    specs.append(MatrixSpec(f"{name}.in_proj", "linear", lambda w=w: w.detach(), f"{name}.in_proj",
-                                            params))
+            if isinstance(mod, nn.MultiheadAttention):
+                specs += _attention_in_projections(name, mod, seen)
                 continue  # out_proj is a Linear and comes as its own module
             kind = module_kind(mod, include_embeddings)
             w = getattr(mod, "weight", None)
             if kind is None or not isinstance(w, torch.Tensor) or isinstance(w, nn.parameter.UninitializedParameter):
                 continue
-            if id(w) in seen:
-                continue  # tied to a matrix already listed
+            if id(w) in seen or (kind != "embedding" and id(w) in embedding_weights):
+                continue  # tied to a matrix already listed, or to an embedding (listed as one, if asked for)
             seen.add(id(w))
-            specs.append(MatrixSpec(name, kind, lambda m=mod: m.weight.detach(), name, _trainable(mod)))
+            specs.append(MatrixSpec(name, kind, lambda m=mod: m.weight.detach(), name, _layer_params(mod)))
         return specs
+
+
+def _attention_in_projections(name: str, mod: nn.MultiheadAttention, seen: set[int]) -> list[MatrixSpec]:
+    """The in-projection of an ``nn.MultiheadAttention``: one packed (3E, E) matrix, or the separate q/k/v
+    projections (E x E, E x kdim, E x vdim) when the key/value sizes differ. Their shared bias (3E) stays with the
+    packed matrix, or untuned when the projections are separate (it belongs to all three)."""
+    if mod.in_proj_weight is not None:
+        parts = [("in_proj", mod.in_proj_weight, [mod.in_proj_weight, mod.in_proj_bias])]
+    else:
+        parts = [(f"{x}_proj", w, [w]) for x, w in (("q", mod.q_proj_weight), ("k", mod.k_proj_weight),
+                                                      ("v", mod.v_proj_weight))]
+    specs = []
+    for part, w, params in parts:
+        if w is None or id(w) in seen:
+            continue
+        seen.add(id(w))
+        full = f"{name}.{part}" if name else part
+        specs.append(MatrixSpec(full, "linear", lambda w=w: w.detach(), full, [p for p in params if p is not None]))
+    return specs
+
+
+def unanalysed(model: nn.Module, specs: list[MatrixSpec]) -> list[tuple[str, str]]:
+    """(name, reason) of every floating parameter of 2 or more dims that none of ``specs`` analyses: what an
+    analysis of ``model`` leaves out (biases and norms, 1-d, are not listed)."""
+    covered = {id(p) for s in specs for p in s.params}
+    out = []
+    for mod_name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in covered or p.ndim < 2 or not (p.is_floating_point() or p.is_complex()):
+                continue
+            covered.add(id(p))  # a shared parameter is named once
+            name = f"{mod_name}.{pname}" if mod_name else pname
+            if isinstance(mod, _EMBEDDING_TYPES):
+                reason = "embedding (include_embeddings=False)"
+            elif isinstance(mod, nn.RNNBase):
+                reason = (f"{type(mod).__name__} recurrent weight: not analysed (SPEC §1 covers Linear, Conv, HF "
+                          "Conv1D, LoRA and spectral weights)")
+            else:
+                reason = f"{p.ndim}-d parameter of {type(mod).__name__}: no adapter rule analyses it"
+            out.append((name, reason))
+    return out
 
 
 def _is_embedding_name(name: str) -> bool:
@@ -101,7 +151,11 @@ def specs_from_named_weights(
     specs: list[MatrixSpec] = []
     skipped: list[tuple[str, str]] = []
     seen: set[int] = set()
-    for name, t in named:
+    embeddings: set[int] = set()
+    pairs = list(named)
+    if not include_embeddings:  # a tensor tied to an embedding is one, whatever its other name
+        embeddings = {id(t) for n, t in pairs if isinstance(t, torch.Tensor) and _is_embedding_name(str(n))}
+    for name, t in pairs:
         name = str(name)
         if not isinstance(t, torch.Tensor):
             skipped.append((name, f"not a tensor ({type(t).__name__})"))
@@ -113,6 +167,9 @@ def specs_from_named_weights(
             skipped.append((name, "bias"))
         elif _is_embedding_name(name) and not include_embeddings:
             skipped.append((name, "embedding (include_embeddings=False)"))
+            embeddings.add(id(t))
+        elif id(t) in embeddings:
+            skipped.append((name, "tied to an embedding (include_embeddings=False)"))
         elif id(t) in seen:
             skipped.append((name, "tied to a tensor listed before"))
         else:

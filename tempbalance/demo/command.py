@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_errors import CliError
+
+INSTALL_EXTRAS = "pip install 'tempbalance[demo]'"
+
 HELP = "fine-tune MiniLM on low-data SST-2 with and without TempBalance; compare accuracy and alpha STD"
 # the demo's defaults (also of :func:`tempbalance.demo.run.run_demo`)
 DEFAULT_SIZE = 32       # training sentences, ~0.05 % of SST-2's 67k
@@ -51,15 +55,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CliError
-    from .data import MissingDataError
-    from .run import run_demo
-
     try:
+        from .data import MissingDataError
+        from .run import run_demo
+
         run_demo(size=args.size, seeds=args.seeds, epochs=args.epochs, lr=args.lr, out=args.out,
                  threads=args.threads, model_dir=args.model, progress=not args.no_progress)
-    except MissingDataError as e:
-        raise CliError(str(e)) from e
-    except ValueError as e:
+    except ModuleNotFoundError as e:  # the [demo] extras are not installed
+        raise CliError(f"the demo needs the package {e.name!r}, which is not installed: {INSTALL_EXTRAS}") from e
+    except (MissingDataError, ValueError) as e:
         raise CliError(str(e)) from e
     return 0

@@ -10,37 +10,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..diagnostics.progress import StepBar
 from . import data as _data
 from .finetune import Encoder, RunConfig, RunResult, TBSettings, batch_size_for, finetune
 from .summary import markdown_table, summarize
 
 from .command import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
-
-
-class StepBar:
-    """One tqdm bar over the optimizer steps of many runs (no-op without tqdm or when disabled)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="step", disable=None)
-            except ImportError:
-                pass
-
-    def update(self, k: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(k)
-
-    def note(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def set_threads(threads: int | None) -> int:

@@ -133,7 +133,7 @@ def _specs_by_name(source: Any, adapter: Any) -> dict[str, MatrixSpec]:
 def _esd_options(report: Report, backend: str | None) -> dict[str, Any]:
     st = report.settings or {}
     dtype = st.get("dtype", "float32")
-    return dict(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+    return dict(dtype=(None if dtype == "auto" else getattr(torch, dtype)) if isinstance(dtype, str) else dtype,
                 backend=backend or st.get("backend", "auto"), conv_mode=st.get("conv_mode", "slices"),
                 conv_scale=float(st.get("conv_scale", 1.0)))
 

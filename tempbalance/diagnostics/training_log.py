@@ -116,8 +116,7 @@ class TrainingLog:
         self._seen = 0 if include_existing else len(tb.history)
         self._last_step: int | None = tb.history[self._seen - 1]["step"] if self._seen else None
         register = getattr(tb, "add_refresh_callback", None)
-        if callable(register):
-            register(self)
+        self._handle = register(self) if callable(register) else None
         self.poll()
 
     # --- logging ----------------------------------------------------------------------------------------------
@@ -208,6 +207,9 @@ class TrainingLog:
             elif hasattr(self._writer, "flush"):
                 self._writer.flush()
         self._writer = None
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None and hasattr(handle, "remove"):
+            handle.remove()  # a closed log is no longer called at refreshes
 
     def __enter__(self) -> "TrainingLog":
         return self

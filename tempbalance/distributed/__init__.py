@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .. import _backend, analysis, hill
+from .. import _backend, analysis, hill, spectra
 from ..adapters import MatrixSpec
 from ..report import LayerResult, Report
 from .partition import Layout, Plan, make_plan
@@ -206,7 +206,8 @@ class Coordinator:
                 if step.method == "gather":
                     finish = gather_to_owner(local, lay, step.owner, self.rank, self.world, self.group, self.device)
                 else:  # gram
-                    finish = reduce_gram_to_owner(local_gram(local, lay, plan.dtype, self.device), step.owner,
+                    gram_dtype = spectra.analysis_dtype(lay.dtype, plan.dtype)
+                    finish = reduce_gram_to_owner(local_gram(local, lay, gram_dtype, self.device), step.owner,
                                                   self.group)
                 pending.append((k, finish))
                 received += step.recv_bytes if mine else 0
@@ -246,11 +247,11 @@ class Coordinator:
         """Rows from reduced Grams: eigenvalues of each Gram (ascending, round-off negatives clamped to 0, as the
         core), then the Hill metrics in one call."""
         opt = {**_DEFAULTS, **options}
-        dtype = opt["dtype"]
         rows: dict[int, LayerResult] = {}
-        eigs, done = [], []
+        eigs, done, rtol = [], [], []
         for k, buf in sorted(grams.items()):
             spec, lay = specs[k], plan.layouts[k]
+            dtype = spectra.analysis_dtype(lay.dtype, opt["dtype"])
             n_nan, n_inf, n_over = (int(x) for x in buf[-3:].tolist()) if torch.isfinite(buf[-3:]).all() else (-1,) * 3
             side = int(math.isqrt(buf.numel() - 3))
             gram = buf[:-3].reshape(side, side)
@@ -264,12 +265,11 @@ class Coordinator:
             else:
                 eigs.append(torch.linalg.eigvalsh(gram).clamp_min_(0.0).to(torch.float64).cpu().numpy())
                 done.append(k)
+                rtol.append(hill.default_zero_rtol(side, dtype) if opt["zero_rtol"] is None else opt["zero_rtol"])
                 continue
             rows[k] = analysis._failed(spec, lay.shape, "non_finite", reason)
         if not done:
             return rows
-        rtol = [hill.default_zero_rtol(len(e), dtype) if opt["zero_rtol"] is None else opt["zero_rtol"]
-                for e in eigs]
         metrics = hill.hill_metrics(
             eigs, xmin_pos=opt["xmin_pos"], xmin_rule=opt["xmin_rule"], filter_zeros=opt["filter_zeros"],
             zero_tol=opt["zero_tol"], zero_rel=opt["zero_rel"], zero_rtol=rtol, min_eigs=opt["min_eigs"],

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..spectra import analysis_dtype
+
 # spec kinds whose weight is one plain 2-d matrix (the Gram-reduce path applies to these only)
 MATRIX_KINDS = ("linear", "lora", "embedding", "conv1d_hf")
 # dtypes a weight travels in; half precisions are upcast (exactly) to float32 before they are sent
@@ -66,7 +68,7 @@ class Plan:
     steps: list[Step]
     rounds: list[list[int]]  # spec indices per round, ascending
     world: int
-    dtype: torch.dtype  # analysis dtype (the Grams' dtype)
+    dtype: torch.dtype | None  # analysis dtype asked for (None: each weight's, spectra.analysis_dtype)
     loads: list[float] = field(default_factory=list)  # cost per rank
 
     def summary(self) -> dict:
@@ -135,9 +137,10 @@ def gram_bytes(side: int, world: int, dtype: torch.dtype) -> int:
     return (world - 1) * (side * side + 3) * dtype.itemsize
 
 
-def step_for(layout: Layout, owner: int, world: int, dtype: torch.dtype, conv_mode: str,
+def step_for(layout: Layout, owner: int, world: int, dtype: torch.dtype | None, conv_mode: str,
              allow_gram: bool = True) -> Step:
     c = cost(layout.shape, layout.kind, conv_mode)
+    dtype = analysis_dtype(layout.dtype, dtype)  # the Gram's dtype
     if layout.error:
         return Step(owner, "failed", 0.0, 0, 0)
     if layout.shard_dim is None:
@@ -175,7 +178,7 @@ def split_rounds(steps: list[Step], world: int, budget: int) -> list[list[int]]:
     return [r for r in rounds if r]
 
 
-def make_plan(layouts: list[Layout], world: int, *, dtype: torch.dtype, conv_mode: str, budget: int,
+def make_plan(layouts: list[Layout], world: int, *, dtype: torch.dtype | None, conv_mode: str, budget: int,
               allow_gram: bool = True) -> Plan:
     """The plan every rank derives from the same layouts (module docstring); ``allow_gram=False``: gather only."""
     costs = [0.0 if lay.error else cost(lay.shape, lay.kind, conv_mode) for lay in layouts]

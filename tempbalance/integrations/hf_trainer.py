@@ -12,23 +12,43 @@ schedule (linear/cosine warmup, ...) as its base scheduler, so the factors survi
 ``tempbalance_optimizers`` builds what the Trainer would (its optimizer class and kwargs from ``args.optim``,
 weight decay off for biases and norms, ``args.lr_scheduler_type`` with ``args`` warmup) and wraps it. Or build your
 own ``opt`` and ``sched`` and pass ``(opt, TempBalance(model, opt, base_scheduler=sched))``.
+
+With the per-epoch cadence (the default) and no callback, nothing would call ``tb.epoch_end()``: the epoch length
+(``num_training_steps / args.num_train_epochs``, or ``steps_per_epoch=``) stands in for it
+(:class:`~tempbalance.cadence.PerEpoch`), with one warning; :class:`TempBalanceCallback` refreshes at the Trainer's
+true epoch ends.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 from torch import nn
 from transformers import Trainer, TrainerCallback, get_scheduler
 
+from ..cadence import PerEpoch
 from ..scheduler import TempBalance
 
 
-def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int, **tb_kwargs: Any):
+def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int, *,
+                           steps_per_epoch: int | None = None, **tb_kwargs: Any):
     """``(optimizer, TempBalance)`` for ``Trainer(optimizers=...)``, built as the Trainer would build its own.
 
     ``num_training_steps``: optimizer steps of the run (``args.max_steps`` or epochs x steps per epoch).
+    ``steps_per_epoch``: optimizer steps per epoch, for the per-epoch cadence without :class:`TempBalanceCallback`
+    (default: ``num_training_steps / args.num_train_epochs`` when ``args.max_steps`` is not set).
     ``tb_kwargs`` go to :class:`TempBalance` (``interval``, ``unit``, ``s_lo``, ...).
     """
+    interval = tb_kwargs.get("interval")
+    if interval is None or interval == "epoch":
+        if steps_per_epoch is None and (args.max_steps is None or args.max_steps <= 0) and args.num_train_epochs:
+            steps_per_epoch = max(1, math.ceil(num_training_steps / args.num_train_epochs))
+        if steps_per_epoch is None:
+            warnings.warn("tempbalance_optimizers: with args.max_steps the epoch length is unknown here; pass "
+                          "steps_per_epoch= or add callbacks=[TempBalanceCallback(tb)] to the Trainer, else the "
+                          "per-epoch cadence never refreshes", UserWarning, stacklevel=2)
+        tb_kwargs["interval"] = PerEpoch(steps_per_epoch=steps_per_epoch)
     decay = set(Trainer.get_decay_parameter_names(None, model))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [

