@@ -26,7 +26,7 @@ import auditwheel.policy
 from elftools.elf.elffile import ELFFile
 
 # Besides the policy's system libraries: the dynamic loader and the declared scipy-openblas32 dependency.
-ALSO_NEEDED = {"ld-linux-x86-64.so.2", "libscipy_openblas.so"}
+ALSO_NEEDED = {"ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "libscipy_openblas.so"}
 # Undefined symbols that legitimately carry no version: the interpreter's C API and scipy-openblas32's prefixed
 # LAPACK (found at load time in the process / through the rpath), and weak hooks nothing needs to define.
 UNVERSIONED_OK = re.compile(r"^(_?Py|scipy_|__gmon_start__$|_ITM_|_ZGTt|__cxa_finalize$|__cxa_pure_virtual$)")
@@ -92,7 +92,8 @@ def main() -> int:
     want_sass = [f"sm_{a}" for a in args.sass.split(",")]
     want_ptx = [f"sm_{a}" for a in args.ptx.split(",")]
     want_cuda = sorted(int(m) for m in args.cuda.split(",") if m)
-    allowed_needed, allowed_versions = load_policy(args.policy)
+    arch = "aarch64" if "aarch64" in os.path.basename(args.wheel) else "x86_64"
+    allowed_needed, allowed_versions = load_policy(args.policy, arch)
     failures: list[str] = []
     print(f"{os.path.basename(args.wheel)}: {os.path.getsize(args.wheel) / 2**20:.2f} MiB")
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(args.wheel) as zf:
