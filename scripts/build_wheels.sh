@@ -14,6 +14,7 @@
 # then `auditwheel repair --plat manylinux_2_28_x86_64 --exclude libscipy_openblas.so` and scripts/check_wheel.py
 # (policy, NEEDED, newest GLIBC version, no libstdc++, cuobjdump SASS/PTX lists).
 #   --smoke  also installs each wheel into a fresh venv with no compiler on PATH and runs scripts/wheel_smoke.sh
+#            (with torch==2.13.0: pip must find its CPU build, e.g. from a find-links directory, for that Python)
 #   --sdist  also builds the sdist (python -m build --sdist) into --out
 # Downloads and toolchains are cached in TB_BUILD_CACHE (default ~/.cache/tempbalance-build).
 set -euo pipefail
@@ -170,7 +171,7 @@ fi
 
 work="$(mktemp -d /tmp/tb-wheels.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
-built=()
+built=() built_py=()
 for py in "${PYTHONS[@]}"; do
   tag="$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
   "$py" -m venv "$work/venv-$tag"
@@ -197,12 +198,12 @@ for py in "${PYTHONS[@]}"; do
   "$TOOLS/bin/python" "$ROOT/scripts/check_wheel.py" "$whl" --policy "manylinux_${GLIBC/./_}" --cuda "$CUDA" \
     --cuobjdump "$CUOBJDUMP_BIN" || { say "FAIL: scripts/check_wheel.py"; exit 1; }
   cp "$whl" "$OUT/"
-  built+=("$OUT/$(basename "$whl")")
+  built+=("$OUT/$(basename "$whl")") built_py+=("$py")
 done
 
 if [ "$SMOKE" = 1 ]; then
-  for whl in "${built[@]}"; do
-    py="$(basename "$whl" | grep -o 'cp3[0-9]*' | head -1 | sed 's/cp3/python3./')"
+  for i in "${!built[@]}"; do
+    whl="${built[$i]}" py="${built_py[$i]}"
     "$py" -m venv "$work/smoke"
     bash "$ROOT/scripts/no_compilers.sh" "$work/smoke/bin/pip" install -q --only-binary tempbalance torch==2.13.0 "$whl"
     bash "$ROOT/scripts/no_compilers.sh" bash "$ROOT/scripts/wheel_smoke.sh" --installed "$work/smoke/bin/python"

@@ -187,7 +187,10 @@ def core_cuda(request):
     path = request.param
     if not path:
         pytest.skip("tempbalance._cuda<major>._core_cuda not built (no nvcc or no cuSOLVER headers at build time)")
-    spec = importlib.util.spec_from_file_location("tempbalance._core_cuda", path)
+    # each variant under its own name: Python hands back the first module loaded under a name
+    variant = os.path.basename(os.path.dirname(path))
+    name = f"tempbalance.{variant}._core_cuda" if re.fullmatch(r"_cuda\d+", variant) else "tempbalance._core_cuda"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module, path
