@@ -175,7 +175,7 @@ built=() built_py=()
 for py in "${PYTHONS[@]}"; do
   tag="$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
   "$py" -m venv "$work/venv-$tag"
-  "$work/venv-$tag/bin/pip" install -q "build==$BUILD"
+  "$work/venv-$tag/bin/pip" install -q "build>=1.2.2"  # (build 1.6 needs Python >= 3.10; 1.2.2 builds for 3.9)
   t0=$(date +%s)
   # isolated build (build requirements from pyproject.toml), out of the source tree's build/ directory
   "$work/venv-$tag/bin/python" -m build --wheel --outdir "$work/raw-$tag" -Cbuild-dir="$work/build-$tag" \
