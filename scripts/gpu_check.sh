@@ -64,7 +64,8 @@ fi
 say "built in $(( $(date +%s) - start )) s: $(cd "$WORK" && "$VPY" -c 'from tempbalance import cuda_backend; print(cuda_backend.cuda_status())')"
 
 # 2. The CUDA tests against the real module (from $WORK: the installed package, not the source tree).
-SO="$(cd "$WORK" && "$VPY" -c 'import tempbalance._core_cuda as m; print(m.__file__)')"
+# (the core sits in tempbalance/_cuda<major>/, the variant of the nvcc that built it: ask the loader which it took)
+SO="$(cd "$WORK" && "$VPY" -c 'from tempbalance import cuda_backend as c; m = c._import(); assert m is not None, c._reason; print(m.__file__)')"
 status=0
 (cd "$WORK" && TEMPBALANCE_CORE_CUDA="$SO" "$VPY" -m pytest -q -rs -p no:cacheprovider \
   "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_backend.py" "$ROOT/tests/test_device_lr.py" \
