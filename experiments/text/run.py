@@ -34,8 +34,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
-if __package__ in (None, ""):  # run as a script: make `experiments.text` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if __package__ in (None, ""):  # run as a script: make `experiments.text` importable (appended, so an installed
+    sys.path.append(str(Path(__file__).resolve().parents[2]))  # tempbalance wins over the source tree)
     __package__ = "experiments.text"
 
 import torch
