@@ -79,19 +79,25 @@ def summarize(results: Sequence[RunResult], metric: str = "test") -> list[dict[s
 
 
 def verdict(rec: dict[str, Any], alpha: float = 0.05) -> str:
-    """One sentence on what a demo's comparison (one size, one lr, a few seeds) supports, from its paired tests
-    on accuracy and macro-F1."""
-    n, d, p = rec["seeds"], rec["gain_diff_mean"], rec["t_p"]
-    p_f1 = rec.get("f1_t_p")
-    if n < 2 or p is None or (p >= alpha and (p_f1 is None or p_f1 >= alpha)):
-        return (f"What this supports: nothing either way - TB - FT = {d:+.2f} pp over {n} seed(s) at one learning rate "
-                f"is within the seed-to-seed noise (paired t p = {'n/a' if p is None else format(p, '.2f')}); the "
-                "multi-seed comparison over an "
-                "lr grid is in experiments/text (README, \"Does it help?\").")
-    word = "beat" if d > 0 else "trailed"
-    return (f"What this supports: TB {word} FT by {abs(d):.2f} pp in {rec['wins'] if d > 0 else rec['losses']} of {n} "
-            f"seeds (paired t p = {_f(p, '.3f')}, macro-F1 p = {_f(p_f1, '.3f')}) at this one size and learning rate - "
-            "not a general claim; the comparison over an lr grid is in experiments/text (README, \"Does it help?\").")
+    """One sentence on what a demo's comparison (one size, one lr, a few seeds) supports, from its paired t-tests
+    on accuracy and macro-F1: nothing either way, weak evidence (one of the two significant) or a difference at
+    this one setting - never a general claim."""
+    n, d, p, p_f1 = rec["seeds"], rec["gain_diff_mean"], rec["t_p"], rec.get("f1_t_p")
+    fmt = lambda v: "n/a" if v is None else format(v, ".3f")  # noqa: E731
+    tail = "the comparison over an lr grid and more seeds is in experiments/text (README, \"Does it help?\")."
+    sig = [v is not None and v < alpha for v in (p, p_f1)]
+    if n < 2 or not any(sig):
+        return (f"What this supports: nothing either way - TB - FT = {d:+.2f} pp over {n} seed(s) at one learning "
+                f"rate is within the seed-to-seed noise (paired t p = {fmt(p)}, macro-F1 p = {fmt(p_f1)}); {tail}")
+    ahead = "ahead of" if d > 0 else "behind"
+    k = rec["wins"] if d > 0 else rec["losses"]
+    if not all(sig) and p_f1 is not None:
+        on, off = ("macro-F1", "accuracy") if sig[1] else ("accuracy", "macro-F1")
+        return (f"What this supports: weak evidence - TB {ahead} FT by {abs(d):.2f} pp in {k} of {n} seeds, "
+                f"significant on {on} only (accuracy p = {fmt(p)}, macro-F1 p = {fmt(p_f1)}, uncorrected), at this one "
+                f"size and learning rate; {tail}")
+    return (f"What this supports: TB {ahead} FT by {abs(d):.2f} pp in {k} of {n} seeds (accuracy p = {fmt(p)}, "
+            f"macro-F1 p = {fmt(p_f1)}) at this one size and learning rate - not a general claim; {tail}")
 
 
 def _f(v: Any, spec: str) -> str:

@@ -68,8 +68,11 @@ def test_summarize_macro_f1_and_the_verdict_sentence():
     assert "| 52.33 ± 2.52 | 59.00 ± 1.00 | +6.67 |" in markdown_table([rec])
     noise = dict(rec, t_p=0.4, f1_t_p=0.3)
     assert verdict(noise).startswith("What this supports: nothing either way") and "+1.00 pp over 3 seed(s)" in verdict(noise)
-    sig = dict(rec, gain_diff_mean=-2.0, t_p=0.01, losses=3, wins=0)
-    assert "TB trailed FT by 2.00 pp in 3 of 3 seeds" in verdict(sig) and "not a general claim" in verdict(sig)
+    sig = dict(rec, gain_diff_mean=-2.0, t_p=0.01, f1_t_p=0.02, losses=3, wins=0)
+    assert "TB behind FT by 2.00 pp in 3 of 3 seeds" in verdict(sig) and "not a general claim" in verdict(sig)
+    one = dict(rec, gain_diff_mean=0.5, t_p=0.13, f1_t_p=0.03, wins=3)
+    assert verdict(one).startswith("What this supports: weak evidence - TB ahead of FT by 0.50 pp in 3 of 3 seeds, "
+                                   "significant on macro-F1 only")
     assert verdict(dict(rec, t_p=None, f1_t_p=None)).startswith("What this supports: nothing")
     (no_f1,) = summarize([_run("FT", 8, 0, 0.5, 0.1), _run("TB", 8, 0, 0.6, 0.1)])
     assert "f1_t_p" not in no_f1 and "| - ± - |" in markdown_table([no_f1])
