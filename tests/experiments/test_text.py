@@ -130,7 +130,7 @@ def test_plan_is_seed_major_with_the_cadence_check_last():
     assert p[:4] == [(8, "FT", 1e-3, 0), (8, "FT", 3e-3, 0), (8, "TB-paper", 1e-3, 0), (8, "TB-paper", 3e-3, 0)]
     assert p[-1] == (8, "TB-paper-adaptive", 3e-3, 0) and len(p) == 2 * 2 * 2 + 1
     assert text_run.seeds_for(13) == list(range(10)) and text_run.seeds_for(128) == list(range(5))
-    assert text_run.parse(["--model", "mpnet"]).lrs == [1e-5, 2e-5, 5e-5, 1e-4]
+    assert text_run.parse(["--model", "mpnet"]).lrs == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
     with pytest.raises(SystemExit):
         text_run.parse(["--arms", "TB-paper"])
 
