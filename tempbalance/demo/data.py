@@ -7,6 +7,8 @@
   only) equals a normalised test sentence, or contains one (whole words, test sentences of two words or more),
   is dropped before anything else.
 - A held-out dev split of the pool is what learning rates are selected on; the test set is never used to choose.
+  It can be class-balanced (:func:`split_pool` with ``balanced=True``), so that a constant classifier cannot win a
+  selection by predicting the majority class.
 """
 from __future__ import annotations
 
@@ -187,9 +189,25 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 DEV_SEED = 20241016  # fixed: the dev split is the same for every seed and size
 
 
-def split_pool(pool: TextSet, n_dev: int) -> tuple[TextSet, TextSet]:
-    """(training pool, dev set): a fixed stratified dev split of ``n_dev`` sentences, disjoint from training."""
-    dev_idx = stratified_indices(pool.labels, n_dev, DEV_SEED)
+def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices drawn without replacement, the same number from every class (``n`` must divide evenly),
+    fixed by ``seed``."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n % len(classes):
+        raise ValueError(f"a balanced split needs a positive multiple of the {len(classes)} classes, got {n!r}")
+    per_class = n // len(classes)
+    smallest = min(int((labels == c).sum()) for c in classes)
+    if per_class > smallest:
+        raise ValueError(f"a balanced split of {n} needs {per_class} per class; the smallest class has {smallest}")
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]))
+
+
+def split_pool(pool: TextSet, n_dev: int, balanced: bool = False) -> tuple[TextSet, TextSet]:
+    """(training pool, dev set): a fixed dev split of ``n_dev`` sentences, disjoint from training; stratified by
+    the pool's class ratio, or with ``balanced`` the same number of each class."""
+    dev_idx = (balanced_indices if balanced else stratified_indices)(pool.labels, n_dev, DEV_SEED)
     rest = np.setdiff1d(np.arange(len(pool)), dev_idx)
     return pool.take(rest), pool.take(dev_idx)
 

@@ -2,8 +2,11 @@
 
 One :class:`Encoder` holds the pretrained model and tokenizer, loaded once; every run starts from a copy of it
 with a classification head initialised from the run's seed, so the FT and TB arms of a seed share the head, the
-data and the batch order (a paired comparison). Sentences are tokenised once per run into padded tensors; each
-batch is cut to its longest sentence. Evaluation sorts sentences by length and uses a fixed batch size.
+data and the batch order (a paired comparison). The recipe is the papers' RoBERTa one: AdamW with weight decay
+0.1, gradient clipping at norm 1, 6 % linear warmup then linear decay, sentences truncated at 128 tokens. They are
+tokenised once per run; each batch is cut to its longest sentence. Evaluation sorts sentences by length and
+reports accuracy, macro-F1 and balanced accuracy (a constant classifier scores 0.5 balanced accuracy and at most
+0.5 macro-F1, whatever the class ratio).
 """
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ from torch import nn
 
 from .data import TextSet
 
-MAX_LENGTH = 64
-EVAL_BATCH = 128
+MAX_LENGTH = 128
+EVAL_BATCH = 32  # sorted by length: small batches carry little padding (and ran faster than 128 on one thread)
+PRECISIONS = ("fp32", "bf16")
+CADENCES = ("epoch", "adaptive")
 
 
 def batch_size_for(n: int) -> int:
@@ -35,22 +40,35 @@ def batch_size_for(n: int) -> int:
 @dataclass
 class TBSettings:
     """TempBalance options of the demo: the package defaults (block units, TBSigmoid s_lo=2, s_hi=1, tau=10,
-    xmin at the median) with one analysis before training and one after every epoch."""
+    xmin at the median) with one analysis before training and one after every epoch (``cadence="epoch"``, the
+    papers' cadence) or :class:`~tempbalance.cadence.Adaptive` with its defaults (``cadence="adaptive"``)."""
 
     unit: str = "block"
     s_lo: float = 2.0
     s_hi: float = 1.0
     tau: float = 10.0
     xmin_pos: float = 2.0
+    cadence: str = "epoch"
+
+    def __post_init__(self):
+        if self.cadence not in CADENCES:
+            raise ValueError(f"cadence must be one of {CADENCES}, got {self.cadence!r}")
 
     def kwargs(self) -> dict[str, Any]:
         return dict(unit=self.unit, mapping="sigmoid", s_lo=self.s_lo, s_hi=self.s_hi, tau=self.tau,
-                    xmin_pos=self.xmin_pos, interval=None)
+                    xmin_pos=self.xmin_pos, interval=None if self.cadence == "epoch" else "adaptive")
+
+
+# the papers' published setting for the smallest SST-2 ratio (0.02 %): s = 1.25 on both sides, xmin at N / 1.5
+PAPER_TB = TBSettings(s_lo=1.25, s_hi=1.25, xmin_pos=1.5)
 
 
 @dataclass
 class RunConfig:
-    """One fine-tuning run. ``batch_size=None`` picks :func:`batch_size_for` the training size."""
+    """One fine-tuning run. ``batch_size=None`` picks :func:`batch_size_for` the training size;
+    ``max_grad_norm=None`` turns clipping off; ``precision="bf16"`` runs forward and backward under CPU bf16
+    autocast (weights, gradients and optimizer state stay float32; ~1.7x faster on CPUs with AVX512-BF16, slow
+    without)."""
 
     lr: float
     epochs: int = 10
@@ -58,7 +76,9 @@ class RunConfig:
     tempbalance: bool = False
     batch_size: int | None = None
     warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"
     tb: TBSettings = field(default_factory=TBSettings)
 
     def __post_init__(self):
@@ -68,12 +88,19 @@ class RunConfig:
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
+        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                                   and math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be None or a positive number, got {self.max_grad_norm!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
 class RunResult:
-    """What a run measured. Accuracies are fractions; ``alpha`` holds the analysis of the fine-tuned encoder
-    (:func:`block_alphas`); ``tb_history`` the TempBalance records (empty for FT)."""
+    """What a run measured. ``eval`` holds the accuracy (a fraction) per evaluation set, ``scores`` per set
+    accuracy, macro-F1 and balanced accuracy (:func:`scores`); ``block_alpha`` the analysis of the fine-tuned
+    encoder (:func:`block_alphas`); ``tb_history`` the TempBalance records (empty for FT); ``seconds`` and
+    ``cpu_seconds`` the whole run's wall and process CPU time (training, evaluation, analysis)."""
 
     arm: str
     size: int
@@ -90,6 +117,9 @@ class RunResult:
     block_alpha_std: float
     layer_alpha_std: float
     tb_history: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = math.nan
+    cpu_seconds: float = math.nan
     report: Any = field(default=None, repr=False, compare=False)  # the final analysis (a Report), not serialised
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +164,8 @@ class Encoder:
         self._pristine = {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def encode(self, data: TextSet, max_length: int = MAX_LENGTH) -> Encoded:
+        """Token ids of ``data`` truncated at ``max_length`` tokens (at most the model's position count)."""
+        max_length = min(max_length, int(getattr(self.model.config, "max_position_embeddings", max_length)))
         tok = self.tokenizer(list(data.texts), padding="max_length", truncation=True, max_length=max_length,
                              return_tensors="pt")
         return Encoded(tok["input_ids"], tok["attention_mask"], torch.as_tensor(data.labels, dtype=torch.long))
@@ -158,19 +190,46 @@ def _is_head(name: str) -> bool:
     return name == "classifier" or name.startswith("classifier.")
 
 
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, data: Encoded, batch_size: int = EVAL_BATCH) -> float:
-    """Fraction of ``data`` classified correctly (eval mode; sentences sorted by length to cut padding)."""
+def predict(model: nn.Module, data: Encoded, batch_size: int = EVAL_BATCH, precision: str = "fp32") -> torch.Tensor:
+    """Predicted class of every sentence of ``data`` (eval mode; sentences sorted by length to cut padding)."""
     was_training = model.training
     model.eval()
     order = torch.argsort(data.attention_mask.sum(1))
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        idx = order[start:start + batch_size]
-        logits = model(**data.batch(idx)).logits
-        correct += int((logits.argmax(-1) == data.labels[idx]).sum())
+    pred = torch.empty(len(data), dtype=torch.long)
+    with _autocast(precision):
+        for start in range(0, len(data), batch_size):
+            idx = order[start:start + batch_size]
+            pred[idx] = model(**data.batch(idx)).logits.argmax(-1)
     model.train(was_training)
-    return correct / max(len(data), 1)
+    return pred
+
+
+def accuracy(model: nn.Module, data: Encoded, batch_size: int = EVAL_BATCH, precision: str = "fp32") -> float:
+    """Fraction of ``data`` classified correctly."""
+    return scores(predict(model, data, batch_size, precision), data.labels)["acc"]
+
+
+def scores(pred: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """``acc`` (accuracy), ``macro_f1`` (mean over the classes present in ``labels`` of F1, 0 for a class never
+    predicted) and ``balanced_acc`` (mean recall over those classes), as fractions."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"{pred.shape[0] if pred.ndim else pred} predictions for {labels.shape[0]} labels")
+    classes = np.unique(labels)
+    f1, recall = [], []
+    for c in classes:
+        tp = float(np.sum((pred == c) & (labels == c)))
+        fp, fn = float(np.sum((pred == c) & (labels != c))), float(np.sum((pred != c) & (labels == c)))
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        recall.append(tp / (tp + fn))
+    n = max(labels.size, 1)
+    return dict(acc=float(np.sum(pred == labels)) / n, macro_f1=float(np.mean(f1)) if f1 else math.nan,
+                balanced_acc=float(np.mean(recall)) if recall else math.nan)
 
 
 def block_alphas(model: nn.Module, **analysis_options: Any) -> tuple[Any, dict[str, float], float, float]:
@@ -203,14 +262,15 @@ def finetune(
     progress: Callable[[int], None] | None = None,
     return_model: bool = False,
 ) -> RunResult | tuple[RunResult, nn.Module]:
-    """Fine-tune a fresh copy of ``encoder`` on ``train`` (AdamW, linear decay after a linear warmup, dropout
-    on) and evaluate it once at the end on every set in ``evals``. ``encoded`` may carry already tokenised
+    """Fine-tune a fresh copy of ``encoder`` on ``train`` (AdamW, linear decay after a linear warmup, gradient
+    clipping, dropout on) and evaluate it once at the end on every set in ``evals``. ``encoded`` may carry already tokenised
     evaluation sets under the same names. ``progress(k)`` is called after every optimizer step with k = 1.
     ``return_model`` also returns the fine-tuned model (to evaluate more sets later)."""
     from ..scheduler import TempBalance
 
     evals = evals or {}
     encoded = dict(encoded or {})
+    run_start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(config.seed)  # dropout masks
     model = encoder.fresh_model(config.seed)
     model.train()
@@ -221,8 +281,8 @@ def finetune(
     warmup = int(round(config.warmup_ratio * total))
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=config.weight_decay),
-                                   dict(params=no_decay, weight_decay=0.0)], lr=config.lr)
+    optimizer = adamw([dict(params=decay, weight_decay=config.weight_decay),
+                       dict(params=no_decay, weight_decay=0.0)], lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     tb = TempBalance(model, optimizer, base_scheduler=schedule, **config.tb.kwargs()) if config.tempbalance else None
@@ -231,9 +291,12 @@ def finetune(
     loss = torch.tensor(math.nan)
     for _ in range(config.epochs):
         for idx in torch.randperm(len(data), generator=order_gen).split(bs):
-            out = model(**data.batch(idx), labels=data.labels[idx])
+            with _autocast(config.precision):
+                out = model(**data.batch(idx), labels=data.labels[idx])
             loss = out.loss.detach()
             out.loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             (tb or schedule).step()
@@ -245,16 +308,25 @@ def finetune(
     results = {}
     for name, ts in evals.items():
         enc = encoded.get(name) or encoder.encode(ts)
-        results[name] = accuracy(model, enc)
+        results[name] = scores(predict(model, enc, precision=config.precision), enc.labels)
     report, alpha, block_std, layer_std = block_alphas(model)
     result = RunResult(
         arm="TB" if tb is not None else "FT", size=len(train), seed=config.seed, lr=config.lr, epochs=config.epochs,
         batch_size=bs, steps=total, train_seconds=train_seconds,
         spectral_seconds=tb.spectral_seconds if tb is not None else 0.0, final_loss=float(loss),
-        eval=results, block_alpha=alpha, block_alpha_std=block_std, layer_alpha_std=layer_std,
-        tb_history=_plain_history(tb.history) if tb is not None else [], report=report,
+        eval={k: v["acc"] for k, v in results.items()}, block_alpha=alpha, block_alpha_std=block_std,
+        layer_alpha_std=layer_std, tb_history=_plain_history(tb.history) if tb is not None else [], scores=results,
+        seconds=time.perf_counter() - run_start, cpu_seconds=time.process_time() - cpu_start, report=report,
     )
     return (result, model) if return_model else result
+
+
+def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
+    """AdamW, fused where this torch has the fused CPU kernel (same update, ~4x faster step on one thread)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def _plain_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

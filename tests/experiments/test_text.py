@@ -1,75 +1,188 @@
-"""experiments/text/run.py in a smoke configuration (tiny random BERT, real RT/SST-2 data): lr selection on dev
-only, test evaluated for the selected runs only, every output written."""
+"""experiments/text: the report's statistics on synthetic runs against scipy and hand computations (selection on
+dev macro-F1, paired comparisons at the selected and at every lr, trend, alpha movement, cadence check), the
+run plan, and a smoke run on the real RT/SST-2 data with a tiny random BERT (every output, resume)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-RUN = Path(__file__).resolve().parents[2] / "experiments" / "text" / "run.py"
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from experiments.text import report as R  # noqa: E402
+from experiments.text import run as text_run  # noqa: E402
+
+stats = pytest.importorskip("scipy.stats")
+PRE = {"enc.layer.0": 3.0, "enc.layer.1": 3.5}
 
 
-@pytest.fixture(scope="module")
-def text_run():
-    spec = importlib.util.spec_from_file_location("experiments_text_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fake_run(size, arm, lr, seed, dev_f1, test_acc, test_f1=None, alphas=(3.0, 3.5), factors=None, **extra):
+    run = dict(size=size, arm=arm, lr=lr, seed=seed, seconds=2.0, cpu_seconds=1.5, train_seconds=1.0,
+               spectral_seconds=0.1 if arm != "FT" else 0.0, block_alpha=dict(zip(PRE, alphas)),
+               block_alpha_std=float(np.std(alphas)),
+               scores=dict(dev=dict(acc=0.5, macro_f1=dev_f1, balanced_acc=0.5),
+                           test=dict(acc=test_acc, macro_f1=test_f1 if test_f1 is not None else test_acc - 0.05,
+                                     balanced_acc=test_acc)),
+               tb_history=[] if arm == "FT" else [dict(factors=f) for f in (factors or [{"u0": 0.8, "u1": 1.2}] * 2)])
+    run.update(extra)
+    return run
 
 
-def test_helpers(text_run):
-    assert [text_run.epochs_for(n) for n in (13, 32, 128, 512, 2048)] == [10, 10, 8, 2, 2]
-    assert text_run.epochs_for(13, fixed=3) == 3
-    assert text_run.select_lr({1e-4: [0.6, 0.7], 3e-5: [0.7, 0.6], 1e-3: [0.5, 0.5]}) == 3e-5  # tie: smaller lr
-    assert text_run.select_lr({1e-4: [0.8, 0.7], 3e-5: [0.7, 0.6]}) == 1e-4
+def synthetic(rng, sizes=(13, 32), seeds=4, lrs=(1e-5, 1e-4), arms=("FT", "TB-default", "TB-paper")):
+    return [fake_run(n, arm, lr, s, dev_f1=rng.uniform(0.3, 0.8), test_acc=rng.uniform(0.5, 0.9))
+            for n in sizes for arm in arms for lr in lrs for s in range(seeds)]
 
 
-def test_smoke_run_outputs(text_run, tmp_path):
-    pytest.importorskip("scipy")
+def test_selection_uses_mean_dev_macro_f1_not_accuracy():
+    """A constant classifier can have the best dev accuracy on an unbalanced split; with balanced dev and
+    macro-F1 it loses. Ties go to the smaller lr."""
+    runs = [fake_run(13, "FT", 1e-4, s, dev_f1=0.33, test_acc=0.52, scores=None) for s in range(2)]
+    for r in runs:
+        r["scores"] = dict(dev=dict(acc=0.58, macro_f1=0.37, balanced_acc=0.5), test=dict(acc=0.51, macro_f1=0.34,
+                                                                                          balanced_acc=0.5))
+    runs += [fake_run(13, "FT", 3e-5, s, dev_f1=0.60, test_acc=0.6) for s in range(2)]
+    for r in runs[2:]:
+        r["scores"]["dev"]["acc"] = 0.55
+    idx = R.Runs(runs)
+    assert R.select_lr(idx, 13, "FT", [3e-5, 1e-4], {0, 1}) == 3e-5
+    tie = R.Runs([fake_run(13, "FT", lr, 0, dev_f1=0.7, test_acc=0.7) for lr in (1e-4, 3e-5)])
+    assert R.select_lr(tie, 13, "FT", [3e-5, 1e-4], {0}) == 3e-5
+
+
+def test_comparisons_against_scipy_and_every_grid_point():
+    rng = np.random.default_rng(0)
+    runs = synthetic(rng)
+    runs.append(fake_run(13, "TB-paper", 1e-5, 9, 0.9, 0.9))  # a seed only TB has: not paired, left out
+    comps = R.comparisons(R.Runs(runs))
+    assert [(c["size"], c["arm"]) for c in comps] == [(13, "TB-default"), (13, "TB-paper"), (32, "TB-default"),
+                                                      (32, "TB-paper")]
+    by = {(r["size"], r["arm"], r["lr"], r["seed"]): r for r in runs}
+    for c in comps:
+        assert c["seeds"] == [0, 1, 2, 3]
+        for arm, key in (("FT", "FT_lr"), (c["arm"], "TB_lr")):
+            dev = {lr: np.mean([by[c["size"], arm, lr, s]["scores"]["dev"]["macro_f1"] for s in range(4)])
+                   for lr in (1e-5, 1e-4)}
+            assert c[key] == max(dev, key=dev.get)
+        ft = [100 * by[c["size"], "FT", c["FT_lr"], s]["scores"]["test"]["acc"] for s in range(4)]
+        tb = [100 * by[c["size"], c["arm"], c["TB_lr"], s]["scores"]["test"]["acc"] for s in range(4)]
+        assert c["acc"]["t_p"] == pytest.approx(stats.ttest_rel(tb, ft).pvalue)
+        assert c["acc"]["diff_mean"] == pytest.approx(np.mean(tb) - np.mean(ft))
+        assert c["acc"]["FT"] == pytest.approx((np.mean(ft), np.std(ft, ddof=1)))
+        for row in c["grid"]:  # equal lr, no selection
+            f = [100 * by[c["size"], "FT", row["lr"], s]["scores"]["test"]["macro_f1"] for s in range(4)]
+            t = [100 * by[c["size"], c["arm"], row["lr"], s]["scores"]["test"]["macro_f1"] for s in range(4)]
+            assert row["macro_f1"]["t_p"] == pytest.approx(stats.ttest_rel(t, f).pvalue)
+    grid = R.grid_rows(R.Runs(runs), comps)
+    assert len(grid) == 2 * 2 * 3  # sizes x lrs x arms
+    assert sum(g["selected"] for g in grid) == 2 * 3  # one lr per arm and size
+    g = next(g for g in grid if (g["size"], g["lr"], g["arm"]) == (32, 1e-4, "TB-paper"))
+    accs = [100 * by[32, "TB-paper", 1e-4, s]["scores"]["test"]["acc"] for s in range(4)]
+    assert g["acc"] == pytest.approx((np.mean(accs), np.std(accs, ddof=1)))
+
+
+def test_incomplete_seed_and_missing_arm():
+    rng = np.random.default_rng(1)
+    runs = [r for r in synthetic(rng, sizes=(13,), seeds=3, arms=("FT", "TB-paper"))
+            if not (r["arm"] == "FT" and r["seed"] == 2 and r["lr"] == 1e-4)]  # seed 2 of FT unfinished
+    (c,) = R.comparisons(R.Runs(runs))
+    assert c["arm"] == "TB-paper" and c["seeds"] == [0, 1]
+
+
+def test_trend_against_linregress():
+    comps = [dict(size=n, arm="TB-paper", acc=dict(gains=list(g))) for n, g in
+             ((13, [3.0, 1.0, 2.0]), (32, [1.0, 0.5, 0.0]), (128, [0.0, -1.0, 0.5]))]
+    t = R.trend(comps, "TB-paper")
+    x = np.log10([13] * 3 + [32] * 3 + [128] * 3)
+    y = [3.0, 1.0, 2.0, 1.0, 0.5, 0.0, 0.0, -1.0, 0.5]
+    ref = stats.linregress(x, y)
+    assert t["slope"] == pytest.approx(ref.slope) and t["slope_p"] == pytest.approx(ref.pvalue)
+    assert t["pooled"] == pytest.approx(np.mean(y)) and t["pairs"] == 9 and t["slope"] < 0
+
+
+def test_alpha_movement_and_cadence_check():
+    mv = R.alpha_movement(fake_run(13, "TB-paper", 1e-4, 0, 0.5, 0.6, alphas=(3.1, 3.45),
+                                   factors=[{"u0": 0.8, "u1": 1.2}, {"u0": 0.85, "u1": 1.1}]), PRE)
+    assert mv["max_shift"] == pytest.approx(0.1) and mv["mean_shift"] == pytest.approx(0.075)
+    assert mv["factor_shift"] == pytest.approx(0.1) and mv["factor_range"] == pytest.approx(0.4)
+    assert mv["refreshes"] == 2
+    runs = [fake_run(13, "TB-paper", 1e-4, s, 0.5, 0.6 + 0.01 * s, factors=[{"u0": 1.0}] * 11,
+                     train_seconds=10.0, spectral_seconds=2.0) for s in range(3)]
+    runs += [fake_run(13, "TB-paper-adaptive", 1e-4, s, 0.5, 0.6 + 0.02 * s, factors=[{"u0": 1.0}] * 3 + [{"u0": 1.1}],
+                      train_seconds=10.0, spectral_seconds=0.5) for s in range(3)]
+    (c,) = R.cadence_check(R.Runs(runs))
+    assert c["epoch"]["refreshes"] == 11 and c["adaptive"]["refreshes"] == 4
+    assert c["epoch"]["overhead_pct"] == pytest.approx(20.0) and c["adaptive"]["overhead_pct"] == pytest.approx(5.0)
+    assert c["acc"]["diff_mean"] == pytest.approx(1.0) and c["factor_gap"] == pytest.approx(0.1)
+
+
+def _args(extra):
+    return text_run.parse(["--smoke", "--sizes", "8", "--lrs", "1e-3", "3e-3", "--dev", "16", "--epochs", "1",
+                           "--no-progress", *extra])
+
+
+def test_plan_is_seed_major_with_the_cadence_check_last():
+    args = _args(["--seeds", "2", "--arms", "FT", "TB-paper", "--cadence-check", "1"])
+    p = text_run.plan(args)
+    assert p[:4] == [(8, "FT", 1e-3, 0), (8, "FT", 3e-3, 0), (8, "TB-paper", 1e-3, 0), (8, "TB-paper", 3e-3, 0)]
+    assert p[-1] == (8, "TB-paper-adaptive", 3e-3, 0) and len(p) == 2 * 2 * 2 + 1
+    assert text_run.seeds_for(13) == list(range(10)) and text_run.seeds_for(128) == list(range(5))
+    assert text_run.parse(["--model", "mpnet"]).lrs == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
+    with pytest.raises(SystemExit):
+        text_run.parse(["--arms", "TB-paper"])
+
+
+@pytest.fixture
+def data_packages():
     from tempbalance.demo import data as D
 
     try:
         D.default_model_dir(), D.package_dir(D.POOL_PACKAGE), D.package_dir(D.TEST_PACKAGE)
     except D.MissingDataError:
         pytest.skip("demo model/data packages not installed")
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_smoke_run_outputs_and_resume(tmp_path, data_packages):
     out = tmp_path / "res"
-    code = text_run.main(["--smoke", "--sizes", "8", "12", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--dev", "16",
-                          "--epochs", "2", "--threads", "1", "--no-progress", "--out", str(out)])
-    assert code == 0
-    data = json.loads((out / "runs.json").read_text())
-    runs = data["runs"]
-    assert len(runs) == 2 * 2 * 2 * 2  # sizes x arms x lrs x seeds
-    for size in (8, 12):
-        for arm in ("FT", "TB"):
-            group = [r for r in runs if r["size"] == size and r["arm"] == arm]
-            dev = {lr: np.mean([r["eval"]["dev"] for r in group if r["lr"] == lr]) for lr in (1e-3, 3e-3)}
-            chosen = {r["lr"] for r in group if r["selected"]}
-            assert chosen == {max(sorted(dev), key=lambda lr: (dev[lr], -lr))}  # selected on dev
-            assert all(("test" in r["eval"]) == r["selected"] for r in group)  # test only for the selected lr
-    assert [r["size"] for r in data["summary"]] == [8, 12]
-    assert data["pretrained"]["block_alpha_std"] > 0 and data["gain_trend"]["pairs"] == 4
-    rows = list(csv.DictReader(open(out / "summary.csv")))
-    assert [int(r["size"]) for r in rows] == [8, 12]
+    assert text_run.main(["--smoke", "--sizes", "8", "12", "--seeds", "1", "--lrs", "1e-3", "3e-3", "--dev", "16",
+                          "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    first = _lines(out / "runs.jsonl")
+    assert len(first) == 2 * 3 * 2 * 1 + 2  # sizes x arms x lrs x seeds + one cadence check per size
+    assert all(set(r["scores"]) == {"dev", "test"} for r in first)  # every grid point is tested
+    assert all(set(r["scores"]["test"]) == {"acc", "macro_f1", "balanced_acc"} for r in first)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dev_classes"] == [8, 8] and meta["test"] == 872 and meta["pretrained"]["block_alpha_std"] > 0
+    with pytest.raises(SystemExit, match="--resume"):  # never overwrite stored runs by accident
+        text_run.main(["--smoke", "--out", str(out), "--no-progress"])
+    # a second seed: the stored seed is reused, only the new runs train
+    assert text_run.main(["--smoke", "--sizes", "8", "12", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--dev", "16",
+                          "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out), "--resume"]) == 0
+    runs = _lines(out / "runs.jsonl")
+    assert runs[:len(first)] == first and len(runs) == 2 * 3 * 2 * 2 + 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(c["size"], c["arm"], c["seeds"]) for c in summary["comparisons"]] == [
+        (8, "TB-default", [0, 1]), (8, "TB-paper", [0, 1]), (12, "TB-default", [0, 1]), (12, "TB-paper", [0, 1])]
+    rows = list(csv.DictReader(open(out / "grid.csv")))
+    assert len(rows) == 2 * 2 * 3
+    for row in rows:
+        mine = [r for r in runs if (r["size"], r["arm"], r["lr"]) == (int(row["size"]), row["arm"], float(row["lr"]))]
+        assert float(row["test_acc"]) == pytest.approx(100 * np.mean([r["scores"]["test"]["acc"] for r in mine]))
     md = (out / "results.md").read_text()
-    assert "## Experiment 1" in md and "## Experiment 2" in md and "| 12 | 2 |" in md
-    for png in ("accuracy_by_size.png", "alpha_std_by_size.png", "alpha_per_block_n8.png"):
+    for section in ("## Selected on dev", "## Every grid point", "## Trend", "## Diagnosis", "## Cadence check",
+                    "## Cost per run"):
+        assert section in md
+    for png in ("f1_by_lr.png", "acc_by_lr.png", "selected_by_size.png", "alpha_std_by_size.png",
+                "block_alpha_shift.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert not (out / "runs.partial.json").exists()
-
-
-def test_resume_reuses_only_complete_sizes(text_run, tmp_path):
-    cfg = dict(sizes=[8, 16], lrs=[1e-4, 1e-3])
-    seeds = [0, 1]
-    runs = [dict(size=8, arm=arm, lr=lr, seed=s, selected=lr == 1e-4) for arm in ("FT", "TB")
-            for lr in cfg["lrs"] for s in seeds]
-    runs += [dict(size=16, arm="FT", lr=1e-4, seed=0, selected=True)]  # size 16 was interrupted
-    partial = tmp_path / "runs.partial.json"
-    assert text_run._finished_sizes(partial, cfg, seeds) == {}  # no file: nothing to reuse
-    partial.write_text(json.dumps(runs))
-    done = text_run._finished_sizes(partial, cfg, seeds)
-    assert list(done) == [8] and len(done[8]) == 8
-    assert text_run._finished_sizes(partial, dict(cfg, lrs=[1e-4, 3e-5]), seeds) == {}  # other lr grid: rerun
+    # other settings (epochs): the stored runs do not count, and --report-only runs nothing
+    args = ["--smoke", "--sizes", "8", "--seeds", "1", "--dev", "16", "--epochs", "2", "--out", str(out),
+            "--report-only", "--no-progress"]
+    assert text_run.main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["runs"] == 0 and len(_lines(out / "runs.jsonl")) == len(runs)
