@@ -12,13 +12,16 @@ Each reference is a :class:`Scheme` (its facts, with the file and line they come
   ``tempbalance.py``): one factor per layer, BatchNorm2d ``xxx.bnK`` takes the factor of the layer ``xxx.convK``.
 * ``"tempbalance_lm"`` - the NeurIPS'23 language models (``language_modeling/BTD-Transformer/train_tb.py`` of the
   same repository; ``ZihangHLiu/TempBalance-LM``): one factor per layer, a LayerNorm takes the factor of the
-  Linear right before it.
+  Linear right before it; between passes every learning rate, the base one included, is held.
 * ``"modelbalancing_fno"`` - ModelBalancing's FNO trainer (``sciml/pdebench/models/fno/train.py``): one factor per
   layer, nothing else follows.
 
 The functions take the adapter's :class:`~tempbalance.adapters.MatrixSpec` s in model order; ``blocks[i]`` is the
 block of ``specs[i]`` or ``None`` when it lies outside every block (``block_of_specs`` builds it from an adapter).
-They never touch the model or an optimizer.
+They never touch the model or an optimizer. :func:`plan` puts them together into the :class:`Plan` that
+``TempBalance(compat=...)`` follows: its units are the tuned matrices, every parameter takes the factor of its
+owner, and :meth:`Plan.factors` maps a pass; the scheduler adds the scheme's timing (:attr:`Scheme.factors_act_from`,
+:attr:`Scheme.holds_between_passes`).
 """
 from __future__ import annotations
 
@@ -49,8 +52,9 @@ class Scheme:
     two_level_layers: ``unit="layer"`` is the block's factor times a linear map of the layer within its block.
     factors_act_from: ``"next_update"`` - the spectra are read at the top of step t and the factors are written
         after update t, so they act from update t + 1, and update 0 runs with factor 1 (TR:1973, 2096);
-        ``"this_update"`` - the factors of a pass act from the next update after it (per-epoch references: the
-        pass at construction drives epoch 0).
+        ``"this_update"`` - the factors of a pass act from the next update after it: the pass at construction
+        drives the first update (epoch 0 of the per-epoch references; the LM code's groups start at the first
+        pass's rates, train_tb.py:446-452).
     layer_types: the module types the reference analyses (``named_modules`` order); LoRA layers are analysed as
         ModelBalancing's ``lora_esd_estimator`` does (the effective weight) in every scheme.
     eig_count: what ``min_eigs`` counts: ``"listed"`` - the spectrum's size, read from the shape before any fit
@@ -368,7 +372,7 @@ def plan(
     *,
     scheme: str | Scheme,
     blocks: Sequence[str | None] | None = None,
-    unit: str = "block",
+    unit: str | None = None,
     min_eigs: int = 50,
     remove_first: bool = False,
     remove_last: bool = False,
@@ -376,15 +380,20 @@ def plan(
     sizes: Sequence[int] | None = None,
 ) -> Plan:
     """The :class:`Plan` of ``scheme`` for ``model``, from ``specs`` (an adapter's matrices, model order; ``blocks``
-    aligned with them, needed by ModelBalancing).
+    aligned with them, needed by ModelBalancing, which tunes only matrices inside a block).
 
     Keeps the matrices of the scheme's :attr:`~Scheme.layer_types` (and LoRA layers), then :func:`select` (with a
     ``"filtered"`` eigenvalue count the threshold is the analysis's, at every pass: see
-    :meth:`Plan.analysis_min_eigs`), then :func:`param_owners`.
+    :meth:`Plan.analysis_min_eigs`), then :func:`param_owners`. ``unit``: ``"block"`` or ``"layer"`` under
+    ModelBalancing (``None``: ``"block"``); the per-layer schemes take ``"layer"`` or ``None`` only.
     """
     sch = get_scheme(scheme)
-    if unit not in ("block", "layer"):
-        raise ValueError(f"unit must be 'block' or 'layer', got {unit!r}")
+    if unit not in (None, "block", "layer"):
+        raise ValueError(f"unit must be 'block', 'layer' or None, got {unit!r}")
+    if not sch.two_level_layers and unit not in (None, "layer"):
+        raise ValueError(f"compat={sch.name!r} gives every layer its own factor; unit={unit!r} cannot be reproduced "
+                         "with it: use unit='layer'")
+    unit = unit or ("block" if sch.two_level_layers else "layer")
     if not isinstance(normalize, bool):
         raise ValueError(f"normalize must be True or False, got {normalize!r}")
     if blocks is not None and len(blocks) != len(specs):
@@ -403,6 +412,10 @@ def plan(
     if sch.param_rule == "block_previous_weight":
         if blocks is None:
             raise ValueError(f"scheme {sch.name!r} needs blocks= (the block of each matrix; see block_of_specs)")
+        if specs and not any(b is not None for b in blocks):
+            raise ValueError(f"compat={sch.name!r} tunes the matrices inside blocks, and none of the {len(specs)} "
+                             "matrices is in one; use an adapter that knows the model's blocks (adapter="
+                             "'hf_encoder', 'llama', ...) or compat='tempbalance_cnn' (one factor per layer)")
         kept_blocks = [blocks[i] for i in indices]
     owners = param_owners(model, kept, scheme=sch, blocks=kept_blocks)
     return Plan(sch, kept, indices, kept_blocks, owners, unit, normalize)
@@ -415,7 +428,7 @@ def param_factors(
     *,
     scheme: str | Scheme,
     blocks: Sequence[str | None] | None = None,
-    unit: str = "block",
+    unit: str | None = None,
     min_eigs: int = 50,
     remove_first: bool = False,
     remove_last: bool = False,

@@ -473,22 +473,11 @@ class TempBalance(LRScheduler):
         """The reference's plan for this model (``compat``: True or a scheme name); ``unit`` as given (None: the
         scheme's)."""
         scheme = _compat.default_scheme(self.adapter, specs) if compat is True else compat
-        sch = _compat.get_scheme(scheme)
-        blocks = _compat.block_of_specs(self.adapter, specs)
-        if sch.param_rule == "block_previous_weight" and not any(b is not None for b in blocks):
-            raise ValueError(f"compat={scheme!r} tunes the matrices inside blocks, and the "
-                             f"{getattr(self.adapter, 'name', type(self.adapter).__name__)} adapter found none in "
-                             f"{type(unwrap_model(self.model)).__name__}; use a block adapter (adapter='hf_encoder', "
-                             "...) or compat='tempbalance_cnn' (one factor per layer)")
-        if not sch.two_level_layers:
-            if unit not in (None, "layer"):
-                raise ValueError(f"compat={scheme!r} gives every layer its own factor; unit={unit!r} cannot be "
-                                 "reproduced with it: use unit='layer'")
-            self.unit = "layer"
         min_eigs = self.analysis_options["min_eigs"]
-        plan = _compat.plan(unwrap_model(self.model), specs, scheme=sch, blocks=blocks, unit=self.unit,
-                            min_eigs=min_eigs, remove_first=remove_first, remove_last=remove_last,
-                            normalize=self.normalize)
+        plan = _compat.plan(unwrap_model(self.model), specs, scheme=scheme,
+                            blocks=_compat.block_of_specs(self.adapter, specs), unit=unit, min_eigs=min_eigs,
+                            remove_first=remove_first, remove_last=remove_last, normalize=self.normalize)
+        self.unit = plan.unit
         self.analysis_options["min_eigs"] = plan.analysis_min_eigs(min_eigs, first=False)
         self._first_min_eigs = plan.analysis_min_eigs(min_eigs, first=True)
         return plan

@@ -4,7 +4,8 @@ Per-parameter learning rates in float64, relative error <= 1e-12: each side read
 with its own estimator and assigns the rates with its own rules. ModelBalancing (block and two-level layer units,
 every published (s_lo, s_hi) pair, linear map, rank, tb_lr_normalize, remove_last) on a tiny BERT and RoBERTa built
 from configs and on the real MiniLM; the NeurIPS'23 CNN reference on a small ResNet and VGG. The training-loop
-tests replay the references' step order with the package's functions (the scheduler wiring follows later).
+tests replay the references' step order with the package's functions; TempBalance itself is tested against the
+same oracles in test_scheduler_compat.py.
 """
 from __future__ import annotations
 
