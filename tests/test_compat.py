@@ -333,5 +333,7 @@ def test_param_owners_rules():
                   "head.bias": None, "ln2.weight": None, "ln2.bias": None}
     fno = compat.param_owners(model, specs, scheme="modelbalancing_fno")
     assert fno["ln.weight"] is None and fno["head.bias"] == "head"
+    model.ln.requires_grad_(False)  # frozen parameters keep their owner: it follows the structure
+    assert compat.param_owners(model, specs[:1], scheme="tempbalance_lm") == lm
     with pytest.raises(ValueError, match="blocks"):
         compat.param_factors(model, specs, [3.0, 4.0], scheme="modelbalancing")

@@ -475,3 +475,31 @@ def test_compat_argument_errors():
         TempBalance(model, opt, normalize=1)
     assert TempBalance(cnn_model, torch.optim.SGD(cnn_model.parameters(), lr=0.1), compat=True).compat == \
         "tempbalance_cnn"
+
+
+def test_parameters_frozen_at_construction_take_their_reference_factor_once_unfrozen():
+    """Ownership follows the model's structure (issue 17's gradual unfreezing) under compat too: a block whose
+    parameters are frozen when TempBalance is built gets the reference's per-parameter rates once unfrozen."""
+    model = tiny_encoder("bert")
+    block = "bert.encoder.layer.1."
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith(block))
+    args = _mb_args("layer", "sigmoid", (2.0, 1.0), False, True)
+    tb = TempBalance(model, torch.optim.SGD(model.parameters(), lr=1e-3), **_mb_kwargs(args, 1))
+    tb.refresh()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    want = mb.reference_lrs(model, args, 1e-3)  # the reference with every parameter trainable
+    lr_of = {id(p): g["lr"] for g in tb.optimizer.param_groups for p in g["params"]}
+    assert_lrs({n: lr_of[id(p)] for n, p in model.named_parameters()}, want)
+    assert want[block + "output.LayerNorm.weight"] == want[block + "output.dense.weight"] != 1e-3
+
+
+def test_normalize_without_compat_makes_the_mean_factor_over_the_matrices_one():
+    model = tiny_encoder("bert")
+    tb = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), normalize=True, dtype=F64)
+    plain = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), dtype=F64)
+    per_matrix = [tb.factors[s.unit] for s in tb._specs]
+    assert np.mean(per_matrix) == pytest.approx(1.0, abs=1e-14)
+    ratio = {u: tb.factors[u] / plain.factors[u] for u in tb.units}
+    assert max(ratio.values()) - min(ratio.values()) < 1e-14 and abs(next(iter(ratio.values())) - 1) > 1e-6
