@@ -3,7 +3,9 @@
 What it does, in order: select the matrices (via the model's adapter) -> refresh (analyse them, map unit alphas
 to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups. The param-group bookkeeping
 (splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) lives in
-:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`.
+:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`. Under ``compat`` a reference code's
+:class:`~tempbalance.compat.Plan` decides the matrices, the unit of every parameter and the mapping; the scheduler
+adds that reference's timing (a pass due one step later; base rates held between passes).
 
 How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
 un-factored learning rate ``scheduled[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
