@@ -4,8 +4,9 @@
     ...
     optimizer.step(); tb.step()
 
-Published configurations: ``tempbalance.presets.get("modelbalancing-glue", ratio=0.0002, steps_per_epoch=...)``;
-the reference code's rules as pure functions: :mod:`tempbalance.compat`.
+Published configurations: ``TempBalance(model, optimizer, preset="modelbalancing-glue", ratio=0.0002,
+steps_per_epoch=...)`` (the arguments: :func:`tempbalance.presets.get`); ``compat=True`` reproduces the reference
+code's learning rates, whose rules are pure functions in :mod:`tempbalance.compat`.
 
 Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report` (PL_Alpha_Hill and friends).
 """

@@ -12,13 +12,16 @@ Each reference is a :class:`Scheme` (its facts, with the file and line they come
   ``tempbalance.py``): one factor per layer, BatchNorm2d ``xxx.bnK`` takes the factor of the layer ``xxx.convK``.
 * ``"tempbalance_lm"`` - the NeurIPS'23 language models (``language_modeling/BTD-Transformer/train_tb.py`` of the
   same repository; ``ZihangHLiu/TempBalance-LM``): one factor per layer, a LayerNorm takes the factor of the
-  Linear right before it.
+  Linear right before it; between passes every learning rate, the base one included, is held.
 * ``"modelbalancing_fno"`` - ModelBalancing's FNO trainer (``sciml/pdebench/models/fno/train.py``): one factor per
   layer, nothing else follows.
 
 The functions take the adapter's :class:`~tempbalance.adapters.MatrixSpec` s in model order; ``blocks[i]`` is the
 block of ``specs[i]`` or ``None`` when it lies outside every block (``block_of_specs`` builds it from an adapter).
-They never touch the model or an optimizer.
+They never touch the model or an optimizer. :func:`plan` puts them together into the :class:`Plan` that
+``TempBalance(compat=...)`` follows: its units are the tuned matrices, every parameter takes the factor of its
+owner, and :meth:`Plan.factors` maps a pass; the scheduler adds the scheme's timing (:attr:`Scheme.factors_act_from`,
+:attr:`Scheme.holds_between_passes`).
 """
 from __future__ import annotations
 
@@ -49,11 +52,17 @@ class Scheme:
     two_level_layers: ``unit="layer"`` is the block's factor times a linear map of the layer within its block.
     factors_act_from: ``"next_update"`` - the spectra are read at the top of step t and the factors are written
         after update t, so they act from update t + 1, and update 0 runs with factor 1 (TR:1973, 2096);
-        ``"this_update"`` - the factors of a pass act from the next update after it (per-epoch references: the
-        pass at construction drives epoch 0).
-    initial_pass_applies: whether the pass on the initial weights sets factors at all; the LM code builds its
-        groups at the untuned lr and sets the first factors after update ``esd_interval``
-        (train_tb.py:385-409, 553-621).
+        ``"this_update"`` - the factors of a pass act from the next update after it: the pass at construction
+        drives the first update (epoch 0 of the per-epoch references; the LM code's groups start at the first
+        pass's rates, train_tb.py:446-452).
+    layer_types: the module types the reference analyses (``named_modules`` order); LoRA layers are analysed as
+        ModelBalancing's ``lora_esd_estimator`` does (the effective weight) in every scheme.
+    eig_count: what ``min_eigs`` counts: ``"listed"`` - the spectrum's size, read from the shape before any fit
+        (:func:`select` drops the small ones once); ``"filtered"`` - the eigenvalues left after ``filter_zeros``,
+        at every pass (the FNO trainer: more than ``min_eigs`` at the first pass, T:194, at least ``min_eigs``
+        later, T:483).
+    holds_between_passes: between analyses every group keeps the learning rate of the last one, the base rate
+        included (the LM code's ``tb_update=stage``, train_tb.py:618-621).
     interval: the reference's cadence, in words.
     source: repository and commit the scheme was read from.
     """
@@ -63,7 +72,9 @@ class Scheme:
     param_rule: str
     two_level_layers: bool
     factors_act_from: str
-    initial_pass_applies: bool
+    layer_types: tuple[type, ...]
+    eig_count: str
+    holds_between_passes: bool
     interval: str
     source: str
 
@@ -75,20 +86,26 @@ class Scheme:
         if self.factors_act_from not in ("next_update", "this_update"):
             raise ValueError(f"scheme {self.name!r}: factors_act_from must be 'next_update' or 'this_update', "
                              f"got {self.factors_act_from!r}")
+        if self.eig_count not in ("listed", "filtered"):
+            raise ValueError(f"scheme {self.name!r}: eig_count must be 'listed' or 'filtered', got {self.eig_count!r}")
 
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s for s in (
-        Scheme("modelbalancing", "threshold_then_remove", "block_previous_weight", True, "next_update", True,
+        Scheme("modelbalancing", "threshold_then_remove", "block_previous_weight", True, "next_update",
+               (nn.Linear, nn.Conv2d), "listed", False,
                "every min(100, max(1, len(train_dataloader) // 10)) optimizer steps (TR:1680-1684)",
                "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"),
-        Scheme("tempbalance_cnn", "remove_then_threshold", "norm_by_name", False, "this_update", True,
+        Scheme("tempbalance_cnn", "remove_then_threshold", "norm_by_name", False, "this_update",
+               (nn.Linear, nn.Conv2d), "listed", False,
                "every epoch (main_tb.py:367-372)",
                "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823"),
-        Scheme("tempbalance_lm", "remove_then_threshold", "norm_after_linear", False, "this_update", False,
+        Scheme("tempbalance_lm", "remove_then_threshold", "norm_after_linear", False, "this_update",
+               (nn.Linear, nn.Conv2d), "listed", True,
                "every --esd-interval optimizer steps, after the update (train_tb.py:553-621)",
                "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823 (language_modeling/)"),
-        Scheme("modelbalancing_fno", "remove_then_threshold", "own_layer", False, "this_update", True,
+        Scheme("modelbalancing_fno", "remove_then_threshold", "own_layer", False, "this_update",
+               (nn.Linear, nn.Conv2d, nn.Conv1d), "filtered", False,
                "every tb_interval_ep epochs (sciml/pdebench/models/fno/train.py:457-578)",
                "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"),
     )
@@ -241,15 +258,18 @@ def _decay_names(model: nn.Module) -> set[str]:
 
 def param_owners(model: nn.Module, specs: Sequence[MatrixSpec], *, scheme: str | Scheme,
                  blocks: Sequence[str | None] | None = None) -> dict[str, str | None]:
-    """For every trainable parameter (``model.named_parameters()`` order), the name of the tuned matrix whose
-    factor it takes, or ``None`` (factor 1). ``specs`` are the tuned matrices (after :func:`select`); a matrix's
+    """For every parameter (``model.named_parameters()`` order, frozen ones included: ownership follows the
+    model's structure, so a parameter unfrozen later takes its factor), the name of the tuned matrix whose factor
+    it takes, or ``None`` (factor 1). ``specs`` are the tuned matrices (after :func:`select`); a matrix's
     own parameters (``spec.params``: weight, bias, LoRA factors) take its factor in every scheme. The rest, by
     :attr:`Scheme.param_rule`:
 
     * ``"block_previous_weight"`` (ModelBalancing TR:2124-2148): a parameter inside a block (``blocks``) that no
       tuned matrix owns - a LayerNorm, a bias of an untuned layer - takes the factor of the last weight before it
       in its block (a "decay" parameter: not a bias, not in a LayerNorm). With none before it the reference raises
-      ``KeyError``; here it takes the block's first tuned matrix. Outside blocks: ``None``.
+      ``KeyError``; here it takes the block's first tuned matrix. Outside blocks: ``None``. (The reference walks
+      the trainable parameters only; here a frozen weight counts too - the same unless a weight of a block is
+      frozen.)
     * ``"norm_by_name"`` (TempBalance tempbalance.py:82-92, 174-187): a ``BatchNorm2d`` named ``...bnK`` takes the
       factor of the tuned layer named with ``bn`` replaced by ``conv``.
     * ``"norm_after_linear"`` (language_modeling train_tb.py:319-333, 397-409): a ``LayerNorm`` takes the factor
@@ -262,7 +282,7 @@ def param_owners(model: nn.Module, specs: Sequence[MatrixSpec], *, scheme: str |
     for s in specs:
         for p in s.params:
             owner_of.setdefault(id(p), s.name)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = list(model.named_parameters())
     out: dict[str, str | None] = {n: owner_of.get(id(p)) for n, p in named}
     rule = sch.param_rule
     if rule == "block_previous_weight":
@@ -308,6 +328,99 @@ def param_owners(model: nn.Module, specs: Sequence[MatrixSpec], *, scheme: str |
     return out
 
 
+def default_scheme(adapter: Any, specs: Sequence[MatrixSpec]) -> str:
+    """The scheme ``compat=True`` means: ModelBalancing's for a model whose adapter found blocks (transformer
+    blocks), else the NeurIPS'23 per-layer one. Call it after ``adapter.enumerate(model)`` returned ``specs``."""
+    return "modelbalancing" if any(b is not None for b in block_of_specs(adapter, specs)) else "tempbalance_cnn"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a reference does with one model: the matrices it tunes, the matrix whose factor every parameter
+    takes, and how one pass's metric values become factors (:func:`plan` builds it).
+
+    specs: the tuned matrices, model order; indices: their positions in the specs :func:`plan` was given;
+    blocks: their blocks (ModelBalancing; ``None`` for the per-layer schemes); owners: parameter name -> the
+    name of the spec whose factor it takes, or ``None`` (factor 1); unit: ``"block"`` or ``"layer"``;
+    normalize: ``tb_lr_normalize``.
+    """
+
+    scheme: Scheme
+    specs: list[MatrixSpec]
+    indices: list[int]
+    blocks: list[str | None] | None
+    owners: dict[str, str | None]
+    unit: str
+    normalize: bool
+
+    def factors(self, values: Any, **mapping_options: Any) -> np.ndarray:
+        """The factor of every tuned matrix from its metric ``values`` (NaN: not fitted; :func:`layer_factors`)."""
+        unit = self.unit if self.scheme.two_level_layers else "block"
+        return layer_factors(values, self.blocks, unit=unit, normalize=self.normalize, **mapping_options)
+
+    def analysis_min_eigs(self, min_eigs: int, *, first: bool) -> int:
+        """The ``min_eigs`` a pass's analysis applies: 0 where :func:`plan` already dropped the small matrices by
+        their spectrum's size; the FNO trainer's filtered count otherwise (stricter at the first pass)."""
+        if self.scheme.eig_count == "listed":
+            return 0
+        return min_eigs + 1 if first else min_eigs
+
+
+def plan(
+    model: nn.Module,
+    specs: Sequence[MatrixSpec],
+    *,
+    scheme: str | Scheme,
+    blocks: Sequence[str | None] | None = None,
+    unit: str | None = None,
+    min_eigs: int = 50,
+    remove_first: bool = False,
+    remove_last: bool = False,
+    normalize: bool = False,
+    sizes: Sequence[int] | None = None,
+) -> Plan:
+    """The :class:`Plan` of ``scheme`` for ``model``, from ``specs`` (an adapter's matrices, model order; ``blocks``
+    aligned with them, needed by ModelBalancing, which tunes only matrices inside a block).
+
+    Keeps the matrices of the scheme's :attr:`~Scheme.layer_types` (and LoRA layers), then :func:`select` (with a
+    ``"filtered"`` eigenvalue count the threshold is the analysis's, at every pass: see
+    :meth:`Plan.analysis_min_eigs`), then :func:`param_owners`. ``unit``: ``"block"`` or ``"layer"`` under
+    ModelBalancing (``None``: ``"block"``); the per-layer schemes take ``"layer"`` or ``None`` only.
+    """
+    sch = get_scheme(scheme)
+    if unit not in (None, "block", "layer"):
+        raise ValueError(f"unit must be 'block', 'layer' or None, got {unit!r}")
+    if not sch.two_level_layers and unit not in (None, "layer"):
+        raise ValueError(f"compat={sch.name!r} gives every layer its own factor; unit={unit!r} cannot be reproduced "
+                         "with it: use unit='layer'")
+    unit = unit or ("block" if sch.two_level_layers else "layer")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    if blocks is not None and len(blocks) != len(specs):
+        raise ValueError(f"blocks has {len(blocks)} entries, specs has {len(specs)}")
+    if sizes is not None and len(sizes) != len(specs):
+        raise ValueError(f"sizes has {len(sizes)} values, specs has {len(specs)}")
+    modules = dict(model.named_modules())
+    analysed = [i for i, s in enumerate(specs)
+                if s.kind == "lora" or isinstance(modules.get(s.name), sch.layer_types)]
+    keep = select([specs[i] for i in analysed], scheme=sch,
+                  min_eigs=min_eigs if sch.eig_count == "listed" else 0, remove_first=remove_first,
+                  remove_last=remove_last, sizes=None if sizes is None else [sizes[i] for i in analysed])
+    indices = [analysed[k] for k in keep]
+    kept = [specs[i] for i in indices]
+    kept_blocks = None
+    if sch.param_rule == "block_previous_weight":
+        if blocks is None:
+            raise ValueError(f"scheme {sch.name!r} needs blocks= (the block of each matrix; see block_of_specs)")
+        if specs and not any(b is not None for b in blocks):
+            raise ValueError(f"compat={sch.name!r} tunes the matrices inside blocks, and none of the {len(specs)} "
+                             "matrices is in one; use an adapter that knows the model's blocks (adapter="
+                             "'hf_encoder', 'llama', ...) or compat='tempbalance_cnn' (one factor per layer)")
+        kept_blocks = [blocks[i] for i in indices]
+    owners = param_owners(model, kept, scheme=sch, blocks=kept_blocks)
+    return Plan(sch, kept, indices, kept_blocks, owners, unit, normalize)
+
+
 def param_factors(
     model: nn.Module,
     specs: Sequence[MatrixSpec],
@@ -315,37 +428,29 @@ def param_factors(
     *,
     scheme: str | Scheme,
     blocks: Sequence[str | None] | None = None,
-    unit: str = "block",
+    unit: str | None = None,
     min_eigs: int = 50,
     remove_first: bool = False,
     remove_last: bool = False,
+    normalize: bool = False,
     sizes: Sequence[int] | None = None,
     backend: str = "auto",
     **mapping_options: Any,
 ) -> dict[str, float]:
-    """The reference's learning-rate factor of every trainable parameter (name -> factor; the learning rate is
-    base lr x factor), from the metric ``values`` of all ``specs`` (every analysable matrix, model order).
+    """The reference's learning-rate factor of every parameter (name -> factor; the learning rate is base lr x
+    factor), from the metric ``values`` of all ``specs`` (every analysable matrix, model order).
 
-    :func:`select` picks the tuned matrices, :func:`layer_factors` gives their factors (``mapping_options``:
-    ``mapping``, ``tau``, ``s_lo``, ``s_hi``, ``s1``, ``s2``, ``normalize``), :func:`param_owners` hands them to
-    the parameters. ``blocks`` (aligned with ``specs``) is needed by the ModelBalancing scheme; the TempBalance
-    schemes tune every selected matrix as its own layer.
+    :func:`plan` picks the tuned matrices and the owner of every parameter, :meth:`Plan.factors` maps their values
+    (``mapping_options``: ``mapping``, ``tau``, ``s_lo``, ``s_hi``, ``s1``, ``s2``). ``blocks`` (aligned with
+    ``specs``) is needed by the ModelBalancing scheme; the TempBalance schemes tune every selected matrix as its own
+    layer. With a ``"filtered"`` eigenvalue count (the FNO scheme) ``min_eigs`` is the analysis's business: pass
+    values of NaN for the matrices it left untuned.
     """
-    sch = get_scheme(scheme)
     v = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
     if v.size != len(specs):
         raise ValueError(f"values has {v.size} entries, specs has {len(specs)}")
-    if blocks is not None and len(blocks) != len(specs):
-        raise ValueError(f"blocks has {len(blocks)} entries, specs has {len(specs)}")
-    keep = select(specs, scheme=sch, min_eigs=min_eigs, remove_first=remove_first, remove_last=remove_last,
-                  sizes=sizes)
-    kept = [specs[i] for i in keep]
-    kept_blocks = [blocks[i] for i in keep] if (blocks is not None and sch.param_rule == "block_previous_weight") else None
-    if sch.param_rule == "block_previous_weight" and kept_blocks is None:
-        raise ValueError(f"scheme {sch.name!r} needs blocks= (the block of each matrix; see block_of_specs)")
-    unit_arg = unit if sch.two_level_layers else "block"
-    factors = layer_factors(v[keep], kept_blocks, unit=unit_arg, backend=backend, **mapping_options)
-    by_layer = dict(zip((s.name for s in kept), factors.tolist()))
-    owners = param_owners(model, kept, scheme=sch, blocks=kept_blocks)
-    return {n: (by_layer[o] if o is not None else 1.0) for n, o in owners.items()}
-
+    p = plan(model, specs, scheme=scheme, blocks=blocks, unit=unit, min_eigs=min_eigs, remove_first=remove_first,
+             remove_last=remove_last, normalize=normalize, sizes=sizes)
+    factors = p.factors(v[p.indices], backend=backend, **mapping_options)
+    by_layer = dict(zip((s.name for s in p.specs), factors.tolist()))
+    return {n: (by_layer[o] if o is not None else 1.0) for n, o in p.owners.items()}

@@ -299,11 +299,13 @@ class FactoredGroups:
         self.had_initial_lr = ["initial_lr" in g for g in self.groups[:len(self.units)]]
         self.sync_external()
 
-    def apply(self, factors: Mapping[str, float]) -> None:
-        """Write ``scheduled[i] x factors[key of group i]`` into every group (keys absent or None: factor 1)."""
+    def apply(self, factors: Mapping[str, float], base: Sequence[float] | None = None) -> None:
+        """Write ``scheduled[i] x factors[key of group i]`` into every group (keys absent or None: factor 1);
+        ``base`` replaces ``scheduled`` (a reference that holds the base value between its passes)."""
+        base = self.scheduled if base is None else base
         for i, (g, key) in enumerate(zip(self.groups, self.units)):
             f = float(factors.get(key, 1.0)) if key is not None else 1.0
-            write(g, self.target, self.scheduled[i] * f)
+            write(g, self.target, base[i] * f)
             self.written[i] = read(g, self.target)
             self.factors[i] = f
             g[FACTOR_KEY] = f

@@ -8,12 +8,11 @@
 Every value names the script and config line it was read from (repository at a fixed commit). ``get`` returns
 :class:`~tempbalance.TempBalance` keyword arguments; any of them can be overridden (``get(name, s_lo=1.0)``).
 ``training`` returns the rest of the published recipe (optimizer, learning rate, batch size, schedule, ...), which
-TempBalance does not set. ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces;
-``reference_only`` lists what that code does that the keyword arguments cannot say yet.
+TempBalance does not set. ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
+``compat=`` argument); ``reference_only`` lists what that code does that TempBalance does not reproduce.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -103,7 +102,7 @@ _add(Preset(
         "transformers/src/transformers/trainer.py:1680-1684 (interval), :1973-2148 (ESD, assignment)",
     ),
     tempbalance=dict(unit="block", mapping="sigmoid", tau=10.0, xmin_pos=1.5, xmin_rule="median", min_eigs=50,
-                     remove_last=True, compat=True),
+                     remove_last=True, normalize=False, compat="modelbalancing"),
     training=dict(model="FacebookAI/roberta-base", task="qnli", epochs=10, warmup_ratio=0.06, weight_decay=0.1,
                   weight_decay_on="every parameter but biases and LayerNorm weights (HF Trainer's default groups)",
                   max_seq_length=128, optimizer="AdamW (torch; betas 0.9, 0.999; eps 1e-8)",
@@ -115,13 +114,6 @@ _add(Preset(
                          source=f"config_files/configs_sigmoid.txt:{lines}; configs.txt:{blines}")
               for r, (lr, bs, s, lines, blr, bbs, blines) in _GLUE_RATIO.items()},
     interval_rule="reference",
-    reference_only=(
-        "spectra read at the top of a step, factors written after that step's update (they act from the next "
-        "update; the first update runs at factor 1) - trainer.py:1973, 2096",
-        "remove_last drops the last analysed matrix (classifier.dense of RoBERTa), not the last block - "
-        "trainer.py:2018-2022",
-        "LayerNorms take the lr of the last weight before them in their block - trainer.py:2134-2141",
-    ),
 ))
 
 _add(Preset(
@@ -138,8 +130,8 @@ _add(Preset(
         "scheduler.step(), eigs_thres, xmin_pos 2, filter_zeros True)",
         "sciml/pdebench/models/fno/utils.py:481-634 (estimator), :638-674 (tb_std_sigmoid, exp_temp)",
     ),
-    tempbalance=dict(unit="layer", mapping="sigmoid", tau=10.0, xmin_pos=2.0, xmin_rule="median", min_eigs=13,
-                     interval=None, compat=True, adapter="generic"),
+    tempbalance=dict(unit="layer", mapping="sigmoid", tau=10.0, xmin_pos=2.0, xmin_rule="median", min_eigs=12,
+                     filter_zeros=True, interval=None, compat="modelbalancing_fno", adapter="generic"),
     training=dict(model="FNO2d (modes 12, width 20, initial_step 10, 4 channels)",
                   data="2D_CFD_Rand_M0.1_Eta0.01_Zeta0.01_periodic_128_Train.hdf5, every reduced_batch-th sample, "
                        "reduced_resolution 2, t_train 21",
@@ -152,10 +144,10 @@ _add(Preset(
                           source=f"sciml/pdebench/txt_files/fno_2dcfd.txt:{line}")
               for rb, (s, line) in _FNO_REDUCED_BATCH.items()},
     reference_only=(
-        "eigenvalues <= 1e-5 are dropped before the fit (filter_zeros=True), after the conv x0.5 scaling",
-        "a layer needs more than 12 filtered eigenvalues at the first pass (train.py:194) and at least 12 later "
-        "(train.py:483); min_eigs=13 is the first rule",
-        "only nn.Linear / nn.Conv2d / nn.Conv1d weights are analysed; the Fourier (spectral) weights never are",
+        "an nn.Conv1d weight is analysed without the reshape a Conv2d gets (utils.py:526-531: a batch of "
+        "(in, kernel) matrices); tempbalance slices it like a Conv2d",
+        "a layer whose filtered eigenvalue count crosses min_eigs during training shifts the reference's "
+        "index-based reassignment (train.py:549-557) onto other groups; tempbalance gives that layer factor 1",
     ),
 ))
 
@@ -174,7 +166,7 @@ _add(Preset(
         "tempbalance.py:12-30 (eigs_thresh 50, conv_norm 0.5), config.py:34-38 (cosine_decay)",
     ),
     tempbalance=dict(unit="layer", mapping="linear", s1=0.5, s2=1.5, xmin_pos=2.0, xmin_rule="median", min_eigs=50,
-                     remove_first=True, remove_last=True, interval=None, compat=True, adapter="generic"),
+                     remove_first=True, remove_last=True, interval=None, compat="tempbalance_cnn", adapter="generic"),
     training=dict(optimizer="SGD (momentum 0.9)", weight_decay=5e-4, batch_size=128, epochs=200,
                   schedule="per epoch: after epoch e the base lr is lr * 0.5 * (1 + cos(pi * e / 200)) "
                            "(config.py cosine_decay; epoch 1 runs at lr too)",
@@ -182,11 +174,6 @@ _add(Preset(
     choose_by="model",
     variants={k: Variant(training=dict(lr=lr), source=f"bash_scripts/config/tb.txt:{line}")
               for k, (lr, line) in _CIFAR_LR.items()},
-    reference_only=(
-        "a BatchNorm2d named ...bnK takes the lr of the layer ...convK (tempbalance.py:82-92); shortcut "
-        "BatchNorms (no 'bn' in the name) keep the base lr",
-        "remove_first / remove_last drop the first / last analysed layer before the eigenvalue threshold",
-    ),
 ))
 
 _add(Preset(
@@ -205,7 +192,7 @@ _add(Preset(
         ":534-621 (clip 0.25, per-step cosine, ESD after the update)",
     ),
     tempbalance=dict(unit="layer", mapping="linear", s1=1.0, s2=2.0, xmin_pos=2.0, xmin_rule="median", min_eigs=50,
-                     remove_first=False, remove_last=True, compat=True, adapter="generic"),
+                     remove_first=False, remove_last=True, compat="tempbalance_lm", adapter="generic"),
     training=dict(optimizer="Adam", lr=1.25e-4, max_steps=40000, max_epoch=200, batch_size=120, tgt_len=32,
                   clip=0.25, schedule="cosine per optimizer step to 0 at max_steps", seeds=(51, 13, 71, 37, 43),
                   model="n_layer 3, d_model 256, n_head 1, d_head 40, d_inner 2100, dropout 0.3"),
@@ -213,12 +200,6 @@ _add(Preset(
     variants={k: Variant(tempbalance=dict(interval=k), source=f"BTD-Transformer/scripts/txt/ptb_tb.txt:{lines}")
               for k, lines in ((1, "2-6"), (10, "7-11"), (25, "12-16"))},
     default=1,
-    reference_only=(
-        "a LayerNorm takes the lr of the Linear right before it (layernorm True)",
-        "tb_update stage: between analyses every group keeps the lr of the last analysis, the base lr included "
-        "(the cosine only moves at analysis steps)",
-        "the first update runs at the untuned lr; groups start at lr, not at the first pass's factors",
-    ),
 ))
 
 
@@ -250,9 +231,9 @@ def _variant(p: Preset, choice: dict[str, Any], *, needed: bool) -> Variant | No
 
 
 def _tempbalance_params() -> set[str]:
-    from .scheduler import TempBalance  # the scheduler imports compat; import lazily
+    from .scheduler import _ARGUMENTS  # the scheduler imports this module; import lazily
 
-    return {n for n in inspect.signature(TempBalance.__init__).parameters if n not in ("self", "model", "optimizer")}
+    return set(_ARGUMENTS)
 
 
 def get(name: str, **overrides: Any) -> dict[str, Any]:
@@ -312,6 +293,6 @@ def describe(name: str) -> str:
             vals = {**v.tempbalance, **v.training}
             lines.append(f"    {k!r}: " + ", ".join(f"{a}={b!r}" for a, b in vals.items()) + f"  [{v.source}]")
     if p.reference_only:
-        lines.append("  what the reference does that these arguments do not say yet:")
+        lines.append("  what the reference does that tempbalance does not reproduce:")
         lines += [f"    - {s}" for s in p.reference_only]
     return "\n".join(lines)

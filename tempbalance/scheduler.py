@@ -3,7 +3,9 @@
 What it does, in order: select the matrices (via the model's adapter) -> refresh (analyse them, map unit alphas
 to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups. The param-group bookkeeping
 (splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) lives in
-:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`.
+:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`. Under ``compat`` a reference code's
+:class:`~tempbalance.compat.Plan` decides the matrices, the unit of every parameter and the mapping; the scheduler
+adds that reference's timing (a pass due one step later; base rates held between passes).
 
 How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
 un-factored learning rate ``scheduled[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import inspect
 import math
 import re
 import time
@@ -43,7 +46,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from . import analysis, device_lr, distributed, groups as _groups, mapping as _mapping, streams
+from . import analysis, compat as _compat, device_lr, distributed, groups as _groups, mapping as _mapping, presets
+from . import streams
 from .distributed import partition
 from .adapters import MatrixSpec, get_adapter, unwrap_model
 from .cadence import Cadence, as_cadence
@@ -56,6 +60,8 @@ TARGETS = ("lr", "weight_decay")
 # fitted" (too few eigenvalues, flat tail: untuned, factor 1)
 _FAILED = ("non_finite", "error", "empty")
 _STATE_VERSION = 3
+# settings added to the checkpoint after version 3 was defined, with the value a state saved without them had
+_SETTINGS_ADDED = {"compat": None, "normalize": False}
 # tb.step() calls in a row without an optimizer step between them, after this many optimizer steps in a row that
 # each saw more than one, is a loop that steps TempBalance twice per update (a single extra call is allowed: a
 # GradScaler skips optimizer.step() on overflow and the schedule still advances, as torch's schedulers do)
@@ -76,6 +82,13 @@ class _PendingPass:
 
 def _raise(error: BaseException) -> torch.Tensor:
     raise error
+
+
+def _finished(report: Report) -> Future:
+    """A pass that has finished already, as a background one looks when it is collected."""
+    future: Future = Future()
+    future.set_result(report)
+    return future
 
 
 def _snapshot(specs: list[MatrixSpec]) -> tuple[list[MatrixSpec], streams.Handoff]:
@@ -173,10 +186,14 @@ class TempBalance(LRScheduler):
             later is checked the same way (a scheduler built after TempBalance read the factored LRs: refused).
         unit: ``"block"`` (mean alpha of a block's matrices drives every parameter of the block) or ``"layer"``
             (each matrix drives its own layer); ``None`` = the adapter's choice.
-        mapping: ``"sigmoid"`` (TBSigmoid: ``tau``, ``s_lo``, ``s_hi``) or ``"linear"`` (TBLinearMap: ``s1``, ``s2``).
-        xmin_pos, xmin_rule, min_eigs, dtype, backend: analysis options (:func:`tempbalance.analyze`);
-            ``min_eigs=None`` = the adapter's default; ``dtype=None`` = the precision of each weight (float64
-            weights in float64, the rest in float32).
+        mapping: ``"sigmoid"`` (TBSigmoid: ``tau``, ``s_lo``, ``s_hi``), ``"linear"`` (TBLinearMap: ``s1``, ``s2``)
+            or ``"rank"`` (the reference code's rank mapping: the unit of rank ``k`` among ``n`` gets
+            ``s1 + (s2 - s1) * k / n``).
+        normalize: divide every factor by the mean factor over the analysed matrices, so the mean learning rate
+            over them is the base rate (the reference's ``tb_lr_normalize``).
+        xmin_pos, xmin_rule, min_eigs, filter_zeros, dtype, backend: analysis options
+            (:func:`tempbalance.analyze`); ``min_eigs=None`` = the adapter's default; ``dtype=None`` = the precision
+            of each weight (float64 weights in float64, the rest in float32).
         interval: when to re-analyse (always also once at construction): an integer = every ``interval`` calls
             of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end` (a LightningModule's epochs are
             followed by themselves; :class:`~tempbalance.cadence.PerEpoch` with ``steps_per_epoch`` also refreshes
@@ -205,12 +222,23 @@ class TempBalance(LRScheduler):
             the pass's peak extra memory (``None``: 1 GiB).
         include, exclude: regular expressions (``re.search``) on matrix names; only included, non-excluded
             matrices are analysed and tuned.
-        remove_first, remove_last: leave the first / last unit untuned (factor 1), as the reference code can.
+        remove_first, remove_last: leave the first / last unit untuned (factor 1); under ``compat`` the first /
+            last analysed *matrix*, as the reference code does.
         metric: what drives the mapping: ``"alpha"`` or the ablations ``"spectral_norm"``, ``"stable_rank"``,
             ``"alpha_hat"``.
         target: ``"lr"`` or ``"weight_decay"`` (the factors scale each group's weight decay instead).
-        compat: reproduce the reference code (LoRA without scaling, conv eigenvalues x 0.5, linear map with all
-            alphas equal -> s2).
+        compat: reproduce a reference code's learning rates exactly (docs/COMPAT.md): ``"modelbalancing"``
+            (EMNLP'24 fine-tuning: blocks, its two-level ``unit="layer"``, norms borrowing the factor of the weight
+            before them, factors acting from the update after each pass), ``"tempbalance_cnn"`` (NeurIPS'23 CIFAR:
+            per layer, BatchNorm ``bnK`` following ``convK``), ``"tempbalance_lm"`` (NeurIPS'23 LM: per Linear,
+            LayerNorms following the Linear before them, the learning rates held between passes) or
+            ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum). ``True``:
+            ``"modelbalancing"`` when the adapter finds blocks, else ``"tempbalance_cnn"``. Every scheme also
+            analyses LoRA without its scaling and conv eigenvalues x 0.5, and maps equal alphas to ``s2``. The
+            units are then the tuned matrices (``factors`` has one per matrix).
+        preset: a published configuration (:mod:`tempbalance.presets`): its arguments, overridden by the ones
+            given here, plus its choice keyword (``TempBalance(model, opt, preset="modelbalancing-glue",
+            ratio=0.0002, steps_per_epoch=len(loader))``).
         adapter: ``"auto"``, a registered adapter name or an :class:`~tempbalance.adapters.Adapter`.
         include_embeddings: analyse and tune embedding matrices too (an LM head tied to the embedding is the
             embedding).
@@ -226,7 +254,19 @@ class TempBalance(LRScheduler):
     after TempBalance, param groups added that the base scheduler does not cover.
     """
 
-    def __init__(
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, preset: str | None = None,
+                 **kwargs: Any):
+        # the arguments are those of _setup (the signature shown is set below the class); a preset's values are
+        # overridden by the ones given explicitly, which only a wrapper can tell from defaults
+        if preset is not None:
+            kwargs = presets.get(preset, **kwargs)
+        unknown = sorted(set(kwargs) - set(_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"TempBalance got unexpected keyword argument(s) {unknown}"
+                            + ("" if preset is not None else "; a preset's choice (ratio=, model=, ...) needs preset="))
+        self._setup(model, optimizer, **kwargs)
+
+    def _setup(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -239,6 +279,7 @@ class TempBalance(LRScheduler):
         tau: float = 10.0,
         s1: float = 0.5,
         s2: float = 1.5,
+        normalize: bool = False,
         xmin_pos: float = 2.0,
         xmin_rule: str = "median",
         interval: int | str | Cadence | None = None,
@@ -247,13 +288,14 @@ class TempBalance(LRScheduler):
         num_threads: int | None = None,
         chunk_bytes: int | None = None,
         min_eigs: int | None = None,
+        filter_zeros: bool = False,
         include: str | Iterable[str] | None = None,
         exclude: str | Iterable[str] | None = None,
         remove_first: bool = False,
         remove_last: bool = False,
         metric: str = "alpha",
         target: str = "lr",
-        compat: bool = False,
+        compat: bool | str = False,
         adapter: Any = "auto",
         backend: str = "auto",
         dtype: torch.dtype | None = None,
@@ -275,9 +317,16 @@ class TempBalance(LRScheduler):
             raise ValueError(f"lag must be an integer >= 0 (0 = synchronous), got {lag!r}")
         if isinstance(stagger, bool) or not isinstance(stagger, int) or stagger < 1:
             raise ValueError(f"stagger must be an integer >= 1 (1 = every matrix at every refresh), got {stagger!r}")
-        for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("compat", compat)):
+        for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("normalize", normalize)):
             if not isinstance(v, bool):
                 raise ValueError(f"{arg} must be True or False, got {v!r}")
+        if not isinstance(compat, bool) and compat not in _compat.SCHEMES:
+            raise ValueError(f"compat must be True, False or one of {tuple(_compat.SCHEMES)}, got {compat!r}")
+        if compat and stagger > 1:
+            raise ValueError("stagger >= 2 analyses a slice of the matrices per refresh (an approximation); compat "
+                             "reproduces a reference that analyses every matrix at every refresh: use stagger=1")
+        if compat and include_embeddings:
+            raise ValueError("include_embeddings=True: no reference code analyses embeddings; drop it with compat")
         self.model, self.optimizer = model, optimizer
         self.adapter = get_adapter(model, adapter)
         if compat and hasattr(self.adapter, "lora_scaling"):
@@ -288,13 +337,14 @@ class TempBalance(LRScheduler):
         self.interval, self.cadence, self.lag, self.metric, self.target = interval, cadence, lag, metric, target
         self.map_options = dict(mapping=mapping, tau=_number("tau", tau, 0, strict=True), s_lo=_number("s_lo", s_lo, 0),
                                 s_hi=_number("s_hi", s_hi, 0), s1=_number("s1", s1), s2=_number("s2", s2),
-                                compat=compat, backend=backend)
+                                compat=bool(compat), backend=backend)
+        self.normalize = normalize
         _mapping.lr_factors([1.0], **self.map_options)  # validates mapping/backend now, not at the first refresh
         self.analysis_options = dict(
             xmin_pos=xmin_pos, xmin_rule=xmin_rule, dtype=dtype, backend=backend,
             min_eigs=getattr(self.adapter, "min_eigs", analysis.DEFAULT_MIN_EIGS) if min_eigs is None else min_eigs,
             conv_scale=0.5 if compat else 1.0, num_threads=num_threads,
-            chunk_bytes=chunk_bytes,
+            chunk_bytes=chunk_bytes, filter_zeros=filter_zeros,
         )
         analysis.check_options(**self.analysis_options)
         self._check_base_scheduler(base_scheduler)
@@ -306,7 +356,11 @@ class TempBalance(LRScheduler):
                              "each pass); use stagger=1")
 
         # select the matrices
-        self._specs, self.units = self._select_specs(include, exclude, remove_first, remove_last, include_embeddings)
+        self._plan: _compat.Plan | None = None
+        self._first_min_eigs: int | None = None  # the initial pass's min_eigs, where a scheme's differs
+        self._specs, self.units, self._plan = self._select_specs(include, exclude, remove_first, remove_last,
+                                                                 include_embeddings, compat, unit)
+        self.compat = self._plan.scheme.name if self._plan is not None else None
         self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
         self.stagger = stagger
         self._slices = self._stagger_slices(stagger)
@@ -337,11 +391,18 @@ class TempBalance(LRScheduler):
         self._callbacks: collections.OrderedDict[int, Callable[[dict[str, Any]], None]] = collections.OrderedDict()
         self._last_commit = (0, time.perf_counter())  # (step, clock) of the last applied refresh, for Budget
         self._step_hook = None
-        self._refresh_now()  # the initial analysis, before the optimizer is touched (it may raise)
+        # steps from a pass to its factors: ``lag``, and at least one under a reference whose factors act from the
+        # update after the pass (ModelBalancing: the pass at the top of step t, the factors after update t)
+        next_update = self._plan is not None and self._plan.scheme.factors_act_from == "next_update"
+        self._delay = max(lag, 1) if next_update else lag
+        self._held: list[float] | None = None  # the base rates held between passes (compat="tempbalance_lm")
+        self._initial_pass(deferred=next_update)
         # the optimizer's groups, split by unit (a previous TempBalance on this optimizer is released first)
         self._groups = _groups.FactoredGroups(optimizer, owner, target=target, params=params,
                                               scheduler=base_scheduler)
         self._base_scheduler = base_scheduler
+        if self._plan is not None and self._plan.scheme.holds_between_passes:
+            self._held = list(self._groups.scheduled)
         self._apply()
         self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
         self._warn_if_nothing_tuned()
@@ -382,32 +443,50 @@ class TempBalance(LRScheduler):
             self._groups.attach_scheduler(scheduler)
         self._base_scheduler = scheduler
 
-    def _select_specs(self, include, exclude, remove_first, remove_last, include_embeddings):
+    def _select_specs(self, include, exclude, remove_first, remove_last, include_embeddings, compat, unit):
+        """The analysed matrices, the units, and under ``compat`` the reference's :class:`~tempbalance.compat.Plan`
+        (its tuned matrices are the units)."""
         inc, exc = _patterns("include", include), _patterns("exclude", exclude)
-        tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
         found = self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
         # weights no adapter rule covers are named in every report's ``skipped``
         self._skipped = analysis.unanalysed(unwrap_model(self.model), found)
         specs = [s for s in found
-                 if (tuned is None or tuned(s))
-                 and (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
-        units: list[str] = []
-        for s in specs:
-            if self._key(s) not in units:
-                units.append(self._key(s))
-        drop = set(units[:1] if remove_first else []) | set(units[-1:] if remove_last else [])
-        specs = [s for s in specs if self._key(s) not in drop]
-        units = [u for u in units if u not in drop]
+                 if (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
+        plan = self._compat_plan(specs, compat, unit, remove_first, remove_last) if compat else None
+        if plan is not None:
+            specs, units = list(plan.specs), [s.name for s in plan.specs]
+        else:
+            tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
+            specs = [s for s in specs if tuned is None or tuned(s)]
+            units = list(dict.fromkeys(self._key(s) for s in specs))
+            drop = set(units[:1] if remove_first else []) | set(units[-1:] if remove_last else [])
+            specs = [s for s in specs if self._key(s) not in drop]
+            units = [u for u in units if u not in drop]
         if not specs:
             skipped = self._skipped
             unanalysed = (f"; not analysed: {', '.join(f'{n} ({r})' for n, r in skipped[:3])}"
                           f"{' ...' if len(skipped) > 3 else ''}") if skipped else ""
             warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
                           f"{unanalysed}); every group keeps factor 1", UserWarning, stacklevel=3)
-        return specs, units
+        return specs, units, plan
+
+    def _compat_plan(self, specs: list[MatrixSpec], compat: bool | str, unit: str | None, remove_first: bool,
+                     remove_last: bool) -> _compat.Plan:
+        """The reference's plan for this model (``compat``: True or a scheme name); ``unit`` as given (None: the
+        scheme's)."""
+        scheme = _compat.default_scheme(self.adapter, specs) if compat is True else compat
+        min_eigs = self.analysis_options["min_eigs"]
+        plan = _compat.plan(unwrap_model(self.model), specs, scheme=scheme,
+                            blocks=_compat.block_of_specs(self.adapter, specs), unit=unit, min_eigs=min_eigs,
+                            remove_first=remove_first, remove_last=remove_last, normalize=self.normalize)
+        self.unit = plan.unit
+        self.analysis_options["min_eigs"] = plan.analysis_min_eigs(min_eigs, first=False)
+        self._first_min_eigs = plan.analysis_min_eigs(min_eigs, first=True)
+        return plan
 
     def _key(self, spec: MatrixSpec) -> str:
-        return spec.name if self.unit == "layer" else spec.unit
+        """The unit of a matrix: its block, or itself (``unit="layer"``, and every tuned matrix under compat)."""
+        return spec.name if self.unit == "layer" or self._plan is not None else spec.unit
 
     def _owner_map(self) -> tuple[dict[int, str], list[nn.Parameter]]:
         """``id(param) -> unit`` for every parameter a unit drives (the first unit wins for a shared one). An
@@ -418,7 +497,13 @@ class TempBalance(LRScheduler):
             raise ValueError(
                 f"none of the optimizer's {len(opt_params)} parameters belongs to the model given to TempBalance "
                 f"({type(self.model).__name__}); pass the model whose parameters the optimizer trains")
-        unit_params = self.adapter.unit_params(self.model, self._specs, self.unit)
+        if self._plan is not None:  # the reference's rule: which tuned matrix's factor each parameter takes
+            unit_params: dict[str, list[nn.Parameter]] = collections.defaultdict(list)
+            for n, p in unwrap_model(self.model).named_parameters():
+                if (o := self._plan.owners.get(n)) is not None:
+                    unit_params[o].append(p)
+        else:
+            unit_params = self.adapter.unit_params(self.model, self._specs, self.unit)
         owner: dict[int, str] = {}
         params: list[nn.Parameter] = []
         for u in self.units:
@@ -428,14 +513,34 @@ class TempBalance(LRScheduler):
                     params.append(p)
         return owner, params
 
+    def _initial_pass(self, deferred: bool) -> None:
+        """The analysis at construction, before the optimizer is touched (it may raise): applied now, or
+        (``deferred``) held as a pass due ``self._delay`` steps on, as the reference's first one."""
+        options = (None if self._first_min_eigs is None
+                   else dict(self.analysis_options, min_eigs=self._first_min_eigs))
+        if not deferred:
+            self._refresh_now(options=options)
+            return
+        start = time.perf_counter()
+        report = self._analyze(self._specs, options)
+        self._pending = _PendingPass(self.step_count, self.step_count + self._delay, _finished(report),
+                                     time.perf_counter() - start, list(range(len(self._specs))))
+
     def _warn_if_nothing_tuned(self) -> None:
         """One warning when no group of the optimizer gets a factor from the analysis (all units untuned, or none
-        of the optimizer's parameters in a unit); the reasons are in ``last_report``."""
+        of the optimizer's parameters in a unit); the reasons are in ``last_report`` (or the initial pass, while
+        it waits for its due step)."""
         if not self._specs:
             return  # warned at selection
-        tuned = {u for u, v in self._unit_values.items() if math.isfinite(v)}
+        report = self._last_report
+        if report is None and self._pending is not None:
+            report = self._pending.future.result()
+            tuned = {self._key(s) for s, r in zip(self._specs, report.rows)
+                     if r.ok and math.isfinite(getattr(r, self.metric))}
+        else:
+            tuned = {u for u, v in self._unit_values.items() if math.isfinite(v)}
         if not tuned:
-            rows = self._last_report.rows if self._last_report is not None else []
+            rows = report.rows if report is not None else []
             reasons = "; ".join(r.reason for r in rows if not r.ok and r.reason)[:400]
             why = f"no analysed matrix could be fitted ({reasons})"
         elif not any(u in tuned for u in self._groups.units):
@@ -566,6 +671,9 @@ class TempBalance(LRScheduler):
                     "TempBalance(..., base_scheduler=sched); TempBalance steps it")
             return False
         changed = book.sync_external()
+        held = self._held_base()
+        for i in changed if held is not None else []:
+            held[i] = book.scheduled[i]  # a value set outside is the new base, held too
         if changed:
             self._warn_once("external", f"TempBalance: the {self.target} of param group(s) {changed[:8]} was changed "
                             "outside TempBalance; taking it as the new base value. Pass your scheduler as "
@@ -576,7 +684,15 @@ class TempBalance(LRScheduler):
         if self._deferred is not None:
             return  # the GPU pass wrote base x its factor into the lr tensors; _settle brings the floats up to date
         if self._groups.released is None and self._sync_groups(strict=False):
-            self._groups.apply(self._factors)
+            self._groups.apply(self._factors, base=self._held_base())
+
+    def _held_base(self) -> list[float] | None:
+        """Under a reference that holds the base rate between passes (compat="tempbalance_lm"): the base value of
+        every group at the last pass (groups adopted since hold the value they came with); else None."""
+        held = self._held
+        if held is not None and len(held) < len(self._groups.scheduled):
+            held += self._groups.scheduled[len(held):]
+        return held
 
     def _check_attached(self) -> None:
         if self._groups.released is not None:
@@ -600,14 +716,18 @@ class TempBalance(LRScheduler):
         self._apply()
         return report
 
-    def _refresh_now(self, indices: list[int] | None = None, fused: bool = False) -> Report | None:
-        """Analyse the live weights (the matrices ``indices``, default all) and commit the factors; the loop
-        waits for all of it - except with ``fused`` on CUDA weights and tensor lrs, where the pass writes the
-        factors into the lr tensors on the GPU and the commit waits until _settle (returns None then)."""
+    def _refresh_now(self, indices: list[int] | None = None, fused: bool = False,
+                     options: dict[str, Any] | None = None) -> Report | None:
+        """Analyse the live weights (the matrices ``indices``, default all; ``options``: analysis options other
+        than ``analysis_options``) and commit the factors; the loop waits for all of it - except with ``fused`` on
+        CUDA weights and tensor lrs, where the pass writes the factors into the lr tensors on the GPU and the
+        commit waits until _settle (returns None then; not with compat or normalize, which the GPU mapping does
+        not do)."""
         indices = list(range(len(self._specs))) if indices is None else indices
         start = time.perf_counter()
         specs = [self._specs[i] for i in indices]
-        if (fused and self.target == "lr" and self._dist is None and len(indices) == len(self._specs)
+        if (fused and self._plan is None and not self.normalize and self.target == "lr" and self._dist is None
+                and len(indices) == len(self._specs)
                 and device_lr.tensor_lrs(self.optimizer.param_groups) is not None):
             index = {u: k for k, u in enumerate(self.units)}
             pending = device_lr.fused_refresh(
@@ -620,7 +740,7 @@ class TempBalance(LRScheduler):
                 return None
             report = pending.report()
         else:
-            report = self._analyze(specs)
+            report = self._analyze(specs, options)
         return self._commit(report, indices, started_step=self.step_count, blocking=time.perf_counter() - start)
 
     def _settle(self) -> None:
@@ -665,14 +785,17 @@ class TempBalance(LRScheduler):
         self._callbacks[handle.id] = fn
         return handle
 
-    def _analyze(self, specs: list[MatrixSpec]) -> Report:
+    def _analyze(self, specs: list[MatrixSpec], options: dict[str, Any] | None = None) -> Report:
+        options = self.analysis_options if options is None else options
         if self._dist is not None:
-            return self._dist.analyze_specs(specs, **self.analysis_options)
-        return analysis.analyze_specs(specs, **self.analysis_options)
+            return self._dist.analyze_specs(specs, **options)
+        return analysis.analyze_specs(specs, **options)
 
     def _start_refresh(self) -> None:
-        """A refresh is due: synchronous with ``lag=0``, else snapshot + background pass due ``lag`` steps on."""
-        if not self.lag:
+        """A refresh is due: synchronous and applied now with ``lag=0``; otherwise due ``self._delay`` steps on -
+        a snapshot analysed in the background (``lag >= 1``), or the live weights analysed now (the reference's
+        timing under compat with ``lag=0``)."""
+        if not self._delay:
             try:
                 self._refresh_now(self._take_slice(), fused=True)
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
@@ -683,15 +806,19 @@ class TempBalance(LRScheduler):
             return
         start = time.perf_counter()
         indices = self._take_slice()
+        specs = [self._specs[i] for i in indices]
         try:
-            snapshot, handoff = _snapshot([self._specs[i] for i in indices])
+            if self.lag:
+                snapshot, handoff = _snapshot(specs)
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
+                future = self._executor.submit(handoff.run, self._analyze, snapshot)
+            else:
+                future = _finished(self._analyze(specs))
         except Exception as e:  # noqa: BLE001
             self._warn_failed(e)
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
-        future = self._executor.submit(handoff.run, self._analyze, snapshot)
-        self._pending = _PendingPass(self.step_count, self.step_count + self.lag, future,
+        self._pending = _PendingPass(self.step_count, self.step_count + self._delay, future,
                                      time.perf_counter() - start, indices)
 
     def _collect_due(self) -> None:
@@ -753,6 +880,27 @@ class TempBalance(LRScheduler):
         warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed ({type(e).__name__}: {e}); "
                       "every unit keeps its factor", RuntimeWarning, stacklevel=4)
 
+    def _map(self, rows: list, failed: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The value (mean metric) and new factor of every unit from a pass's ``rows``; units in ``failed`` get
+        NaN (they keep their factor). Under compat every tuned matrix is a unit, mapped by the reference's
+        rules (:meth:`tempbalance.compat.Plan.factors`)."""
+        vals = np.array([getattr(r, self.metric) if r.ok else math.nan for r in rows], dtype=np.float64)
+        vals[~np.isfinite(vals)] = math.nan
+        if self._plan is not None:
+            vals[[s.name in failed for s in self._specs]] = math.nan
+            options = {k: v for k, v in self.map_options.items() if k != "compat"}
+            return vals, self._plan.factors(vals, **options)
+        index = {u: k for k, u in enumerate(self.units)}
+        unit_idx = np.array([index[self._key(s)] for s in self._specs], dtype=np.int64)
+        means = _mapping.unit_means(vals, unit_idx, len(self.units), backend=self.map_options["backend"])
+        for u in failed:
+            means[index[u]] = math.nan
+        factors = _mapping.lr_factors(means, **self.map_options)
+        if self.normalize:  # mean factor 1 over the analysed matrices (a unit's factor counts once per matrix)
+            counts = np.bincount(unit_idx, minlength=len(self.units)).astype(np.float64)
+            factors = _mapping.normalize_factors(factors, counts, backend=self.map_options["backend"])
+        return means, factors
+
     def _commit(self, report: Report, indices: list[int], *, started_step: int, blocking: float) -> Report:
         """Map a finished pass over the matrices ``indices`` to factors and commit them (all computed before
         anything changes); the other matrices keep the rows of their last analysis. Returns the full report."""
@@ -772,11 +920,6 @@ class TempBalance(LRScheduler):
         stale_drift = max((abs(rows[i].alpha - prev_alpha[rows[i].name]) for i in fresh
                            if math.isfinite(rows[i].alpha) and math.isfinite(prev_alpha.get(rows[i].name, math.nan))),
                           default=math.nan)
-        index = {u: k for k, u in enumerate(self.units)}
-        unit_idx = np.array([index[self._key(s)] for s in self._specs], dtype=np.int64)
-        vals = np.array([getattr(r, self.metric) if r.ok else math.nan for r in rows], dtype=np.float64)
-        vals[~np.isfinite(vals)] = math.nan
-        means = _mapping.unit_means(vals, unit_idx, len(self.units), backend=self.map_options["backend"])
         failed: dict[str, list[str]] = {}  # units that keep their factor: a matrix of theirs failed
         newly_failed: set[str] = set()  # ... in this pass (a stale failure was warned about when it happened)
         for i, (s, r) in enumerate(zip(self._specs, rows)):
@@ -784,9 +927,7 @@ class TempBalance(LRScheduler):
                 failed.setdefault(self._key(s), []).append(r.reason or f"layer '{r.name}': {r.status}")
                 if i in fresh:
                     newly_failed.add(self._key(s))
-        for u in failed:
-            means[index[u]] = math.nan
-        factors = _mapping.lr_factors(means, **self.map_options)
+        values, factors = self._map(rows, failed)
         new = {u: (self._factors.get(u, 1.0) if u in failed else float(factors[k])) for k, u in enumerate(self.units)}
         if not all(math.isfinite(f) and f > 0 for f in new.values()):
             raise RuntimeError(f"non-finite or non-positive factors {new}")
@@ -795,8 +936,10 @@ class TempBalance(LRScheduler):
         # all computed: commit
         previous = self._unit_values
         self._factors = new
-        self._unit_values = {u: (self._unit_values.get(u, math.nan) if u in failed else float(means[k]))
+        self._unit_values = {u: (self._unit_values.get(u, math.nan) if u in failed else float(values[k]))
                              for k, u in enumerate(self.units)}
+        if self._held is not None:
+            self._held = list(self._groups.scheduled)  # the reference holds the base rate of this pass until the next
         self._alphas = {r.name: float(r.alpha) for r in rows}
         ok = np.array([r.alpha for r in rows if r.ok and math.isfinite(r.alpha)], dtype=np.float64)
         self._alpha_std = float(ok.std()) if ok.size else math.nan
@@ -908,13 +1051,13 @@ class TempBalance(LRScheduler):
         self._settle()
         return dict(
             version=_STATE_VERSION,
-            settings=dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger),
+            settings=self._settings(),
             fingerprint=[list(x) for x in self._fingerprint],
             groups=self._groups.state_dict(),
             cadence=self.cadence.state_dict(),
             base_scheduler=self._base_scheduler.state_dict() if self._base_scheduler is not None else None,
             progress=dict(step_count=self.step_count, epoch=self.epoch, source_epoch=self._source_epoch,
-                          refresh_due=self._refresh_due),
+                          refresh_due=self._refresh_due, held_base=copy.copy(self._held_base())),
             passes=dict(pending=self._pending_state(), next_slice=self._next_slice,
                         skipped_refreshes=list(self.skipped_refreshes)),
             results=dict(factors=dict(self._factors), unit_values=dict(self._unit_values), alphas=dict(self._alphas),
@@ -963,11 +1106,13 @@ class TempBalance(LRScheduler):
         self._refresh_due = bool(progress["refresh_due"])
         if passes["pending"] is not None:
             p = passes["pending"]
-            future: Future = Future()
-            future.set_result(_report_from_state(p["report"]))
-            self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]), future, 0.0,
+            self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]),
+                                         _finished(_report_from_state(p["report"])), 0.0,
                                          [int(i) for i in p["indices"]])
-        self._groups.apply(self._factors)  # as saved: the groups' values now (a loaded optimizer's) are not a base
+        if self._held is not None:
+            self._held = [float(v) for v in progress["held_base"]]
+        # as saved: the groups' values now (a loaded optimizer's) are not a base
+        self._groups.apply(self._factors, base=self._held_base())
 
     def _check_state(self, state: Any) -> None:
         """Every check of :meth:`load_state_dict`, before it changes anything."""
@@ -985,12 +1130,12 @@ class TempBalance(LRScheduler):
                                                            or any(k not in state[part] for k in keys))):
                 raise ValueError(f"TempBalance.load_state_dict: the state has no valid {part!r} part "
                                  f"(expected keys {list(keys or [])})")
+        for key, value in self._settings().items():  # first: a setting that differs explains the rest
+            saved = state["settings"].get(key, _SETTINGS_ADDED.get(key))
+            if saved != value:
+                raise ValueError(f"TempBalance.load_state_dict: saved with {key}={saved!r}, this object has "
+                                 f"{key}={value!r}")
         self._check_fingerprint(state["fingerprint"])
-        mine = dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger)
-        for key, value in mine.items():
-            if state["settings"].get(key) != value:
-                raise ValueError(f"TempBalance.load_state_dict: saved with {key}={state['settings'].get(key)!r}, "
-                                 f"this object has {key}={value!r}")
         try:
             self._groups.check_state(state["groups"])
             self.cadence.check_state(state["cadence"])
@@ -1005,10 +1150,20 @@ class TempBalance(LRScheduler):
                 isinstance(f, (int, float)) and math.isfinite(f) and f > 0 for f in factors.values()):
             raise ValueError(f"TempBalance.load_state_dict: the saved factors do not cover this object's "
                              f"{len(self.units)} units with finite positive numbers")
+        held = state["progress"].get("held_base")
+        if self._held is not None and (not isinstance(held, list) or len(held) != len(self._groups.units) or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in held)):
+            raise ValueError(f"TempBalance.load_state_dict: the saved base rates held between passes do not cover "
+                             f"this object's {len(self._groups.units)} param groups")
         pending = state["passes"]["pending"]
         if pending is not None and (not isinstance(pending, dict) or any(
                 k not in pending for k in ("started_step", "due_step", "report", "indices"))):
             raise ValueError("TempBalance.load_state_dict: the saved pending pass is incomplete")
+
+    def _settings(self) -> dict[str, Any]:
+        """What a checkpoint must have been saved with (checked on load)."""
+        return dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger,
+                    compat=self.compat, normalize=self.normalize)
 
     def _pending_state(self) -> dict[str, Any] | None:
         p = self._pending
@@ -1040,3 +1195,19 @@ class TempBalance(LRScheduler):
         return (f"TempBalance(adapter={getattr(self.adapter, 'name', type(self.adapter).__name__)}, unit={self.unit}, "
                 f"units={len(self.units)}, matrices={len(self._specs)}, metric={self.metric}, target={self.target}, "
                 f"interval={self.interval}, step={self.step_count})")
+
+
+# TempBalance(...) takes _setup's arguments plus preset= and the preset's choice keyword; show that signature
+_ARGUMENTS = tuple(n for n in inspect.signature(TempBalance._setup).parameters
+                   if n not in ("self", "model", "optimizer"))
+
+
+def _public_signature() -> inspect.Signature:
+    setup = inspect.signature(TempBalance._setup)
+    params = list(setup.parameters.values())
+    preset = inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")
+    choice = inspect.Parameter("preset_choice", inspect.Parameter.VAR_KEYWORD, annotation="Any")
+    return setup.replace(parameters=params[:3] + [preset] + params[3:] + [choice])
+
+
+TempBalance.__init__.__signature__ = _public_signature()  # type: ignore[attr-defined]

@@ -4,7 +4,8 @@ Per-parameter learning rates in float64, relative error <= 1e-12: each side read
 with its own estimator and assigns the rates with its own rules. ModelBalancing (block and two-level layer units,
 every published (s_lo, s_hi) pair, linear map, rank, tb_lr_normalize, remove_last) on a tiny BERT and RoBERTa built
 from configs and on the real MiniLM; the NeurIPS'23 CNN reference on a small ResNet and VGG. The training-loop
-tests replay the references' step order with the package's functions (the scheduler wiring follows later).
+tests replay the references' step order with the package's functions; TempBalance itself is tested against the
+same oracles in test_scheduler_compat.py.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from compat_cases import SIGMOID_PAIRS, SmallResNet, TinyFNO2d, assert_lrs, small_vgg, tiny_encoder
 from reference_oracles import modelbalancing as mb
 from reference_oracles import modelbalancing_fno as fno
 from reference_oracles import tempbalance_cnn as cnn
@@ -26,8 +28,6 @@ from tempbalance.mapping import linear_range
 
 transformers = pytest.importorskip("transformers")
 
-RTOL = 1e-12
-SIGMOID_PAIRS = [(0.25, 0.25), (1.25, 1.25), (1.0, 1.0), (2.0, 1.0)]  # configs_sigmoid.txt's (s_lo, s_hi)
 # (unit, schedule_func, (s_lo, s_hi), tb_lr_normalize)
 MB_CASES = (
     [(u, "sigmoid", pair, False) for u in ("block", "layer") for pair in SIGMOID_PAIRS]
@@ -37,25 +37,13 @@ MB_CASES = (
 )
 
 
-def _tiny_bert(kind: str) -> nn.Module:
-    torch.manual_seed(7)
-    common = dict(vocab_size=120, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=160,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
-    if kind == "bert":
-        model = transformers.BertForSequenceClassification(transformers.BertConfig(max_position_embeddings=40, **common))
-    else:
-        model = transformers.RobertaForSequenceClassification(
-            transformers.RobertaConfig(max_position_embeddings=42, pad_token_id=1, **common))
-    return model.double().eval()
-
-
 @pytest.fixture(scope="module", params=["bert", "roberta", "minilm"])
 def encoder(request):
     """(name, float64 model): tiny BERT / RoBERTa with a classification head, and the real MiniLM-L6 (BertModel
     with its pooler)."""
     if request.param == "minilm":
         return "minilm", copy.deepcopy(request.getfixturevalue("minilm")).double().eval()
-    return request.param, _tiny_bert(request.param)
+    return request.param, tiny_encoder(request.param)
 
 
 def _package_side(model, xmin_pos):
@@ -79,16 +67,6 @@ def _mb_factors(model, specs, blocks, alphas, args: mb.Args, backend="auto"):
         remove_last=args.remove_last_layer == "True", min_eigs=args.eigs_num_thresh, mapping=mapping,
         tau=args.exp_temp, s_lo=args.sigmoid_min, s_hi=args.sigmoid_max, s1=s1, s2=s2,
         normalize=args.tb_lr_normalize == "True", backend=backend)
-
-
-def _assert_lrs(got: dict[str, float], want: dict[str, float], rtol=RTOL):
-    assert list(got) == list(want), "the same trainable parameters, in the same order"
-    names = list(want)
-    g = np.array([got[n] for n in names])
-    w = np.array([want[n] for n in names])
-    rel = np.abs(g - w) / np.where(w == 0, 1.0, np.abs(w))  # a zero lr (warmup's first step) must be zero
-    worst = int(np.argmax(rel))
-    assert rel.max() <= rtol, f"{names[worst]}: package {g[worst]!r} vs reference {w[worst]!r} (rel {rel[worst]:.2e})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,7 +96,7 @@ def test_modelbalancing_param_lrs(encoder_sides, unit, func, pair, norm):
     ref_alphas = np.array([r[1] for r in ref_rows])[:-1]
     want = mb.param_lrs(model, names, mb.scheduled_lrs(names, ref_alphas, args, base), base)
     got = {n: base * f for n, f in _mb_factors(model, specs, blocks, alphas, args).items()}
-    _assert_lrs(got, want)
+    assert_lrs(got, want)
     distinct = np.unique(np.round(np.array(list(want.values())) / base, 12))
     assert distinct.size >= (4 if unit == "block" else 8), "the case must exercise several learning rates"
 
@@ -147,7 +125,7 @@ def test_modelbalancing_remove_last_drops_a_matrix_not_a_block(encoder_sides, re
     names, ref_alphas = [r[0] for r in rows], np.array([r[1] for r in rows])
     want = mb.param_lrs(model, names, mb.scheduled_lrs(names, ref_alphas, args, base), base)
     got = {n: base * f for n, f in _mb_factors(model, specs, blocks, alphas, args).items()}
-    _assert_lrs(got, want)
+    assert_lrs(got, want)
     kept = compat.select(specs, scheme="modelbalancing", remove_last=remove_last)
     dropped = {s.name for s in specs} - {specs[i].name for i in kept}
     assert blocks[[s.name for s in specs].index(ref_rows[-1][0])] is None, "the last analysed matrix is outside"
@@ -160,14 +138,14 @@ def test_modelbalancing_xmin_pos_2_and_native_torch_agree(encoder_sides):
     args = _args("layer", "rank", (2.0, 1.0), True, xmin_pos=2.0)
     want = mb.reference_lrs(model, args, 1.0)
     for backend in ("torch", "auto"):
-        _assert_lrs(_mb_factors(model, specs, blocks, alphas, args, backend=backend), want)
+        assert_lrs(_mb_factors(model, specs, blocks, alphas, args, backend=backend), want)
 
 
 def test_modelbalancing_training_loop_timing():
     """The reference's loop (oracle): spectra at the top of step t, factors written after update t. Replayed with
     the package's functions on the weights the oracle analysed: update 0 runs at factor 1, update t >= 1 at
     base(t) x factors of the last analysis at or before step t - 1. 10 steps, interval 3, linear warmup."""
-    model = _tiny_bert("bert").train()
+    model = tiny_encoder("bert").train()
     start = copy.deepcopy(model)
     torch.manual_seed(3)
     batches = [(torch.randint(0, 120, (4, 12)), torch.randint(0, 2, (4,))) for _ in range(10)]
@@ -191,7 +169,7 @@ def test_modelbalancing_training_loop_timing():
             start.load_state_dict(snapshots[r])
             specs, blocks, alphas = _package_side(start, 1.5)
             want = {n: base * f for n, f in _mb_factors(start, specs, blocks, alphas, args).items()}
-        _assert_lrs(rec["lrs"], want)
+        assert_lrs(rec["lrs"], want)
         if t >= 1:
             assert len(set(np.round(list(rec["lrs"].values()), 15))) > 4
 
@@ -208,55 +186,6 @@ def test_reference_interval_rule():
 
 # ----------------------------------------------------------------------------------------------------------------
 # NeurIPS'23 CNN reference
-
-
-class _Basic(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class SmallResNet(nn.Module):
-    """A CIFAR-style ResNet with the reference's module names (conv1/bn1, layerK.i.convJ/bnJ, shortcut, linear)."""
-
-    def __init__(self, width=8, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.layer1 = nn.Sequential(_Basic(width, width, 1), _Basic(width, width, 1))
-        self.layer2 = nn.Sequential(_Basic(width, 2 * width, 2), _Basic(2 * width, 2 * width, 1))
-        self.linear = nn.Linear(2 * width, classes)
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.layer2(self.layer1(out))
-        return self.linear(out.mean(dim=(2, 3)))
-
-
-def _small_vgg(classes=10):
-    layers, cin, i = [], 3, 0
-    for c in (8, 8, "M", 16, 16, "M", 16, 16):
-        i += 1
-        if c == "M":
-            layers.append((f"MaxPool2d_{i}", nn.MaxPool2d(2)))
-        else:
-            layers += [(f"conv_{i}", nn.Conv2d(cin, c, 3, padding=1)), (f"bn_{i}", nn.BatchNorm2d(c)),
-                       (f"relu_{i}", nn.ReLU())]
-            cin = c
-    model = nn.Module()
-    model.features = nn.Sequential(OrderedDict(layers))
-    model.linear = nn.Linear(16, classes)
-    return model
 
 
 def _cnn_factors(model, opts: cnn.Options, backend="auto"):
@@ -276,12 +205,12 @@ def _cnn_factors(model, opts: cnn.Options, backend="auto"):
 @pytest.mark.parametrize("ends", [(True, True), (False, False), (True, False)])
 def test_cnn_param_lrs(net, assign, ends):
     torch.manual_seed(11)
-    model = (SmallResNet() if net == "resnet" else _small_vgg()).double()
+    model = (SmallResNet() if net == "resnet" else small_vgg()).double()
     opts = cnn.Options(assign_func=assign, remove_first_layer=ends[0], remove_last_layer=ends[1])
     base = 0.05
     want = cnn.reference_lrs(model, opts, base)
     got = {n: base * f for n, f in _cnn_factors(model, opts).items()}
-    _assert_lrs(got, want)
+    assert_lrs(got, want)
     tuned, _ = cnn.tuned_layers(model, opts)
     assert len(set(np.round(list(want.values()), 14))) >= 4
     if net == "resnet":  # BatchNorms named like their conv follow it; shortcut BatchNorms keep the base lr
@@ -314,32 +243,11 @@ def test_cnn_training_loop_two_epochs():
         start.load_state_dict(snapshots[e])
         want = {n: base * f for n, f in _cnn_factors(start, opts).items()}
         for t in range(3 * e, 3 * e + 3):
-            _assert_lrs(records[t], want)
+            assert_lrs(records[t], want)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # ModelBalancing's FNO trainer
-
-
-class _Spectral(nn.Module):
-    """Stands for the reference's SpectralConv2d_fast: complex weights that no reference code analyses."""
-
-    def __init__(self, width, modes):
-        super().__init__()
-        self.weights1 = nn.Parameter(torch.rand(width, width, modes, modes, dtype=torch.cfloat) / width)
-
-
-class TinyFNO2d(nn.Module):
-    """The reference FNO2d's layers (fc0, conv0-3, w0-3 as 1x1 Conv2d, fc1, fc2) at width 20."""
-
-    def __init__(self, width=20, in_ch=12):
-        super().__init__()
-        self.fc0 = nn.Linear(in_ch + 2, width)
-        for k in range(4):
-            setattr(self, f"conv{k}", _Spectral(width, 4))
-            setattr(self, f"w{k}", nn.Conv2d(width, width, 1))
-        self.fc1 = nn.Linear(width, 128)
-        self.fc2 = nn.Linear(128, 4)
 
 
 @pytest.mark.parametrize("pair", [(0.125, 0.125), (0.5, 0.5), (1.0, 1.0), (0.25, 0.25)])
@@ -361,7 +269,7 @@ def test_fno_param_lrs(pair):
     assert [r.name for r in report.rows if not r.ok] == ["w2", "fc2"]
     got = compat.param_factors(model, specs, [r.alpha for r in report.rows], scheme="modelbalancing_fno",
                                min_eigs=0, mapping="sigmoid", tau=10.0, s_lo=pair[0], s_hi=pair[1])
-    _assert_lrs({n: base * f for n, f in got.items()}, want)
+    assert_lrs({n: base * f for n, f in got.items()}, want)
     assert want["w2.weight"] == want["conv0.weights1"] == base != want["w3.weight"]
 
 
@@ -425,5 +333,7 @@ def test_param_owners_rules():
                   "head.bias": None, "ln2.weight": None, "ln2.bias": None}
     fno = compat.param_owners(model, specs, scheme="modelbalancing_fno")
     assert fno["ln.weight"] is None and fno["head.bias"] == "head"
+    model.ln.requires_grad_(False)  # frozen parameters keep their owner: it follows the structure
+    assert compat.param_owners(model, specs[:1], scheme="tempbalance_lm") == lm
     with pytest.raises(ValueError, match="blocks"):
         compat.param_factors(model, specs, [3.0, 4.0], scheme="modelbalancing")

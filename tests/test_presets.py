@@ -56,7 +56,8 @@ def test_glue_preset_is_the_config_rows():
         assert (row[6], row[8], row[9], row[10], row[14]) == ("block", "sigmoid", "False", "False", "xmin_mid")
         kw = presets.get("modelbalancing-glue", ratio=ratio, steps_per_epoch=1000)
         assert (kw["s_lo"], kw["s_hi"], kw["unit"], kw["mapping"]) == (s_lo, s_hi, "block", "sigmoid")
-        assert (kw["xmin_pos"], kw["tau"], kw["remove_last"], kw["compat"], kw["interval"]) == (1.5, 10.0, True, True, 100)
+        assert (kw["xmin_pos"], kw["tau"], kw["remove_last"], kw["compat"], kw["interval"]) == (
+            1.5, 10.0, True, "modelbalancing", 100)
         tr = presets.training("modelbalancing-glue", ratio=ratio)
         assert (tr["lr"], tr["batch_size"], tr["epochs"], tr["weight_decay"], tr["warmup_ratio"]) == (lr, bs, int(row[4]),
                                                                                                      0.1, 0.06)
@@ -70,7 +71,8 @@ def test_fno_preset_is_the_config_rows():
         kw = presets.get("modelbalancing-fno-cfd", reduced_batch=int(row[21]))
         assert (kw["s_lo"], kw["s_hi"], kw["tau"]) == (float(row[14]), float(row[15]), float(row[22]))
         assert (row[11], row[16], kw["interval"], kw["unit"], kw["min_eigs"]) == ("tb_std_sigmoid", "1", None, "layer",
-                                                                                  int(row[17]) + 1)
+                                                                                  int(row[17]))
+        assert (kw["filter_zeros"], kw["compat"]) == (True, "modelbalancing_fno")
         assert presets.training("modelbalancing-fno-cfd", reduced_batch=int(row[21]))["lr"] == float(row[4])
 
 

@@ -58,9 +58,9 @@ def counted(tb: TempBalance) -> list[int]:
     calls: list[int] = []
     inner = tb._analyze
 
-    def analyze(specs):
+    def analyze(specs, *options):
         calls.append(tb.step_count)
-        return inner(specs)
+        return inner(specs, *options)
 
     tb._analyze = analyze
     return calls

@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 from transformers import Trainer, TrainerCallback, get_scheduler
 
+from .. import compat, presets
 from ..cadence import PerEpoch
 from ..scheduler import TempBalance
 
@@ -38,8 +39,17 @@ def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int,
     ``num_training_steps``: optimizer steps of the run (``args.max_steps`` or epochs x steps per epoch).
     ``steps_per_epoch``: optimizer steps per epoch, for the per-epoch cadence without :class:`TempBalanceCallback`
     (default: ``num_training_steps / args.num_train_epochs`` when ``args.max_steps`` is not set).
-    ``tb_kwargs`` go to :class:`TempBalance` (``interval``, ``unit``, ``s_lo``, ...).
+    ``tb_kwargs`` go to :class:`TempBalance` (``interval``, ``unit``, ``s_lo``, ...); with ``preset=`` (and its
+    choice, ``ratio=``, ...) a preset whose reference derives the interval from the data loader gets it as the
+    reference's Trainer does: ``min(100, max(1, steps_per_epoch // 10))``, or with gradient accumulation
+    ``min(100, num_training_steps // 20)``.
     """
+    preset = tb_kwargs.pop("preset", None)
+    if preset is not None:
+        if presets.PRESETS.get(preset) is not None and presets.PRESETS[preset].interval_rule == "reference" \
+                and "interval" not in tb_kwargs:
+            tb_kwargs["interval"] = _reference_interval(args, num_training_steps, steps_per_epoch)
+        tb_kwargs = presets.get(preset, **tb_kwargs)
     interval = tb_kwargs.get("interval")
     if interval is None or interval == "epoch":
         if steps_per_epoch is None and (args.max_steps is None or args.max_steps <= 0) and args.num_train_epochs:
@@ -63,6 +73,20 @@ def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int,
         num_training_steps=num_training_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
     )
     return optimizer, TempBalance(model, optimizer, base_scheduler=scheduler, **tb_kwargs)
+
+
+def _reference_interval(args: Any, num_training_steps: int, steps_per_epoch: int | None) -> int:
+    """ModelBalancing's analysis interval for this run (its trainer.py:1680-1684)."""
+    accum = args.gradient_accumulation_steps
+    if accum > 1:
+        return compat.reference_interval(steps_per_epoch or 1, grad_accum=accum, max_steps=num_training_steps)
+    if steps_per_epoch is None and (args.max_steps is None or args.max_steps <= 0) and args.num_train_epochs:
+        steps_per_epoch = max(1, math.ceil(num_training_steps / args.num_train_epochs))
+    if steps_per_epoch is None:
+        raise ValueError("tempbalance_optimizers: the preset's reference analyses every min(100, max(1, "
+                         "len(train_dataloader) // 10)) steps and args.max_steps hides the epoch length; pass "
+                         "steps_per_epoch=len(train_dataloader) or interval=")
+    return compat.reference_interval(steps_per_epoch)
 
 
 class TempBalanceCallback(TrainerCallback):

@@ -2,6 +2,7 @@
 optimizer steps, checkpoints resume TempBalance's state."""
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -15,9 +16,9 @@ STEPS, LR, WARMUP = 4, 1e-3, 1
 
 
 class Data(torch.utils.data.Dataset):
-    def __init__(self, n=16):
+    def __init__(self, n=16, vocab=64, length=10):
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randint(3, 64, (n, 10), generator=g)
+        self.x = torch.randint(3, vocab, (n, length), generator=g)
         self.y = torch.randint(0, 2, (n,), generator=g)
 
     def __len__(self):
@@ -116,3 +117,36 @@ def test_per_epoch_cadence_refreshes_every_epoch_as_the_readme_shows(tmp_path, c
     assert [h["step"] for h in tb.history] == ([0, 4, 8] if callback else [0, 4])
     noted = [w for w in rec if "no epoch_end" in str(w.message)]
     assert len(noted) == (0 if callback else 1)
+
+
+def test_trainer_with_the_glue_preset_is_the_modelbalancing_reference(tmp_path):
+    """The Trainer, built by tempbalance_optimizers(preset="modelbalancing-glue"), gives every parameter the
+    learning rate of the reference's own Trainer loop (oracle), update by update: 40 examples in batches of 4 (10
+    updates, the reference's interval max(1, 10 // 10) = 1), linear warmup over 3, AdamW on HF's groups, clipping."""
+    from compat_cases import assert_lrs, recorder, tiny_encoder
+    from reference_oracles import modelbalancing as mb
+
+    model = tiny_encoder("bert").train()
+    start = copy.deepcopy(model)
+    a = args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=-1,
+             num_train_epochs=1, warmup_steps=3, weight_decay=0.1, optim="adamw_torch", max_grad_norm=1.0)
+    opt, tb = tempbalance_optimizers(model, a, 10, preset="modelbalancing-glue", ratio=0.05, dtype=torch.float64)
+    assert (tb.compat, tb.interval, tb.map_options["s_lo"], tb.map_options["s_hi"]) == ("modelbalancing", 1, 2.0, 1.0)
+    got = recorder(model, opt)
+    batches = []
+
+    def collate(features):
+        batch = T.default_data_collator(features)
+        batches.append({k: v.clone() for k, v in batch.items()})
+        return batch
+
+    trainer = T.Trainer(model=model, args=a, train_dataset=Data(40, vocab=120, length=12), optimizers=(opt, tb),
+                        data_collator=collate)
+    trainer.train()
+    ref_args = mb.Args(tb_unit="block", schedule_func="sigmoid", sigmoid_min=2.0, sigmoid_max=1.0, xmin_pos=1.5,
+                       remove_last_layer="True")
+    want = mb.train(start, batches, lambda m, b: m(**b).loss, ref_args, lr=LR, weight_decay=0.1,
+                    schedule=mb.linear_warmup(3, 10), interval=1)
+    assert len(got) == len(want) == 10
+    for g, w in zip(got, want):
+        assert_lrs(g, w["lrs"])

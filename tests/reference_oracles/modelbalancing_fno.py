@@ -9,6 +9,7 @@ lr_min_ratio / lr_slope columns (U:656-658).
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -51,19 +52,74 @@ def _std_sigmoid(alphas: np.ndarray, s_lo: float, s_hi: float, exp_temp: float, 
     return base * 10 ** np.array([stage(x) for x in diffs])
 
 
-def reference_lrs(model: nn.Module, *, s_lo: float, s_hi: float, base_lr: float, eigs_thres: int = 12,
-                  first_pass: bool = True, exp_temp: float = 10.0) -> dict[str, float]:
-    """Per-parameter learning rates the trainer sets from the current weights: a layer is dropped when it has
-    ``<= eigs_thres`` filtered eigenvalues at the first pass (T:194) or ``< eigs_thres`` later (T:483); each kept
-    module's parameters take its lr (T:232-240 / 532-541, tb_batchnorm false), every other parameter the base."""
+def tuned_lrs(model: nn.Module, *, s_lo: float, s_hi: float, base_lr: float, eigs_thres: int = 12,
+              first_pass: bool = True, exp_temp: float = 10.0) -> dict[str, float]:
+    """``{module: lr}`` of the tuned layers, in ``named_modules`` order: a layer is dropped when it has
+    ``<= eigs_thres`` filtered eigenvalues at the first pass (T:190-196) or ``< eigs_thres`` later (T:480-485)."""
     rows = esd(model)
     keep = [r for r in rows if (r["eig_number_filtered"] > eigs_thres if first_pass
                                 else r["eig_number_filtered"] >= eigs_thres)]
     lrs = _std_sigmoid(np.array([r["alpha"] for r in keep]), s_lo, s_hi, exp_temp, base_lr)
-    lr_of = {r["longname"]: lr for r, lr in zip(keep, lrs)}
+    return {r["longname"]: float(lr) for r, lr in zip(keep, lrs)}
+
+
+def reference_lrs(model: nn.Module, *, s_lo: float, s_hi: float, base_lr: float, eigs_thres: int = 12,
+                  first_pass: bool = True, exp_temp: float = 10.0) -> dict[str, float]:
+    """Per-parameter learning rates the trainer sets from the current weights (:func:`tuned_lrs`): each kept
+    module's parameters take its lr (T:232-240 / 532-541, tb_batchnorm false), every other parameter the base."""
+    lr_of = tuned_lrs(model, s_lo=s_lo, s_hi=s_hi, base_lr=base_lr, eigs_thres=eigs_thres, first_pass=first_pass,
+                      exp_temp=exp_temp)
     out: dict[str, float] = {}
     for mname, m in model.named_modules():
         if mname in lr_of:
             for pname, _ in m.named_parameters():
                 out[f"{mname}.{pname}"] = float(lr_of[mname])
     return {n: out.get(n, float(base_lr)) for n, _ in model.named_parameters()}
+
+
+def train(
+    model: nn.Module,
+    epochs: Sequence[Iterable],
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    *,
+    lr: float,
+    s_lo: float,
+    s_hi: float,
+    weight_decay: float = 1e-4,
+    step_size: int = 100,
+    gamma: float = 0.5,
+    eigs_thres: int = 12,
+    exp_temp: float = 10.0,
+) -> list[dict[str, float]]:
+    """The trainer with TB on and ``tb_interval_ep=1`` (every published row): groups from the first pass
+    (T:174-264: one per tuned module in ``named_modules`` order at its lr, then the rest at ``lr``), Adam with
+    coupled weight decay, StepLR per epoch (T:268); after each epoch ``scheduler.step()``, the untuned lr read from
+    the last group, a pass, and the tuned lrs written into the groups by position (T:457-557). Returns, per
+    optimizer update, ``{parameter name: lr}`` the update ran with."""
+    first = tuned_lrs(model, s_lo=s_lo, s_hi=s_hi, base_lr=lr, eigs_thres=eigs_thres, exp_temp=exp_temp)
+    modules = dict(model.named_modules())
+    groups, tuned_ids = [], set()
+    for name, value in first.items():
+        ps = list(modules[name].parameters())
+        tuned_ids |= {id(p) for p in ps}
+        groups.append({"params": ps, "lr": value})
+    groups.append({"params": [p for p in model.parameters() if id(p) not in tuned_ids], "lr": lr})
+    opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+    index = {id(p): k for k, g in enumerate(opt.param_groups) for p in g["params"]}
+    named = list(model.named_parameters())
+    records = []
+    for batches in epochs:
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            records.append({n: float(opt.param_groups[index[id(p)]]["lr"]) for n, p in named})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        scheduler.step()  # T:457
+        current = opt.param_groups[-1]["lr"]  # T:461
+        lrs = list(tuned_lrs(model, s_lo=s_lo, s_hi=s_hi, base_lr=current, eigs_thres=eigs_thres, first_pass=False,
+                             exp_temp=exp_temp).values())
+        for k, g in enumerate(opt.param_groups):  # T:549-557: by position
+            g["lr"] = lrs[k] if k <= len(lrs) - 1 else current
+    return records
