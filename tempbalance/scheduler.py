@@ -31,7 +31,6 @@ import collections
 import copy
 import inspect
 import math
-import re
 import time
 import warnings
 import weakref
@@ -45,7 +44,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from . import analysis, compat as _compat, device_lr, distributed, groups as _groups, mapping as _mapping, passes
-from . import presets
+from . import presets, selection
 from .adapters import MatrixSpec, get_adapter, unwrap_model
 from .cadence import Cadence, as_cadence
 from .integrations.lightning import epoch_source
@@ -63,19 +62,6 @@ _SETTINGS_ADDED = {"compat": None, "normalize": False}
 # each saw more than one, is a loop that steps TempBalance twice per update (a single extra call is allowed: a
 # GradScaler skips optimizer.step() on overflow and the schedule still advances, as torch's schedulers do)
 _REPEATS_TOLERATED = 2
-
-
-def _patterns(arg: str, value: Any) -> list[re.Pattern]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    out = []
-    for p in items:
-        try:
-            out.append(re.compile(p))
-        except (re.error, TypeError) as e:
-            raise ValueError(f"{arg}: {p!r} is not a valid regular expression ({e})") from None
-    return out
 
 
 def _number(arg: str, v: Any, lo: float | None = None, strict: bool = False) -> float:
@@ -280,9 +266,7 @@ class TempBalance(LRScheduler):
         self.adapter = get_adapter(model, adapter)
         if compat and hasattr(self.adapter, "lora_scaling"):
             self.adapter.lora_scaling = False
-        self.unit = unit if unit is not None else getattr(self.adapter, "default_unit", "block")
-        if self.unit not in ("block", "layer"):
-            raise ValueError(f"unit must be 'block', 'layer' or None (the adapter's choice), got {unit!r}")
+        self.unit = selection.unit_mode(self.adapter, unit)
         self.interval, self.cadence, self.lag, self.metric, self.target = interval, cadence, lag, metric, target
         self.map_options = dict(mapping=mapping, tau=_number("tau", tau, 0, strict=True), s_lo=_number("s_lo", s_lo, 0),
                                 s_hi=_number("s_hi", s_hi, 0), s1=_number("s1", s1), s2=_number("s2", s2),
@@ -304,15 +288,20 @@ class TempBalance(LRScheduler):
             raise ValueError("stagger >= 2 is not supported under torch.distributed yet (the ranks already share "
                              "each pass); use stagger=1")
 
-        # select the matrices
-        self._plan: _compat.Plan | None = None
-        self._first_min_eigs: int | None = None  # the initial pass's min_eigs, where a scheme's differs
-        self._specs, self.units, self._plan = self._select_specs(include, exclude, remove_first, remove_last,
-                                                                 include_embeddings, compat, unit)
+        # select the matrices (and the parameters their units drive)
+        chosen = selection.select(model, optimizer, self.adapter, unit=unit, include=include, exclude=exclude,
+                                  remove_first=remove_first, remove_last=remove_last,
+                                  include_embeddings=include_embeddings, compat=compat,
+                                  min_eigs=self.analysis_options["min_eigs"], normalize=normalize)
+        self._specs, self.units, self.unit, self._plan = chosen.specs, chosen.units, chosen.unit, chosen.plan
+        self._spec_units, self._skipped, self._fingerprint = chosen.spec_units, chosen.skipped, chosen.fingerprint
         self.compat = self._plan.scheme.name if self._plan is not None else None
-        self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
+        self._first_min_eigs: int | None = None  # the initial pass's min_eigs, where a scheme's differs
+        if self._plan is not None:  # a scheme counts the eigenvalues a pass needs its own way
+            min_eigs = self.analysis_options["min_eigs"]
+            self.analysis_options["min_eigs"] = self._plan.analysis_min_eigs(min_eigs, first=False)
+            self._first_min_eigs = self._plan.analysis_min_eigs(min_eigs, first=True)
         self.stagger = stagger
-        owner, params = self._owner_map()
 
         self._factors: dict[str, float] = {u: 1.0 for u in self.units}
         self._unit_values: dict[str, float] = {u: math.nan for u in self.units}
@@ -343,7 +332,7 @@ class TempBalance(LRScheduler):
         self._held: list[float] | None = None  # the base rates held between passes (compat="tempbalance_lm")
         self._initial_pass(deferred=next_update)
         # the optimizer's groups, split by unit (a previous TempBalance on this optimizer is released first)
-        self._groups = _groups.FactoredGroups(optimizer, owner, target=target, params=params,
+        self._groups = _groups.FactoredGroups(optimizer, chosen.owner, target=target, params=chosen.params,
                                               scheduler=base_scheduler)
         self._base_scheduler = base_scheduler
         if self._plan is not None and self._plan.scheme.holds_between_passes:
@@ -352,7 +341,7 @@ class TempBalance(LRScheduler):
         self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
         self._warn_if_nothing_tuned()
 
-    # --- setup: which matrices, which groups -------------------------------------------------------------------
+    # --- setup: the base scheduler, the first pass --------------------------------------------------------------
     def _check_base_scheduler(self, s: Any) -> None:
         if s is None:
             if any("initial_lr" in g for g in self.optimizer.param_groups):
@@ -388,76 +377,6 @@ class TempBalance(LRScheduler):
             self._groups.attach_scheduler(scheduler)
         self._base_scheduler = scheduler
 
-    def _select_specs(self, include, exclude, remove_first, remove_last, include_embeddings, compat, unit):
-        """The analysed matrices, the units, and under ``compat`` the reference's :class:`~tempbalance.compat.Plan`
-        (its tuned matrices are the units)."""
-        inc, exc = _patterns("include", include), _patterns("exclude", exclude)
-        found = self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
-        # weights no adapter rule covers are named in every report's ``skipped``
-        self._skipped = analysis.unanalysed(unwrap_model(self.model), found)
-        specs = [s for s in found
-                 if (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
-        plan = self._compat_plan(specs, compat, unit, remove_first, remove_last) if compat else None
-        if plan is not None:
-            specs, units = list(plan.specs), [s.name for s in plan.specs]
-        else:
-            tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
-            specs = [s for s in specs if tuned is None or tuned(s)]
-            units = list(dict.fromkeys(self._key(s) for s in specs))
-            drop = set(units[:1] if remove_first else []) | set(units[-1:] if remove_last else [])
-            specs = [s for s in specs if self._key(s) not in drop]
-            units = [u for u in units if u not in drop]
-        if not specs:
-            skipped = self._skipped
-            unanalysed = (f"; not analysed: {', '.join(f'{n} ({r})' for n, r in skipped[:3])}"
-                          f"{' ...' if len(skipped) > 3 else ''}") if skipped else ""
-            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
-                          f"{unanalysed}); every group keeps factor 1", UserWarning, stacklevel=3)
-        return specs, units, plan
-
-    def _compat_plan(self, specs: list[MatrixSpec], compat: bool | str, unit: str | None, remove_first: bool,
-                     remove_last: bool) -> _compat.Plan:
-        """The reference's plan for this model (``compat``: True or a scheme name); ``unit`` as given (None: the
-        scheme's)."""
-        scheme = _compat.default_scheme(self.adapter, specs) if compat is True else compat
-        min_eigs = self.analysis_options["min_eigs"]
-        plan = _compat.plan(unwrap_model(self.model), specs, scheme=scheme,
-                            blocks=_compat.block_of_specs(self.adapter, specs), unit=unit, min_eigs=min_eigs,
-                            remove_first=remove_first, remove_last=remove_last, normalize=self.normalize)
-        self.unit = plan.unit
-        self.analysis_options["min_eigs"] = plan.analysis_min_eigs(min_eigs, first=False)
-        self._first_min_eigs = plan.analysis_min_eigs(min_eigs, first=True)
-        return plan
-
-    def _key(self, spec: MatrixSpec) -> str:
-        """The unit of a matrix: its block, or itself (``unit="layer"``, and every tuned matrix under compat)."""
-        return spec.name if self.unit == "layer" or self._plan is not None else spec.unit
-
-    def _owner_map(self) -> tuple[dict[int, str], list[nn.Parameter]]:
-        """``id(param) -> unit`` for every parameter a unit drives (the first unit wins for a shared one). An
-        optimizer that holds none of the model's parameters is a ``ValueError``: nothing could ever be tuned."""
-        model_params = {id(p) for p in self.model.parameters()}
-        opt_params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if opt_params and not any(id(p) in model_params for p in opt_params):
-            raise ValueError(
-                f"none of the optimizer's {len(opt_params)} parameters belongs to the model given to TempBalance "
-                f"({type(self.model).__name__}); pass the model whose parameters the optimizer trains")
-        if self._plan is not None:  # the reference's rule: which tuned matrix's factor each parameter takes
-            unit_params: dict[str, list[nn.Parameter]] = collections.defaultdict(list)
-            for n, p in unwrap_model(self.model).named_parameters():
-                if (o := self._plan.owners.get(n)) is not None:
-                    unit_params[o].append(p)
-        else:
-            unit_params = self.adapter.unit_params(self.model, self._specs, self.unit)
-        owner: dict[int, str] = {}
-        params: list[nn.Parameter] = []
-        for u in self.units:
-            for p in unit_params.get(u, []):
-                if id(p) not in owner:
-                    owner[id(p)] = u
-                    params.append(p)
-        return owner, params
-
     def _initial_pass(self, deferred: bool) -> None:
         """The analysis at construction, before the optimizer is touched (it may raise): applied now, or
         (``deferred``) held as a pass due the runner's ``delay`` steps on, as the reference's first one."""
@@ -479,7 +398,7 @@ class TempBalance(LRScheduler):
         report = self._last_report
         if report is None and self._passes.pending is not None:
             report = self._passes.pending.report()
-            tuned = {self._key(s) for s, r in zip(self._specs, report.rows)
+            tuned = {u for u, r in zip(self._spec_units, report.rows)
                      if r.ok and math.isfinite(getattr(r, self.metric))}
         else:
             tuned = {u for u, v in self._unit_values.items() if math.isfinite(v)}
@@ -677,7 +596,7 @@ class TempBalance(LRScheduler):
             pending = device_lr.fused_refresh(
                 specs, self.analysis_options, groups=self.optimizer.param_groups, base=self._groups.scheduled,
                 group_unit=[index.get(u, -1) for u in self._groups.units],
-                unit_index=[index[self._key(s)] for s in specs], n_units=len(self.units), metric=self.metric,
+                unit_index=[index[self._spec_units[i]] for i in indices], n_units=len(self.units), metric=self.metric,
                 previous=[self._factors.get(u, 1.0) for u in self.units], map_options=self.map_options)
             if pending.written:
                 self._deferred = (pending, indices, time.perf_counter() - start)
@@ -798,7 +717,7 @@ class TempBalance(LRScheduler):
             options = {k: v for k, v in self.map_options.items() if k != "compat"}
             return vals, self._plan.factors(vals, **options)
         index = {u: k for k, u in enumerate(self.units)}
-        unit_idx = np.array([index[self._key(s)] for s in self._specs], dtype=np.int64)
+        unit_idx = np.array([index[u] for u in self._spec_units], dtype=np.int64)
         means = _mapping.unit_means(vals, unit_idx, len(self.units), backend=self.map_options["backend"])
         for u in failed:
             means[index[u]] = math.nan
@@ -829,11 +748,11 @@ class TempBalance(LRScheduler):
                           default=math.nan)
         failed: dict[str, list[str]] = {}  # units that keep their factor: a matrix of theirs failed
         newly_failed: set[str] = set()  # ... in this pass (a stale failure was warned about when it happened)
-        for i, (s, r) in enumerate(zip(self._specs, rows)):
+        for i, (u, r) in enumerate(zip(self._spec_units, rows)):
             if r.status in _FAILED:
-                failed.setdefault(self._key(s), []).append(r.reason or f"layer '{r.name}': {r.status}")
+                failed.setdefault(u, []).append(r.reason or f"layer '{r.name}': {r.status}")
                 if i in fresh:
-                    newly_failed.add(self._key(s))
+                    newly_failed.add(u)
         values, factors = self._map(rows, failed)
         new = {u: (self._factors.get(u, 1.0) if u in failed else float(factors[k])) for k, u in enumerate(self.units)}
         if not all(math.isfinite(f) and f > 0 for f in new.values()):
@@ -1034,12 +953,13 @@ class TempBalance(LRScheduler):
             if saved != value:
                 raise ValueError(f"TempBalance.load_state_dict: saved with {key}={saved!r}, this object has "
                                  f"{key}={value!r}")
-        self._check_fingerprint(state["fingerprint"])
-        for part, component in (("groups", self._groups), ("cadence", self.cadence), ("passes", self._passes)):
-            try:
-                component.check_state(state[part])
-            except ValueError as e:
-                raise ValueError(f"TempBalance.load_state_dict: {e}") from None
+        try:  # each component checks its own part
+            selection.check_fingerprint(self._fingerprint, state["fingerprint"])
+            self._groups.check_state(state["groups"])
+            self.cadence.check_state(state["cadence"])
+            self._passes.check_state(state["passes"])
+        except ValueError as e:
+            raise ValueError(f"TempBalance.load_state_dict: {e}") from None
         if (state["base_scheduler"] is None) != (self._base_scheduler is None):
             raise ValueError("TempBalance.load_state_dict: saved "
                              f"{'without' if state['base_scheduler'] is None else 'with'} a base_scheduler, this "
@@ -1059,19 +979,6 @@ class TempBalance(LRScheduler):
         """What a checkpoint must have been saved with (checked on load)."""
         return dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger,
                     compat=self.compat, normalize=self.normalize)
-
-    def _check_fingerprint(self, saved: list) -> None:
-        mine = {n: tuple(s) for n, s in self._fingerprint}
-        theirs = {n: tuple(s) for n, s in saved}
-        if mine == theirs and [n for n, _ in saved] == [n for n, _ in self._fingerprint]:
-            return
-        missing = [n for n in theirs if n not in mine]
-        added = [n for n in mine if n not in theirs]
-        reshaped = [f"'{n}' {theirs[n]} -> {mine[n]}" for n in theirs if n in mine and theirs[n] != mine[n]]
-        parts = [f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}" for label, items in
-                 (("layers missing now:", missing), ("new layers:", added), ("shapes changed:", reshaped)) if items]
-        raise ValueError("TempBalance.load_state_dict: the model differs from the one saved - "
-                         + ("; ".join(parts) or "the layers are in a different order"))
 
     def __repr__(self) -> str:
         return (f"TempBalance(adapter={getattr(self.adapter, 'name', type(self.adapter).__name__)}, unit={self.unit}, "
