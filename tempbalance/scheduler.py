@@ -1,11 +1,14 @@
 """TempBalance: per-unit learning-rate factors from the spectra of the weights, over any optimizer and schedule.
 
-What it does, in order: select the matrices (via the model's adapter) -> refresh (analyse them, map unit alphas
-to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups. The param-group bookkeeping
-(splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) lives in
-:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`. Under ``compat`` a reference code's
-:class:`~tempbalance.compat.Plan` decides the matrices, the unit of every parameter and the mapping; the scheduler
-adds that reference's timing (a pass due one step later; base rates held between passes).
+What it does, in order: select the matrices (via the model's adapter, :mod:`tempbalance.selection`) -> refresh
+(analyse them, map unit alphas to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups.
+This module holds the policy: when a refresh is due (:mod:`tempbalance.cadence` decides), what a finished pass
+means (factors, history, failures) and the loop around the optimizer. How a pass runs - now, or due some steps on
+in a background thread, over every matrix or a slice - is :mod:`tempbalance.passes`; the param-group bookkeeping
+(splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) is :mod:`tempbalance.groups`.
+Under ``compat`` a reference code's :class:`~tempbalance.compat.Plan` decides the matrices, the unit of every
+parameter and the mapping; the scheduler adds that reference's timing (a pass due one step later; base rates held
+between passes).
 
 How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
 un-factored learning rate ``scheduled[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
@@ -670,11 +673,6 @@ class TempBalance(LRScheduler):
         self._run_due()
         self._passes.wait()
 
-    @property
-    def skipped_refreshes(self) -> list[int]:
-        """The steps at which a refresh fell due while a background pass was pending, and was skipped."""
-        return self._passes.skipped_refreshes
-
     def close(self) -> None:
         """Detach from the optimizer: drop a due or pending pass, stop the background thread, remove the optimizer
         step hook and give the groups back their un-factored learning rates (the base schedule's). Reads
@@ -846,6 +844,11 @@ class TempBalance(LRScheduler):
         """Seconds the training loop waited for spectral work (all of it for synchronous passes)."""
         self._run_due()
         return self._blocking_seconds
+
+    @property
+    def skipped_refreshes(self) -> list[int]:
+        """The steps at which a refresh fell due while a background pass was pending, and was skipped."""
+        return self._passes.skipped_refreshes
 
     @property
     def group_units(self) -> list[str | None]:
