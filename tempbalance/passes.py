@@ -10,7 +10,7 @@ sharing of a pass across ranks:
   in a background thread on a snapshot of the weights (``lag >= 1``, :func:`snapshot`), or on the live weights at
   once (a reference whose factors act from the update after the pass). While a pass is pending, a new refresh is
   skipped and its step recorded in ``skipped_refreshes``;
-* its own checkpoint slice: the pending pass (its report, waited for), the next slice, the skipped refreshes.
+* its own checkpoint part: the pending pass (its report, waited for), the next slice, the skipped refreshes.
 
 Which slice a refresh takes and at which step a pass is applied depend on step counts only, never on timing, so
 runs (and resumed runs) are deterministic.
