@@ -156,6 +156,16 @@ class Report:
         """The report whose :meth:`to_records` are ``records`` (``kwargs``: seconds, settings, skipped)."""
         return cls([LayerResult(**{**rec, "shape": tuple(rec["shape"])}) for rec in records], **kwargs)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The report in a checkpoint (plain Python, ``torch.load(weights_only=True)``-safe): rows, seconds, settings
+        (not ``skipped``: TempBalance sets it from the model)."""
+        return dict(rows=self.to_records(), seconds=self.seconds, settings=dict(self.settings))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Report":
+        """The report :meth:`state_dict` saved."""
+        return cls.from_records(state["rows"], seconds=float(state["seconds"]), settings=dict(state["settings"]))
+
     @classmethod
     def from_json(cls, text: str) -> "Report":
         """The report :meth:`to_json` wrote (nulls come back as NaN)."""

@@ -1,11 +1,14 @@
 """TempBalance: per-unit learning-rate factors from the spectra of the weights, over any optimizer and schedule.
 
-What it does, in order: select the matrices (via the model's adapter) -> refresh (analyse them, map unit alphas
-to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups. The param-group bookkeeping
-(splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) lives in
-:mod:`tempbalance.groups`; when to refresh in :mod:`tempbalance.cadence`. Under ``compat`` a reference code's
-:class:`~tempbalance.compat.Plan` decides the matrices, the unit of every parameter and the mapping; the scheduler
-adds that reference's timing (a pass due one step later; base rates held between passes).
+What it does, in order: select the matrices (via the model's adapter, :mod:`tempbalance.selection`) -> refresh
+(analyse them, map unit alphas to factors, :meth:`TempBalance.refresh`) -> apply the factors to the param groups.
+This module holds the policy: when a refresh is due (:mod:`tempbalance.cadence` decides), what a finished pass
+means (factors, history, failures) and the loop around the optimizer. How a pass runs - now, or due some steps on
+in a background thread, over every matrix or a slice - is :mod:`tempbalance.passes`; the param-group bookkeeping
+(splitting groups by unit, the un-factored LRs, which TempBalance owns an optimizer) is :mod:`tempbalance.groups`.
+Under ``compat`` a reference code's :class:`~tempbalance.compat.Plan` decides the matrices, the unit of every
+parameter and the mapping; the scheduler adds that reference's timing (a pass due one step later; base rates held
+between passes).
 
 How the factors reach the optimizer without ever compounding (SPEC §3): every param group ``i`` has an
 un-factored learning rate ``scheduled[i]`` - what the user's schedule says - and a factor ``f[i]`` of its unit; the
@@ -31,12 +34,9 @@ import collections
 import copy
 import inspect
 import math
-import re
 import time
 import warnings
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -46,9 +46,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from . import analysis, compat as _compat, device_lr, distributed, groups as _groups, mapping as _mapping, presets
-from . import streams
-from .distributed import partition
+from . import analysis, compat as _compat, device_lr, distributed, groups as _groups, mapping as _mapping, passes
+from . import presets, selection
 from .adapters import MatrixSpec, get_adapter, unwrap_model
 from .cadence import Cadence, as_cadence
 from .integrations.lightning import epoch_source
@@ -66,67 +65,6 @@ _SETTINGS_ADDED = {"compat": None, "normalize": False}
 # each saw more than one, is a loop that steps TempBalance twice per update (a single extra call is allowed: a
 # GradScaler skips optimizer.step() on overflow and the schedule still advances, as torch's schedulers do)
 _REPEATS_TOLERATED = 2
-
-
-@dataclass
-class _PendingPass:
-    """A background pass on the weights of ``started_step`` (over the matrices ``indices``), applied at
-    ``due_step``."""
-
-    started_step: int
-    due_step: int
-    future: Future
-    snapshot_seconds: float
-    indices: list[int]
-
-
-def _raise(error: BaseException) -> torch.Tensor:
-    raise error
-
-
-def _finished(report: Report) -> Future:
-    """A pass that has finished already, as a background one looks when it is collected."""
-    future: Future = Future()
-    future.set_result(report)
-    return future
-
-
-def _snapshot(specs: list[MatrixSpec]) -> tuple[list[MatrixSpec], streams.Handoff]:
-    """Copies of the analysed weights as they are now, for a pass that runs while training changes them, and the
-    handoff that orders a background thread's use of CUDA copies after the copying (streams.Handoff). A layer
-    whose weight cannot be read fails in the pass, with its error, like in a synchronous one."""
-    out, copies = [], []
-    with torch.no_grad():
-        for s in specs:
-            try:
-                w = s.weight().detach().clone()
-                copies.append(w)
-                fn = (lambda w=w: w)
-            except Exception as e:  # noqa: BLE001
-                fn = (lambda e=e: _raise(e))
-            out.append(MatrixSpec(s.name, s.kind, fn, s.unit))
-    return out, streams.Handoff(copies)
-
-
-def _report_state(report: Report) -> dict[str, Any]:
-    return dict(rows=report.to_records(), seconds=report.seconds, settings=dict(report.settings))
-
-
-def _report_from_state(state: dict[str, Any]) -> Report:
-    return Report.from_records(state["rows"], seconds=float(state["seconds"]), settings=dict(state["settings"]))
-
-
-def _patterns(arg: str, value: Any) -> list[re.Pattern]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    out = []
-    for p in items:
-        try:
-            out.append(re.compile(p))
-        except (re.error, TypeError) as e:
-            raise ValueError(f"{arg}: {p!r} is not a valid regular expression ({e})") from None
-    return out
 
 
 def _number(arg: str, v: Any, lo: float | None = None, strict: bool = False) -> float:
@@ -331,9 +269,7 @@ class TempBalance(LRScheduler):
         self.adapter = get_adapter(model, adapter)
         if compat and hasattr(self.adapter, "lora_scaling"):
             self.adapter.lora_scaling = False
-        self.unit = unit if unit is not None else getattr(self.adapter, "default_unit", "block")
-        if self.unit not in ("block", "layer"):
-            raise ValueError(f"unit must be 'block', 'layer' or None (the adapter's choice), got {unit!r}")
+        self.unit = selection.unit_mode(self.adapter, unit)
         self.interval, self.cadence, self.lag, self.metric, self.target = interval, cadence, lag, metric, target
         self.map_options = dict(mapping=mapping, tau=_number("tau", tau, 0, strict=True), s_lo=_number("s_lo", s_lo, 0),
                                 s_hi=_number("s_hi", s_hi, 0), s1=_number("s1", s1), s2=_number("s2", s2),
@@ -355,17 +291,20 @@ class TempBalance(LRScheduler):
             raise ValueError("stagger >= 2 is not supported under torch.distributed yet (the ranks already share "
                              "each pass); use stagger=1")
 
-        # select the matrices
-        self._plan: _compat.Plan | None = None
-        self._first_min_eigs: int | None = None  # the initial pass's min_eigs, where a scheme's differs
-        self._specs, self.units, self._plan = self._select_specs(include, exclude, remove_first, remove_last,
-                                                                 include_embeddings, compat, unit)
+        # select the matrices (and the parameters their units drive)
+        chosen = selection.select(model, optimizer, self.adapter, unit=unit, include=include, exclude=exclude,
+                                  remove_first=remove_first, remove_last=remove_last,
+                                  include_embeddings=include_embeddings, compat=compat,
+                                  min_eigs=self.analysis_options["min_eigs"], normalize=normalize)
+        self._specs, self.units, self.unit, self._plan = chosen.specs, chosen.units, chosen.unit, chosen.plan
+        self._spec_units, self._skipped, self._fingerprint = chosen.spec_units, chosen.skipped, chosen.fingerprint
         self.compat = self._plan.scheme.name if self._plan is not None else None
-        self._fingerprint = [[s.name, list(s.weight().shape)] for s in self._specs]
+        self._first_min_eigs: int | None = None  # the initial pass's min_eigs, where a scheme's differs
+        if self._plan is not None:  # a scheme counts the eigenvalues a pass needs its own way
+            min_eigs = self.analysis_options["min_eigs"]
+            self.analysis_options["min_eigs"] = self._plan.analysis_min_eigs(min_eigs, first=False)
+            self._first_min_eigs = self._plan.analysis_min_eigs(min_eigs, first=True)
         self.stagger = stagger
-        self._slices = self._stagger_slices(stagger)
-        self._next_slice = 0
-        owner, params = self._owner_map()
 
         self._factors: dict[str, float] = {u: 1.0 for u in self.units}
         self._unit_values: dict[str, float] = {u: math.nan for u in self.units}
@@ -377,7 +316,6 @@ class TempBalance(LRScheduler):
         self._spectral_seconds = 0.0
         self._blocking_seconds = 0.0
         self._history: list[dict[str, Any]] = []
-        self.skipped_refreshes: list[int] = []
         self._last_report: Report | None = None
         self._refresh_due = False
         self._warned: set[str] = set()
@@ -385,20 +323,19 @@ class TempBalance(LRScheduler):
         self._repeats = 0  # optimizer steps in a row that were each followed by more than one tb.step()
         self._epoch_source = epoch_source(unwrap_model(model))
         self._source_epoch: int | None = None
-        self._pending: _PendingPass | None = None
         self._deferred: tuple[device_lr.DeviceRefresh, list[int], float] | None = None  # see _settle
-        self._executor: ThreadPoolExecutor | None = None
         self._callbacks: collections.OrderedDict[int, Callable[[dict[str, Any]], None]] = collections.OrderedDict()
         self._last_commit = (0, time.perf_counter())  # (step, clock) of the last applied refresh, for Budget
         self._step_hook = None
         # steps from a pass to its factors: ``lag``, and at least one under a reference whose factors act from the
         # update after the pass (ModelBalancing: the pass at the top of step t, the factors after update t)
         next_update = self._plan is not None and self._plan.scheme.factors_act_from == "next_update"
-        self._delay = max(lag, 1) if next_update else lag
+        self._passes = passes.PassRunner(self._specs, [shape for _, shape in self._fingerprint], lag=lag,
+                                         delay=max(lag, 1) if next_update else lag, stagger=stagger)
         self._held: list[float] | None = None  # the base rates held between passes (compat="tempbalance_lm")
         self._initial_pass(deferred=next_update)
         # the optimizer's groups, split by unit (a previous TempBalance on this optimizer is released first)
-        self._groups = _groups.FactoredGroups(optimizer, owner, target=target, params=params,
+        self._groups = _groups.FactoredGroups(optimizer, chosen.owner, target=target, params=chosen.params,
                                               scheduler=base_scheduler)
         self._base_scheduler = base_scheduler
         if self._plan is not None and self._plan.scheme.holds_between_passes:
@@ -407,7 +344,7 @@ class TempBalance(LRScheduler):
         self._step_hook = _register_step_hook(self) if _steps_through_torch(optimizer) else None
         self._warn_if_nothing_tuned()
 
-    # --- setup: which matrices, which groups -------------------------------------------------------------------
+    # --- setup: the base scheduler, the first pass --------------------------------------------------------------
     def _check_base_scheduler(self, s: Any) -> None:
         if s is None:
             if any("initial_lr" in g for g in self.optimizer.param_groups):
@@ -443,79 +380,9 @@ class TempBalance(LRScheduler):
             self._groups.attach_scheduler(scheduler)
         self._base_scheduler = scheduler
 
-    def _select_specs(self, include, exclude, remove_first, remove_last, include_embeddings, compat, unit):
-        """The analysed matrices, the units, and under ``compat`` the reference's :class:`~tempbalance.compat.Plan`
-        (its tuned matrices are the units)."""
-        inc, exc = _patterns("include", include), _patterns("exclude", exclude)
-        found = self.adapter.enumerate(self.model, include_embeddings=include_embeddings)
-        # weights no adapter rule covers are named in every report's ``skipped``
-        self._skipped = analysis.unanalysed(unwrap_model(self.model), found)
-        specs = [s for s in found
-                 if (not inc or any(p.search(s.name) for p in inc)) and not any(p.search(s.name) for p in exc)]
-        plan = self._compat_plan(specs, compat, unit, remove_first, remove_last) if compat else None
-        if plan is not None:
-            specs, units = list(plan.specs), [s.name for s in plan.specs]
-        else:
-            tuned = getattr(self.adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them
-            specs = [s for s in specs if tuned is None or tuned(s)]
-            units = list(dict.fromkeys(self._key(s) for s in specs))
-            drop = set(units[:1] if remove_first else []) | set(units[-1:] if remove_last else [])
-            specs = [s for s in specs if self._key(s) not in drop]
-            units = [u for u in units if u not in drop]
-        if not specs:
-            skipped = self._skipped
-            unanalysed = (f"; not analysed: {', '.join(f'{n} ({r})' for n, r in skipped[:3])}"
-                          f"{' ...' if len(skipped) > 3 else ''}") if skipped else ""
-            warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
-                          f"{unanalysed}); every group keeps factor 1", UserWarning, stacklevel=3)
-        return specs, units, plan
-
-    def _compat_plan(self, specs: list[MatrixSpec], compat: bool | str, unit: str | None, remove_first: bool,
-                     remove_last: bool) -> _compat.Plan:
-        """The reference's plan for this model (``compat``: True or a scheme name); ``unit`` as given (None: the
-        scheme's)."""
-        scheme = _compat.default_scheme(self.adapter, specs) if compat is True else compat
-        min_eigs = self.analysis_options["min_eigs"]
-        plan = _compat.plan(unwrap_model(self.model), specs, scheme=scheme,
-                            blocks=_compat.block_of_specs(self.adapter, specs), unit=unit, min_eigs=min_eigs,
-                            remove_first=remove_first, remove_last=remove_last, normalize=self.normalize)
-        self.unit = plan.unit
-        self.analysis_options["min_eigs"] = plan.analysis_min_eigs(min_eigs, first=False)
-        self._first_min_eigs = plan.analysis_min_eigs(min_eigs, first=True)
-        return plan
-
-    def _key(self, spec: MatrixSpec) -> str:
-        """The unit of a matrix: its block, or itself (``unit="layer"``, and every tuned matrix under compat)."""
-        return spec.name if self.unit == "layer" or self._plan is not None else spec.unit
-
-    def _owner_map(self) -> tuple[dict[int, str], list[nn.Parameter]]:
-        """``id(param) -> unit`` for every parameter a unit drives (the first unit wins for a shared one). An
-        optimizer that holds none of the model's parameters is a ``ValueError``: nothing could ever be tuned."""
-        model_params = {id(p) for p in self.model.parameters()}
-        opt_params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if opt_params and not any(id(p) in model_params for p in opt_params):
-            raise ValueError(
-                f"none of the optimizer's {len(opt_params)} parameters belongs to the model given to TempBalance "
-                f"({type(self.model).__name__}); pass the model whose parameters the optimizer trains")
-        if self._plan is not None:  # the reference's rule: which tuned matrix's factor each parameter takes
-            unit_params: dict[str, list[nn.Parameter]] = collections.defaultdict(list)
-            for n, p in unwrap_model(self.model).named_parameters():
-                if (o := self._plan.owners.get(n)) is not None:
-                    unit_params[o].append(p)
-        else:
-            unit_params = self.adapter.unit_params(self.model, self._specs, self.unit)
-        owner: dict[int, str] = {}
-        params: list[nn.Parameter] = []
-        for u in self.units:
-            for p in unit_params.get(u, []):
-                if id(p) not in owner:
-                    owner[id(p)] = u
-                    params.append(p)
-        return owner, params
-
     def _initial_pass(self, deferred: bool) -> None:
         """The analysis at construction, before the optimizer is touched (it may raise): applied now, or
-        (``deferred``) held as a pass due ``self._delay`` steps on, as the reference's first one."""
+        (``deferred``) held as a pass due the runner's ``delay`` steps on, as the reference's first one."""
         options = (None if self._first_min_eigs is None
                    else dict(self.analysis_options, min_eigs=self._first_min_eigs))
         if not deferred:
@@ -523,8 +390,7 @@ class TempBalance(LRScheduler):
             return
         start = time.perf_counter()
         report = self._analyze(self._specs, options)
-        self._pending = _PendingPass(self.step_count, self.step_count + self._delay, _finished(report),
-                                     time.perf_counter() - start, list(range(len(self._specs))))
+        self._passes.add_finished(report, self.step_count, time.perf_counter() - start)
 
     def _warn_if_nothing_tuned(self) -> None:
         """One warning when no group of the optimizer gets a factor from the analysis (all units untuned, or none
@@ -533,9 +399,9 @@ class TempBalance(LRScheduler):
         if not self._specs:
             return  # warned at selection
         report = self._last_report
-        if report is None and self._pending is not None:
-            report = self._pending.future.result()
-            tuned = {self._key(s) for s, r in zip(self._specs, report.rows)
+        if report is None and self._passes.pending is not None:
+            report = self._passes.pending.report()
+            tuned = {u for u, r in zip(self._spec_units, report.rows)
                      if r.ok and math.isfinite(getattr(r, self.metric))}
         else:
             tuned = {u for u, v in self._unit_values.items() if math.isfinite(v)}
@@ -711,7 +577,7 @@ class TempBalance(LRScheduler):
         self._check_attached()
         self._refresh_due = False
         self._settle()
-        self._drop_pending()
+        self._passes.drop()
         report = self._refresh_now()
         self._apply()
         return report
@@ -733,7 +599,7 @@ class TempBalance(LRScheduler):
             pending = device_lr.fused_refresh(
                 specs, self.analysis_options, groups=self.optimizer.param_groups, base=self._groups.scheduled,
                 group_unit=[index.get(u, -1) for u in self._groups.units],
-                unit_index=[index[self._key(s)] for s in specs], n_units=len(self.units), metric=self.metric,
+                unit_index=[index[self._spec_units[i]] for i in indices], n_units=len(self.units), metric=self.metric,
                 previous=[self._factors.get(u, 1.0) for u in self.units], map_options=self.map_options)
             if pending.written:
                 self._deferred = (pending, indices, time.perf_counter() - start)
@@ -758,21 +624,6 @@ class TempBalance(LRScheduler):
         if self._groups.released is None and self._groups.in_sync():
             self._groups.apply(self._factors)  # the values the GPU wrote, now in the bookkeeping too
 
-    def _stagger_slices(self, k: int) -> list[list[int]]:
-        """The matrices split into ``k`` slices of about equal spectral cost (largest first onto the cheapest
-        slice, as ranks share a distributed pass), each in model order."""
-        if k == 1:
-            return [list(range(len(self._specs)))]
-        costs = [partition.cost(tuple(shape), s.kind) for s, (_, shape) in zip(self._specs, self._fingerprint)]
-        owners, _ = partition.assign(costs, k)
-        return [[i for i, o in enumerate(owners) if o == j] for j in range(k)]
-
-    def _take_slice(self) -> list[int]:
-        """The matrices the next scheduled refresh analyses (all of them without staggering)."""
-        indices = self._slices[self._next_slice % len(self._slices)]
-        self._next_slice += 1
-        return indices
-
     def add_refresh_callback(self, fn: Callable[[dict[str, Any]], None]) -> RemovableHandle:
         """Call ``fn(record)`` after every applied refresh with its ``history`` record (step, epoch, seconds,
         blocking_seconds, started_step, unit_values, factors, alpha_std, failed, alphas, analysed: how many
@@ -792,60 +643,35 @@ class TempBalance(LRScheduler):
         return analysis.analyze_specs(specs, **options)
 
     def _start_refresh(self) -> None:
-        """A refresh is due: synchronous and applied now with ``lag=0``; otherwise due ``self._delay`` steps on -
-        a snapshot analysed in the background (``lag >= 1``), or the live weights analysed now (the reference's
-        timing under compat with ``lag=0``)."""
-        if not self._delay:
-            try:
-                self._refresh_now(self._take_slice(), fused=True)
-            except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
-                self._warn_failed(e)
-            return
-        if self._pending is not None:
-            self.skipped_refreshes.append(self.step_count)  # deterministic: depends on step counts only
-            return
-        start = time.perf_counter()
-        indices = self._take_slice()
-        specs = [self._specs[i] for i in indices]
+        """A refresh is due: its slice analysed and applied now, or (the runner's ``delay >= 1``) started as a
+        pass due that many steps on - a snapshot analysed in the background (``lag >= 1``), or the live weights
+        analysed now (the reference's timing under compat with ``lag=0``)."""
         try:
-            if self.lag:
-                snapshot, handoff = _snapshot(specs)
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
-                future = self._executor.submit(handoff.run, self._analyze, snapshot)
+            if self._passes.delay:
+                self._passes.start(self.step_count, self._analyze)
             else:
-                future = _finished(self._analyze(specs))
-        except Exception as e:  # noqa: BLE001
+                self._refresh_now(self._passes.take_slice(), fused=True)
+        except Exception as e:  # noqa: BLE001 - a failed pass must not stop training; factors are kept
             self._warn_failed(e)
-            return
-        self._pending = _PendingPass(self.step_count, self.step_count + self._delay, future,
-                                     time.perf_counter() - start, indices)
 
     def _collect_due(self) -> None:
-        """Apply the background pass due at this step, waiting for it if it has not finished."""
-        p = self._pending
-        if p is None or self.step_count < p.due_step:
+        """Apply the pass due at this step, waiting for it if it has not finished."""
+        due = self._passes.take_due(self.step_count)
+        if due is None:
             return
         start = time.perf_counter()
-        self._pending = None
         try:
-            report = p.future.result()
-            self._commit(report, p.indices, started_step=p.started_step,
-                         blocking=p.snapshot_seconds + time.perf_counter() - start)
+            report = due.report()
+            self._commit(report, due.indices, started_step=due.started_step,
+                         blocking=due.snapshot_seconds + time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001
             self._warn_failed(e)
-
-    def _drop_pending(self) -> None:
-        if self._pending is not None:
-            self._pending.future.cancel()
-            self._pending = None
 
     def wait(self) -> None:
         """Start a due refresh, then block until a pending background pass has finished (it is still applied at
         its due step)."""
         self._run_due()
-        if self._pending is not None:
-            wait([self._pending.future])
+        self._passes.wait()
 
     def close(self) -> None:
         """Detach from the optimizer: drop a due or pending pass, stop the background thread, remove the optimizer
@@ -853,22 +679,20 @@ class TempBalance(LRScheduler):
         (``history``, ``factors``, ...) keep working; ``step()`` then raises. Collecting the object does the same."""
         self._settle()
         self._refresh_due = False
-        self._drop_pending()
+        self._passes.drop()
         if self._step_hook is not None:
             self._step_hook.remove()
             self._step_hook = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._passes.shutdown(wait=True)
         self._groups.release("this TempBalance was closed")
 
     def __del__(self) -> None:
         hook = getattr(self, "_step_hook", None)
         if hook is not None:
             hook.remove()
-        ex = getattr(self, "_executor", None)
-        if ex is not None:
-            ex.shutdown(wait=False)
+        runner = getattr(self, "_passes", None)
+        if runner is not None:
+            runner.shutdown(wait=False)
         book = getattr(self, "_groups", None)
         if book is not None:
             try:
@@ -891,7 +715,7 @@ class TempBalance(LRScheduler):
             options = {k: v for k, v in self.map_options.items() if k != "compat"}
             return vals, self._plan.factors(vals, **options)
         index = {u: k for k, u in enumerate(self.units)}
-        unit_idx = np.array([index[self._key(s)] for s in self._specs], dtype=np.int64)
+        unit_idx = np.array([index[u] for u in self._spec_units], dtype=np.int64)
         means = _mapping.unit_means(vals, unit_idx, len(self.units), backend=self.map_options["backend"])
         for u in failed:
             means[index[u]] = math.nan
@@ -922,11 +746,11 @@ class TempBalance(LRScheduler):
                           default=math.nan)
         failed: dict[str, list[str]] = {}  # units that keep their factor: a matrix of theirs failed
         newly_failed: set[str] = set()  # ... in this pass (a stale failure was warned about when it happened)
-        for i, (s, r) in enumerate(zip(self._specs, rows)):
+        for i, (u, r) in enumerate(zip(self._spec_units, rows)):
             if r.status in _FAILED:
-                failed.setdefault(self._key(s), []).append(r.reason or f"layer '{r.name}': {r.status}")
+                failed.setdefault(u, []).append(r.reason or f"layer '{r.name}': {r.status}")
                 if i in fresh:
-                    newly_failed.add(self._key(s))
+                    newly_failed.add(u)
         values, factors = self._map(rows, failed)
         new = {u: (self._factors.get(u, 1.0) if u in failed else float(factors[k])) for k, u in enumerate(self.units)}
         if not all(math.isfinite(f) and f > 0 for f in new.values()):
@@ -1022,6 +846,11 @@ class TempBalance(LRScheduler):
         return self._blocking_seconds
 
     @property
+    def skipped_refreshes(self) -> list[int]:
+        """The steps at which a refresh fell due while a background pass was pending, and was skipped."""
+        return self._passes.skipped_refreshes
+
+    @property
     def group_units(self) -> list[str | None]:
         """The unit of every param group (None: not tuned)."""
         return list(self._groups.units)
@@ -1058,12 +887,11 @@ class TempBalance(LRScheduler):
             base_scheduler=self._base_scheduler.state_dict() if self._base_scheduler is not None else None,
             progress=dict(step_count=self.step_count, epoch=self.epoch, source_epoch=self._source_epoch,
                           refresh_due=self._refresh_due, held_base=copy.copy(self._held_base())),
-            passes=dict(pending=self._pending_state(), next_slice=self._next_slice,
-                        skipped_refreshes=list(self.skipped_refreshes)),
+            passes=self._passes.state_dict(on_failure=self._warn_failed),
             results=dict(factors=dict(self._factors), unit_values=dict(self._unit_values), alphas=dict(self._alphas),
                          alpha_std=self._alpha_std, spectral_seconds=self._spectral_seconds,
                          blocking_seconds=self._blocking_seconds, history=copy.deepcopy(self._history),
-                         last_report=(_report_state(self._last_report) if self.stagger > 1 and self._last_report
+                         last_report=(self._last_report.state_dict() if self.stagger > 1 and self._last_report
                                       else None)),
         )
 
@@ -1084,7 +912,7 @@ class TempBalance(LRScheduler):
                 raise
         self._groups.load_state_dict(state["groups"])
         self.cadence.load_state_dict(state["cadence"])
-        progress, passes, results = state["progress"], state["passes"], state["results"]
+        progress, results = state["progress"], state["results"]
         self.step_count, self.epoch = int(progress["step_count"]), int(progress["epoch"])
         source = progress.get("source_epoch")
         self._source_epoch = None if source is None else int(source)
@@ -1097,18 +925,11 @@ class TempBalance(LRScheduler):
         self._blocking_seconds = float(results["blocking_seconds"])
         self._history = copy.deepcopy(list(results["history"]))
         if results.get("last_report") is not None:
-            self._last_report = _report_from_state(results["last_report"])
+            self._last_report = Report.from_state_dict(results["last_report"])
         self._last_commit = (self.step_count, time.perf_counter())
-        self.skipped_refreshes = [int(x) for x in passes["skipped_refreshes"]]
-        self._next_slice = int(passes["next_slice"])
-        self._drop_pending()
+        self._passes.load_state_dict(state["passes"])
         self._deferred = None  # superseded: the groups get the loaded factors below
         self._refresh_due = bool(progress["refresh_due"])
-        if passes["pending"] is not None:
-            p = passes["pending"]
-            self._pending = _PendingPass(int(p["started_step"]), int(p["due_step"]),
-                                         _finished(_report_from_state(p["report"])), 0.0,
-                                         [int(i) for i in p["indices"]])
         if self._held is not None:
             self._held = [float(v) for v in progress["held_base"]]
         # as saved: the groups' values now (a loaded optimizer's) are not a base
@@ -1122,7 +943,7 @@ class TempBalance(LRScheduler):
                              f"(got version {found!r}); save it with this tempbalance version")
         parts = {"settings": (), "fingerprint": None, "groups": (), "cadence": (), "base_scheduler": None,
                  "progress": ("step_count", "epoch", "refresh_due"),
-                 "passes": ("pending", "next_slice", "skipped_refreshes"),
+                 "passes": passes.STATE_KEYS,
                  "results": ("factors", "unit_values", "alphas", "alpha_std", "spectral_seconds", "blocking_seconds",
                              "history")}
         for part, keys in parts.items():
@@ -1135,10 +956,11 @@ class TempBalance(LRScheduler):
             if saved != value:
                 raise ValueError(f"TempBalance.load_state_dict: saved with {key}={saved!r}, this object has "
                                  f"{key}={value!r}")
-        self._check_fingerprint(state["fingerprint"])
-        try:
+        try:  # each component checks its own part
+            selection.check_fingerprint(self._fingerprint, state["fingerprint"])
             self._groups.check_state(state["groups"])
             self.cadence.check_state(state["cadence"])
+            self._passes.check_state(state["passes"])
         except ValueError as e:
             raise ValueError(f"TempBalance.load_state_dict: {e}") from None
         if (state["base_scheduler"] is None) != (self._base_scheduler is None):
@@ -1155,41 +977,11 @@ class TempBalance(LRScheduler):
                 isinstance(v, (int, float)) and math.isfinite(v) for v in held)):
             raise ValueError(f"TempBalance.load_state_dict: the saved base rates held between passes do not cover "
                              f"this object's {len(self._groups.units)} param groups")
-        pending = state["passes"]["pending"]
-        if pending is not None and (not isinstance(pending, dict) or any(
-                k not in pending for k in ("started_step", "due_step", "report", "indices"))):
-            raise ValueError("TempBalance.load_state_dict: the saved pending pass is incomplete")
 
     def _settings(self) -> dict[str, Any]:
         """What a checkpoint must have been saved with (checked on load)."""
         return dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger,
                     compat=self.compat, normalize=self.normalize)
-
-    def _pending_state(self) -> dict[str, Any] | None:
-        p = self._pending
-        if p is None:
-            return None
-        try:
-            report = p.future.result()
-        except Exception as e:  # noqa: BLE001 - it fails the same way at its due step; nothing to resume
-            self._pending = None
-            self._warn_failed(e)
-            return None
-        return dict(started_step=p.started_step, due_step=p.due_step, report=_report_state(report),
-                    indices=list(p.indices))
-
-    def _check_fingerprint(self, saved: list) -> None:
-        mine = {n: tuple(s) for n, s in self._fingerprint}
-        theirs = {n: tuple(s) for n, s in saved}
-        if mine == theirs and [n for n, _ in saved] == [n for n, _ in self._fingerprint]:
-            return
-        missing = [n for n in theirs if n not in mine]
-        added = [n for n in mine if n not in theirs]
-        reshaped = [f"'{n}' {theirs[n]} -> {mine[n]}" for n in theirs if n in mine and theirs[n] != mine[n]]
-        parts = [f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}" for label, items in
-                 (("layers missing now:", missing), ("new layers:", added), ("shapes changed:", reshaped)) if items]
-        raise ValueError("TempBalance.load_state_dict: the model differs from the one saved - "
-                         + ("; ".join(parts) or "the layers are in a different order"))
 
     def __repr__(self) -> str:
         return (f"TempBalance(adapter={getattr(self.adapter, 'name', type(self.adapter).__name__)}, unit={self.unit}, "

@@ -123,7 +123,7 @@ def test_resume_with_a_pending_pass_is_bit_for_bit():
         return model, opt, TempBalance(model, opt, interval=3, lag=2, **KW)
 
     (model, _, tb), (_, _, tb2), (model3, _, tb3), ckpt = train_and_resume(fresh, data, 4)
-    assert tb2._pending is not None    # stopped after step 4: the pass of step 3 pending, due at 5
+    assert tb2._passes.pending is not None    # stopped after step 4: the pass of step 3 pending, due at 5
     for k, v in model.state_dict().items():
         assert torch.equal(v, model3.state_dict()[k]), k
     assert tb.get_last_lr() == tb3.get_last_lr()
