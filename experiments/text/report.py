@@ -3,7 +3,8 @@
 Per size, each TB arm is compared with FT on the seeds that both finished at every lr (paired by seed): the lr of
 each arm selected on the mean dev macro-F1 (ties: the smaller lr), and every grid point at equal lr. Plus the trend
 of the selected gain against log10(size), the movement of the block alphas during fine-tuning (the papers' Fig. 2
-and what it means for refreshing), the Adaptive-cadence check and the cost of a run.
+and what it means for refreshing), the Adaptive-cadence check, the profile controls (TB-paper's factors permuted
+across blocks, or sorted up them) and the cost of a run.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tempbalance.demo.summary import paired_test
 MAIN_ARMS = ("FT", "TB-default", "TB-paper")
 TB_ARMS = MAIN_ARMS[1:]
 CADENCE_ARM = "TB-paper-adaptive"
+CONTROL_ARMS = ("TB-paper-shuffled", "TB-paper-sorted")  # FT with TB-paper's pretrained factors, fixed
 COLORS = {"FT": "#7F8C8D", "TB-default": "#C0392B", "TB-paper": "#2471A3"}
 
 
@@ -198,11 +200,43 @@ def cadence_check(runs: Runs) -> list[dict[str, Any]]:
     return out
 
 
+def profile_controls(runs: Runs) -> list[dict[str, Any]]:
+    """Per control arm, size and lr, on the seeds where FT, TB-paper and the control all ran: test accuracy and
+    macro-F1 of the three, TB-paper − control and control − FT (paired), and how top-heavy the control's
+    profiles were (Spearman rho of factor against block index; TB-paper's own profile beside it)."""
+    from scipy import stats
+
+    from tempbalance.demo.finetune import block_name_index
+
+    out = []
+    for n, control, lr in sorted({k[:3] for k in runs.by if k[1] in CONTROL_ARMS}):
+        seeds = sorted(k[3] for k in runs.by if k[:3] == (n, control, lr)
+                       and (n, "FT", lr, k[3]) in runs.by and (n, "TB-paper", lr, k[3]) in runs.by)
+        if not seeds:
+            continue
+        rs = {arm: runs.get(n, arm, lr, seeds) for arm in ("FT", "TB-paper", control)}
+        rec: dict[str, Any] = dict(size=n, arm=control, lr=lr, seeds=len(seeds))
+        for metric in ("acc", "macro_f1"):
+            v = {arm: [score(r, "test", metric) for r in rr] for arm, rr in rs.items()}
+            rec[metric] = dict(means={arm: _ms(x) for arm, x in v.items()},
+                               tb_vs_control=paired_test(v[control], v["TB-paper"]),
+                               control_vs_ft=paired_test(v["FT"], v[control]))
+
+        def rho(profile: dict[str, float]) -> float:
+            blocks = sorted(profile, key=block_name_index)
+            return float(stats.spearmanr(range(len(blocks)), [profile[b] for b in blocks])[0])
+
+        rec["control_rho"] = [rho(r["block_lr_scale"]) for r in rs[control]]
+        rec["tb_rho"] = rho(rs["TB-paper"][0]["tb_history"][0]["factors"])
+        out.append(rec)
+    return out
+
+
 def cost(runs: Runs) -> list[dict[str, Any]]:
     """Mean wall and CPU seconds of a run (training, evaluation of dev + test, analysis) per size and arm."""
     out = []
     for n in runs.sizes:
-        for arm in MAIN_ARMS + (CADENCE_ARM,):
+        for arm in MAIN_ARMS + (CADENCE_ARM,) + CONTROL_ARMS:
             rs = [r for k, r in runs.by.items() if k[0] == n and k[1] == arm]
             if rs:
                 out.append(dict(size=n, arm=arm, runs=len(rs), seconds=float(np.mean([r["seconds"] for r in rs])),
@@ -226,7 +260,7 @@ def _lr(v: float) -> str:
     return f"{v:.0e}".replace("e-0", "e-")
 
 
-def markdown(comps, grid, trends, diag, cad, costs, meta, smoke: bool) -> str:
+def markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke: bool) -> str:
     pre = meta["pretrained"]
     md = [f"# Low-data SST-2: {meta['description']}, FT vs TempBalance{' (smoke)' if smoke else ''}", "",
           f"Pool {meta['pool']} Rotten Tomatoes snippets (deduplicated against SST-2 validation); dev {meta['dev']} "
@@ -288,6 +322,26 @@ def markdown(comps, grid, trends, diag, cad, costs, meta, smoke: bool) -> str:
                       f"{c['epoch']['refreshes']:.1f} / {c['adaptive']['refreshes']:.1f} | "
                       f"{c['epoch']['overhead_pct']:.1f} % / {c['adaptive']['overhead_pct']:.1f} % | "
                       f"{_f(c['acc']['diff_mean'], '+.2f')} ({_f(c['acc']['t_p'], '.3f')}) | {c['factor_gap']:.4f} |")
+    if control:
+        md += ["", "## Profile controls: TB-paper against FT with TB-paper's pretrained factors, fixed, reassigned to "
+               "the blocks, same lr and seeds (test %)", "",
+               "The same block lrs as TB-paper's first refresh: `TB-paper-shuffled` permutes them at random (a "
+               "permutation per seed), `TB-paper-sorted` sorts them to rise with the block index (a generic "
+               "top-heavy profile). TB − control is what the spectra's assignment adds. rho = Spearman correlation "
+               "of the factor with the block index (positive = top-heavy).", "",
+               "| size | control | lr | seeds | FT acc | control acc | TB-paper acc | TB − control acc (wins, t p) | "
+               "control − FT acc (wins, t p) | TB − control F1 (t p) | rho control (median, range) / TB |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in control:
+            a, f = c["acc"], c["macro_f1"]
+            tc, cf = a["tb_vs_control"], a["control_vs_ft"]
+            r = c["control_rho"]
+            md.append(f"| {c['size']} | {c['arm']} | {_lr(c['lr'])} | {c['seeds']} | {_pm(a['means']['FT'])} | "
+                      f"{_pm(a['means'][c['arm']])} | {_pm(a['means']['TB-paper'])} | "
+                      f"{_f(tc['diff_mean'], '+.2f')} ({tc['wins']}/{tc['n']}, {_f(tc['t_p'], '.3f')}) | "
+                      f"{_f(cf['diff_mean'], '+.2f')} ({cf['wins']}/{cf['n']}, {_f(cf['t_p'], '.3f')}) | "
+                      f"{_f(f['tb_vs_control']['diff_mean'], '+.2f')} ({_f(f['tb_vs_control']['t_p'], '.3f')}) | "
+                      f"{np.median(r):+.2f} ({min(r):+.2f} … {max(r):+.2f}) / {c['tb_rho']:+.2f} |")
     md += ["", f"## Cost per run ({meta['threads']} thread(s), torch {meta['torch']})", "",
            "| size | arm | runs | wall s | CPU s | of which training s | spectral s | CPU hours, all runs |",
            "|---|---|---|---|---|---|---|---|"]
@@ -432,9 +486,10 @@ def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path, smoke: bo
               if any(c["arm"] == arm for c in comps)}
     diag = diagnosis(R, comps, meta)
     cad = cadence_check(R)
+    control = profile_controls(R)
     costs = cost(R)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(comps, grid, trends, diag, cad, costs, meta, smoke))
+    (out / "results.md").write_text(markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke))
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["size", "seeds", "tb_arm", "FT_lr", "TB_lr", "FT_acc", "FT_acc_std", "TB_acc", "TB_acc_std",
@@ -454,7 +509,7 @@ def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path, smoke: bo
                         *g["macro_f1"], g["balanced_acc"][0], a.get("diff_mean"), a.get("t_p"), m.get("diff_mean"),
                         m.get("t_p")])
     analysis = dict(comparisons=comps, trends={f"{a}/{m}": t for (a, m), t in trends.items()}, diagnosis=diag,
-                    cadence=cad, cost=costs, runs=len(runs))
+                    cadence=cad, profile_controls=control, cost=costs, runs=len(runs))
     (out / "summary.json").write_text(json.dumps(analysis, indent=1, default=float).replace("NaN", "null"))
     if grid:
         plot_grid(grid, out / "f1_by_lr.png")

@@ -14,7 +14,11 @@ with FT's 4-point search: equal budgets (we never pick the better of the two TB 
 twice FT's search). A seed fixes the subsample, the head initialisation, the batch order and the dropout stream,
 shared by every arm: all comparisons are paired. A cadence check retrains TB-paper at the grid's largest lr with
 ``Adaptive`` refreshes instead of one per epoch (first ``--cadence-check`` seeds) to measure what refreshing costs
-and whether it changes anything.
+and whether it changes anything. Two profile controls train FT with TB-paper's per-block factors of the
+pretrained model, fixed, on every seed: ``--shuffle-control LR ...`` permutes them across the blocks (a random
+permutation per seed: the same spread of lrs with the spectra's assignment removed) and ``--sorted-control LR ...``
+sorts them to rise with the block index (the same factors as a generic top-heavy, layer-wise-decay-like profile).
+TB-paper against them, at equal lr, measures what the spectra's assignment adds.
 
 Every finished run is appended to ``<out>/runs.jsonl`` at once; ``--resume`` skips the runs already there with the
 same settings, so an interrupted or extended run (more seeds, more arms, more sizes) continues where it stopped.
@@ -38,11 +42,12 @@ if __package__ in (None, ""):  # run as a script: make `experiments.text` import
     sys.path.append(str(Path(__file__).resolve().parents[2]))  # tempbalance wins over the source tree)
     __package__ = "experiments.text"
 
+import numpy as np
 import torch
 
 from tempbalance.demo import data as D
 from tempbalance.demo.finetune import (MAX_LENGTH, PAPER_TB, Encoder, RunConfig, TBSettings, batch_size_for,
-                                       block_alphas, finetune)
+                                       block_alphas, block_name_index, finetune)
 from tempbalance.demo.run import json_ready, set_threads
 from tempbalance.diagnostics.progress import StepBar
 
@@ -51,7 +56,12 @@ from . import report as R
 HERE = Path(__file__).resolve().parent
 ARMS: dict[str, TBSettings | None] = {"FT": None, "TB-default": TBSettings(), "TB-paper": PAPER_TB}
 CADENCE_ARM = "TB-paper-adaptive"  # TB-paper with Adaptive refreshes, at the grid's largest lr
-ARM_SETTINGS = dict(ARMS, **{CADENCE_ARM: replace(PAPER_TB, cadence="adaptive")})
+# FT with TB-paper's pretrained block factors, fixed: permuted across blocks per seed / sorted up the blocks
+SHUFFLED_ARM, SORTED_ARM = "TB-paper-shuffled", "TB-paper-sorted"
+CONTROL_PROFILES = {SHUFFLED_ARM: "pretrained TB factors, fixed, permuted across blocks per seed",
+                    SORTED_ARM: "pretrained TB factors, fixed, sorted to rise with the block index"}
+ARM_SETTINGS = dict(ARMS, **{CADENCE_ARM: replace(PAPER_TB, cadence="adaptive")},
+                    **{arm: PAPER_TB for arm in CONTROL_PROFILES})
 # name -> (lr grid, description). The grids reach 2x past the lr where FT peaked in the first seeds, and past the
 # largest per-block lr TB-paper applies at its best base lr (its factors span ~0.35-3.3): FT is tuned as far as TB.
 MODELS = {
@@ -59,9 +69,11 @@ MODELS = {
     "mpnet": ([1e-5, 2e-5, 5e-5, 1e-4, 2e-4], "all-mpnet-base-v2 (MPNet-base, 12 blocks, hidden 768, 110M)"),
 }
 SEEDS = {13: 10, 32: 10}  # seeds per size by default: 10 at the smallest sizes (per-seed spread ~3.5 pp), else 5
-FULL = dict(sizes=[13, 32, 128], dev=200, epochs=10, precision="bf16", cadence_check=5,
+FULL = dict(sizes=[13, 32, 128], dev=200, epochs=10, precision="bf16", cadence_check=5, shuffle_control=[],
+            sorted_control=[],
             arms=["FT", "TB-default", "TB-paper"])
 SMOKE = dict(sizes=[8, 16], seeds=2, lrs=[1e-3, 3e-3], dev=32, epochs=2, precision="bf16", cadence_check=1,
+             shuffle_control=[3e-3], sorted_control=[3e-3],
              arms=list(ARMS))
 
 
@@ -98,10 +110,38 @@ def model_dir(name: str) -> Path:
 def run_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     """What a run's result depends on besides (size, arm, lr, seed): a stored run is reused only if these match."""
     tb = ARM_SETTINGS[arm]
-    return dict(model=args.model_key, epochs=args.epochs, dev=args.dev, dev_balanced=True, precision=args.precision,
-                max_length=MAX_LENGTH, weight_decay=RunConfig(lr=1).weight_decay,
-                max_grad_norm=RunConfig(lr=1).max_grad_norm, warmup_ratio=RunConfig(lr=1).warmup_ratio,
-                batch_rule="4<64<=8<256<=16", tb=None if tb is None else asdict(tb))
+    out = dict(model=args.model_key, epochs=args.epochs, dev=args.dev, dev_balanced=True, precision=args.precision,
+               max_length=MAX_LENGTH, weight_decay=RunConfig(lr=1).weight_decay,
+               max_grad_norm=RunConfig(lr=1).max_grad_norm, warmup_ratio=RunConfig(lr=1).warmup_ratio,
+               batch_rule="4<64<=8<256<=16", tb=None if tb is None else asdict(tb))
+    if arm in CONTROL_PROFILES:
+        out["profile"] = CONTROL_PROFILES[arm]
+    return out
+
+
+def pretrained_factors(encoder: Encoder, tb: TBSettings) -> dict[str, float]:
+    """TempBalance's factor per block from the pretrained spectra (its first refresh; the head does not count)."""
+    from tempbalance import TempBalance
+
+    model = encoder.fresh_model(0)
+    sched = TempBalance(model, torch.optim.SGD(model.parameters(), lr=1.0), **tb.kwargs())
+    try:
+        return sched.factors
+    finally:
+        sched.close()
+
+
+def shuffled_profile(factors: dict[str, float], seed: int) -> dict[str, float]:
+    """``factors`` reassigned to the blocks by a random permutation drawn from ``seed`` (its own stream)."""
+    blocks = sorted(factors, key=block_name_index)
+    perm = np.random.default_rng([seed, 16]).permutation(len(blocks))
+    return {b: factors[blocks[j]] for b, j in zip(blocks, perm)}
+
+
+def sorted_profile(factors: dict[str, float]) -> dict[str, float]:
+    """``factors`` sorted to rise with the block index (the smallest on the first block, the largest on the last)."""
+    blocks = sorted(factors, key=block_name_index)
+    return dict(zip(blocks, sorted(factors.values())))
 
 
 def plan(args: argparse.Namespace) -> list[tuple[int, str, float, int]]:
@@ -113,6 +153,8 @@ def plan(args: argparse.Namespace) -> list[tuple[int, str, float, int]]:
         out += [(n, arm, lr, s) for s in seeds for arm in args.arms for lr in args.lrs]
         if args.cadence_check and "TB-paper" in args.arms:
             out += [(n, CADENCE_ARM, max(args.lrs), s) for s in seeds[:args.cadence_check]]
+        out += [(n, arm, lr, s) for s in seeds for arm, lrs in ((SHUFFLED_ARM, args.shuffle_control),
+                                                               (SORTED_ARM, args.sorted_control)) for lr in lrs]
     return out
 
 
@@ -175,17 +217,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps = {n: math.ceil(n / batch_size_for(n)) * args.epochs for n in args.sizes}
         bar = StepBar(sum(steps[n] for n, *_ in todo), f"{len(todo)} runs", enabled=not args.no_progress)
         trains: dict[tuple[int, int], D.TextSet] = {}
+        control_factors = None
         try:
             with path.open("a") as log:
                 for k, (n, arm, lr, s) in enumerate(todo):
                     bar.note(f"n={n} {arm} lr={lr:g} seed={s}")
                     train = trains.setdefault((n, s), D.subsample(train_pool, n, s))
                     tb = ARM_SETTINGS[arm]
+                    profile = None
+                    if arm in CONTROL_PROFILES:
+                        if control_factors is None:
+                            control_factors = pretrained_factors(encoder, tb)
+                        profile = (shuffled_profile(control_factors, s) if arm == SHUFFLED_ARM
+                                   else sorted_profile(control_factors))
+                        tb = None
                     rc = RunConfig(lr=lr, epochs=args.epochs, seed=s, tempbalance=tb is not None,
-                                   tb=tb or TBSettings(), precision=args.precision)
+                                   tb=tb or TBSettings(), precision=args.precision, block_lr_scale=profile)
                     res = finetune(encoder, train, rc, {"dev": dev, "test": test},
                                    encoded={"dev": enc_dev, "test": enc_test}, progress=bar.update)
                     rec = dict(res.to_dict(), arm=arm, model=args.model_key, settings=settings(arm),
+                               **({"block_lr_scale": profile} if profile else {}),
                                tb_history=_lean_history(res.tb_history), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
                     log.write(json.dumps(json_ready(rec)) + "\n")
                     log.flush()
@@ -219,6 +270,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", choices=list(ARMS), help=f"arms (default {FULL['arms']})")
     p.add_argument("--cadence-check", type=int, help="seeds of the TB-paper Adaptive-cadence check at the largest lr "
                    f"(default {FULL['cadence_check']}, 0 = none)")
+    p.add_argument("--shuffle-control", type=float, nargs="*", metavar="LR",
+                   help="lrs of the shuffle control (TB-paper's pretrained factors permuted across blocks, fixed; "
+                   "every seed; default none)")
+    p.add_argument("--sorted-control", type=float, nargs="*", metavar="LR",
+                   help="lrs of the sorted control (TB-paper's pretrained factors sorted to rise with the block "
+                   "index, fixed; every seed; default none)")
     p.add_argument("--dev", type=int, help=f"class-balanced dev sentences held out of the pool (default {FULL['dev']})")
     p.add_argument("--epochs", type=int, help=f"epochs (default {FULL['epochs']})")
     p.add_argument("--precision", choices=["fp32", "bf16"], help=f"(default {FULL['precision']})")
@@ -230,7 +287,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/runs.jsonl, run nothing")
     args = p.parse_args(argv)
     base = SMOKE if args.smoke else FULL
-    for key in ("sizes", "dev", "epochs", "precision", "cadence_check", "arms"):
+    for key in ("sizes", "dev", "epochs", "precision", "cadence_check", "shuffle_control", "sorted_control",
+                "arms"):
         if getattr(args, key) is None:
             setattr(args, key, base[key])
     if args.seeds is None and args.smoke:

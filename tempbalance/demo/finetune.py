@@ -68,7 +68,9 @@ class RunConfig:
     """One fine-tuning run. ``batch_size=None`` picks :func:`batch_size_for` the training size;
     ``max_grad_norm=None`` turns clipping off; ``precision="bf16"`` runs forward and backward under CPU bf16
     autocast (weights, gradients and optimizer state stay float32; ~1.7x faster on CPUs with AVX512-BF16, slow
-    without)."""
+    without). ``block_lr_scale`` (FT only) multiplies the lr of every parameter of a block, by block name (e.g.
+    ``{"bert.encoder.layer.0": 0.5}``), for the whole run: a fixed per-block profile, the control for TempBalance
+    (which derives such a profile from the spectra); blocks not named keep the base lr."""
 
     lr: float
     epochs: int = 10
@@ -80,6 +82,7 @@ class RunConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"
     tb: TBSettings = field(default_factory=TBSettings)
+    block_lr_scale: dict[str, float] | None = None
 
     def __post_init__(self):
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -93,6 +96,13 @@ class RunConfig:
             raise ValueError(f"max_grad_norm must be None or a positive number, got {self.max_grad_norm!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.block_lr_scale is not None:
+            if self.tempbalance:
+                raise ValueError("block_lr_scale is a fixed profile for FT; it cannot be combined with tempbalance=True")
+            for block, scale in self.block_lr_scale.items():
+                if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale)
+                                                                                          and scale > 0):
+                    raise ValueError(f"block_lr_scale[{block!r}] must be a positive number, got {scale!r}")
 
 
 @dataclass
@@ -279,10 +289,7 @@ def finetune(
     steps_per_epoch = math.ceil(len(train) / bs)
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_ratio * total))
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    optimizer = adamw([dict(params=decay, weight_decay=config.weight_decay),
-                       dict(params=no_decay, weight_decay=0.0)], lr=config.lr)
+    optimizer = adamw(param_groups(model, config.lr, config.weight_decay, config.block_lr_scale), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     tb = TempBalance(model, optimizer, base_scheduler=schedule, **config.tb.kwargs()) if config.tempbalance else None
@@ -319,6 +326,24 @@ def finetune(
         seconds=time.perf_counter() - run_start, cpu_seconds=time.process_time() - cpu_start, report=report,
     )
     return (result, model) if return_model else result
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float,
+                 block_lr_scale: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: matrices with ``weight_decay``, vectors (biases, norms) without; with ``block_lr_scale``, one
+    pair per named block (every parameter under ``<block>.``) at ``lr * scale``. A block that owns no parameter
+    raises ValueError naming it."""
+    scale = block_lr_scale or {}
+    buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        block = next((b for b in scale if name.startswith(b + ".")), None)
+        buckets.setdefault((block, p.ndim >= 2), []).append(p)
+    missing = sorted(set(scale) - {b for b, _ in buckets})
+    if missing:
+        raise ValueError(f"block_lr_scale names block(s) that own no parameter of the model: {missing}")
+    order = [None] + list(scale)
+    return [dict(params=buckets[b, d], weight_decay=weight_decay if d else 0.0, lr=lr * scale.get(b, 1.0))
+            for b in order for d in (True, False) if (b, d) in buckets]
 
 
 def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:

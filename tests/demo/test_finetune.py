@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tempbalance.demo.finetune import (PAPER_TB, Encoded, RunConfig, TBSettings, accuracy, batch_size_for,
-                                       block_alphas, block_name_index, finetune, scores)
+                                       block_alphas, block_name_index, finetune, param_groups, scores)
 
 
 def _manual_accuracy(model, enc: Encoded) -> float:
@@ -161,6 +161,40 @@ def test_tb_settings_cadence_and_paper_preset(tiny_encoder, toy):
     assert [h["step"] for h in tb.tb_history] == [0, 10]
 
 
+def test_block_lr_scale_drives_the_parameters_tempbalance_drives(tiny_encoder):
+    """The fixed profile (the shuffle control) scales exactly the parameters TempBalance's block units own."""
+    from tempbalance import TempBalance
+
+    model = tiny_encoder.fresh_model(0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {"bert.encoder.layer.0": 0.5, "bert.encoder.layer.1": 2.0}
+    groups = param_groups(model, 1e-3, 0.1, scale)
+    got = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(got) == len(names)  # every parameter once
+    opt = torch.optim.AdamW(param_groups(model, 1e-3, 0.1), lr=1e-3)
+    tb = TempBalance(model, opt, unit="block")
+    tb.close()
+    for g, unit in zip(opt.param_groups, tb.group_units):
+        for p in g["params"]:
+            name = names[id(p)]
+            assert got[name] == pytest.approx((1e-3 * scale.get(unit, 1.0), 0.1 if p.ndim >= 2 else 0.0)), name
+    plain = param_groups(model, 1e-3, 0.1)  # no profile: matrices with decay, then vectors without, model order
+    assert [[names[id(p)] for p in g["params"]] for g in plain] == [
+        [n for n, p in model.named_parameters() if p.ndim >= 2], [n for n, p in model.named_parameters() if p.ndim < 2]]
+    with pytest.raises(ValueError, match="bert.encoder.layer.7"):
+        param_groups(model, 1e-3, 0.1, {"bert.encoder.layer.7": 2.0})
+
+
+def test_block_lr_scale_changes_the_run_only_through_the_lr(tiny_encoder, toy):
+    train = toy(16, seed=2)
+    ft = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7), {"t": train})
+    ones = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7, block_lr_scale={
+        "bert.encoder.layer.0": 1.0, "bert.encoder.layer.1": 1.0}), {"t": train})
+    other = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7, block_lr_scale={
+        "bert.encoder.layer.1": 3.0}), {"t": train})
+    assert ones.final_loss == pytest.approx(ft.final_loss, rel=1e-5) and other.final_loss != ft.final_loss
+
+
 def test_run_config_rejects_bad_values():
     with pytest.raises(ValueError, match="max_grad_norm"):
         RunConfig(lr=1e-4, max_grad_norm=0)
@@ -172,6 +206,10 @@ def test_run_config_rejects_bad_values():
         RunConfig(lr=1e-4, epochs=0)
     with pytest.raises(ValueError, match="batch_size"):
         RunConfig(lr=1e-4, batch_size=0)
+    with pytest.raises(ValueError, match=r"block_lr_scale\['b.0'\]"):
+        RunConfig(lr=1e-4, block_lr_scale={"b.0": 0.0})
+    with pytest.raises(ValueError, match="tempbalance"):
+        RunConfig(lr=1e-4, tempbalance=True, block_lr_scale={"b.0": 2.0})
 
 
 def test_real_minilm_few_steps(minilm_dir, data_packages):

@@ -119,16 +119,59 @@ def test_alpha_movement_and_cadence_check():
     assert c["acc"]["diff_mean"] == pytest.approx(1.0) and c["factor_gap"] == pytest.approx(0.1)
 
 
+def test_shuffle_control_against_scipy():
+    rng = np.random.default_rng(3)
+    prof = {"enc.layer.0": 0.5, "enc.layer.1": 1.0, "enc.layer.2": 2.0}
+    runs, acc = [], {}
+    for s in range(5):
+        for arm in ("FT", "TB-paper", "TB-paper-shuffled"):
+            acc[arm, s] = rng.uniform(0.5, 0.9)
+            extra = {"block_lr_scale": dict(zip(prof, np.roll(list(prof.values()), s)))} if arm.endswith("d") else {}
+            runs.append(fake_run(13, arm, 1e-4, s, 0.5, acc[arm, s], factors=[prof] * 2, **extra))
+    runs.append(fake_run(13, "TB-paper-shuffled", 1e-4, 7, 0.5, 0.7, block_lr_scale=prof))  # no FT/TB pair: left out
+    runs += [fake_run(13, "TB-paper-sorted", 1e-4, s, 0.5, 0.6, block_lr_scale=prof) for s in range(2)]
+    c, srt = R.profile_controls(R.Runs(runs))
+    assert (c["size"], c["arm"], c["lr"], c["seeds"]) == (13, "TB-paper-shuffled", 1e-4, 5)
+    assert (srt["arm"], srt["seeds"], srt["control_rho"]) == ("TB-paper-sorted", 2, [1.0, 1.0])
+    assert srt["acc"]["tb_vs_control"]["diff_mean"] == pytest.approx(np.mean([100 * acc["TB-paper", s] - 60
+                                                                              for s in range(2)]))
+    a = {arm: [100 * acc[arm, s] for s in range(5)] for arm in ("FT", "TB-paper", "TB-paper-shuffled")}
+    tc = c["acc"]["tb_vs_control"]
+    assert tc["diff_mean"] == pytest.approx(np.mean(np.subtract(a["TB-paper"], a["TB-paper-shuffled"])))
+    assert tc["t_p"] == pytest.approx(stats.ttest_rel(a["TB-paper"], a["TB-paper-shuffled"]).pvalue)
+    assert c["acc"]["control_vs_ft"]["diff_mean"] == pytest.approx(
+        np.mean(np.subtract(a["TB-paper-shuffled"], a["FT"])))
+    assert c["tb_rho"] == pytest.approx(1.0)  # 0.5 < 1 < 2 up the blocks
+    assert c["control_rho"] == pytest.approx([1.0, -0.5, -0.5, 1.0, -0.5])  # the rolled profiles
+
+
+def test_shuffled_profile_is_a_seeded_permutation_and_sorted_rises():
+    factors = {f"m.layer.{i}": 0.3 + 0.25 * i for i in range(12)}
+    backwards = dict(zip(factors, reversed(list(factors.values()))))
+    assert text_run.sorted_profile(backwards) == factors  # block 10 after block 9, not after block 1
+    a, b = text_run.shuffled_profile(factors, 4), text_run.shuffled_profile(factors, 4)
+    assert a == b and set(a) == set(factors) and sorted(a.values()) == sorted(factors.values())
+    others = [text_run.shuffled_profile(factors, s) for s in range(5)]
+    assert len({tuple(p.values()) for p in others}) == 5 and all(p != factors for p in others)
+
+
 def _args(extra):
     return text_run.parse(["--smoke", "--sizes", "8", "--lrs", "1e-3", "3e-3", "--dev", "16", "--epochs", "1",
                            "--no-progress", *extra])
 
 
 def test_plan_is_seed_major_with_the_cadence_check_last():
-    args = _args(["--seeds", "2", "--arms", "FT", "TB-paper", "--cadence-check", "1"])
+    args = _args(["--seeds", "2", "--arms", "FT", "TB-paper", "--cadence-check", "1", "--shuffle-control",
+                  "--sorted-control"])
     p = text_run.plan(args)
     assert p[:4] == [(8, "FT", 1e-3, 0), (8, "FT", 3e-3, 0), (8, "TB-paper", 1e-3, 0), (8, "TB-paper", 3e-3, 0)]
     assert p[-1] == (8, "TB-paper-adaptive", 3e-3, 0) and len(p) == 2 * 2 * 2 + 1
+    with_control = text_run.plan(_args(["--seeds", "2", "--arms", "FT", "TB-paper", "--cadence-check", "1",
+                                        "--shuffle-control", "1e-3", "--sorted-control", "3e-3"]))
+    assert with_control == p + [(8, "TB-paper-shuffled", 1e-3, 0), (8, "TB-paper-sorted", 3e-3, 0),
+                                (8, "TB-paper-shuffled", 1e-3, 1), (8, "TB-paper-sorted", 3e-3, 1)]
+    full = text_run.parse(["--model", "mpnet"])
+    assert full.shuffle_control == full.sorted_control == []  # the full run's default: none
     assert text_run.seeds_for(13) == list(range(10)) and text_run.seeds_for(128) == list(range(5))
     assert text_run.parse(["--model", "mpnet"]).lrs == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
     with pytest.raises(SystemExit):
@@ -154,7 +197,17 @@ def test_smoke_run_outputs_and_resume(tmp_path, data_packages):
     assert text_run.main(["--smoke", "--sizes", "8", "12", "--seeds", "1", "--lrs", "1e-3", "3e-3", "--dev", "16",
                           "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
     first = _lines(out / "runs.jsonl")
-    assert len(first) == 2 * 3 * 2 * 1 + 2  # sizes x arms x lrs x seeds + one cadence check per size
+    # sizes x arms x lrs x seeds + per size one cadence check and two profile controls (smoke default: lr 3e-3)
+    assert len(first) == 2 * 3 * 2 * 1 + 2 + 2 * 2
+    for n in (8, 12):  # the controls train FT with TB-paper's first-refresh factors, reassigned to the blocks
+        (tb,) = [r for r in first if (r["size"], r["arm"], r["lr"]) == (n, "TB-paper", 3e-3)]
+        pre = tb["tb_history"][0]["factors"]
+        for arm in ("TB-paper-shuffled", "TB-paper-sorted"):
+            (ctl,) = [r for r in first if (r["size"], r["arm"]) == (n, arm)]
+            assert ctl["lr"] == 3e-3 and ctl["tb_history"] == [] and set(ctl["block_lr_scale"]) == set(pre)
+            assert sorted(ctl["block_lr_scale"].values()) == pytest.approx(sorted(pre.values()), rel=1e-12)
+        srt = [r for r in first if (r["size"], r["arm"]) == (n, "TB-paper-sorted")][0]["block_lr_scale"]
+        assert srt["bert.encoder.layer.0"] <= srt["bert.encoder.layer.1"]
     assert all(set(r["scores"]) == {"dev", "test"} for r in first)  # every grid point is tested
     assert all(set(r["scores"]["test"]) == {"acc", "macro_f1", "balanced_acc"} for r in first)
     meta = json.loads((out / "meta.json").read_text())
@@ -165,7 +218,7 @@ def test_smoke_run_outputs_and_resume(tmp_path, data_packages):
     assert text_run.main(["--smoke", "--sizes", "8", "12", "--seeds", "2", "--lrs", "1e-3", "3e-3", "--dev", "16",
                           "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out), "--resume"]) == 0
     runs = _lines(out / "runs.jsonl")
-    assert runs[:len(first)] == first and len(runs) == 2 * 3 * 2 * 2 + 2
+    assert runs[:len(first)] == first and len(runs) == 2 * 3 * 2 * 2 + 2 + 2 * 2 * 2
     summary = json.loads((out / "summary.json").read_text())
     assert [(c["size"], c["arm"], c["seeds"]) for c in summary["comparisons"]] == [
         (8, "TB-default", [0, 1]), (8, "TB-paper", [0, 1]), (12, "TB-default", [0, 1]), (12, "TB-paper", [0, 1])]
@@ -176,7 +229,7 @@ def test_smoke_run_outputs_and_resume(tmp_path, data_packages):
         assert float(row["test_acc"]) == pytest.approx(100 * np.mean([r["scores"]["test"]["acc"] for r in mine]))
     md = (out / "results.md").read_text()
     for section in ("## Selected on dev", "## Every grid point", "## Trend", "## Diagnosis", "## Cadence check",
-                    "## Cost per run"):
+                    "## Profile controls", "## Cost per run"):
         assert section in md
     for png in ("f1_by_lr.png", "acc_by_lr.png", "selected_by_size.png", "alpha_std_by_size.png",
                 "block_alpha_shift.png"):
