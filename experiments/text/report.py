@@ -200,14 +200,20 @@ def cadence_check(runs: Runs) -> list[dict[str, Any]]:
     return out
 
 
-def profile_controls(runs: Runs) -> list[dict[str, Any]]:
-    """Per control arm, size and lr, on the seeds where FT, TB-paper and the control all ran: test accuracy and
-    macro-F1 of the three, TB-paper − control and control − FT (paired), and how top-heavy the control's
-    profiles were (Spearman rho of factor against block index; TB-paper's own profile beside it)."""
+def _top_heaviness(profile: dict[str, float]) -> float:
+    """Spearman rho of a per-block factor against the block index (+1: rises with depth)."""
     from scipy import stats
 
     from tempbalance.demo.finetune import block_name_index
 
+    blocks = sorted(profile, key=block_name_index)
+    return float(stats.spearmanr(range(len(blocks)), [profile[b] for b in blocks])[0])
+
+
+def profile_controls(runs: Runs) -> list[dict[str, Any]]:
+    """Per control arm, size and lr, on the seeds where FT, TB-paper and the control all ran: test accuracy and
+    macro-F1 of the three, TB-paper − control and control − FT (paired), and how top-heavy the control's
+    profiles were (Spearman rho of factor against block index; TB-paper's own profile beside it)."""
     out = []
     for n, control, lr in sorted({k[:3] for k in runs.by if k[1] in CONTROL_ARMS}):
         seeds = sorted(k[3] for k in runs.by if k[:3] == (n, control, lr)
@@ -221,13 +227,8 @@ def profile_controls(runs: Runs) -> list[dict[str, Any]]:
             rec[metric] = dict(means={arm: _ms(x) for arm, x in v.items()},
                                tb_vs_control=paired_test(v[control], v["TB-paper"]),
                                control_vs_ft=paired_test(v["FT"], v[control]))
-
-        def rho(profile: dict[str, float]) -> float:
-            blocks = sorted(profile, key=block_name_index)
-            return float(stats.spearmanr(range(len(blocks)), [profile[b] for b in blocks])[0])
-
-        rec["control_rho"] = [rho(r["block_lr_scale"]) for r in rs[control]]
-        rec["tb_rho"] = rho(rs["TB-paper"][0]["tb_history"][0]["factors"])
+        rec["control_rho"] = [_top_heaviness(r["block_lr_scale"]) for r in rs[control]]
+        rec["tb_rho"] = _top_heaviness(rs["TB-paper"][0]["tb_history"][0]["factors"])
         out.append(rec)
     return out
 
