@@ -38,7 +38,7 @@ class Env:
     tensors (`cuda_backend.DEVICE_TYPE = "cpu"`), with the shapes scaled down."""
 
     def __init__(self, selftest: bool):
-        from tempbalance import cuda_backend
+        from tempbalance.analysis import cuda_backend
 
         self.selftest = selftest
         self.cuda_backend = cuda_backend
@@ -134,7 +134,8 @@ def _verdict(ok: bool) -> str:
 def eigen_errors(env: Env, ws: dict[str, torch.Tensor], analysis_dtype: torch.dtype) -> dict[str, float]:
     """Max |lambda_cuda - lambda_ref| / lambda_max over the matrices, against the CPU core (same precision) and
     against float64 (the Gram formed and solved by torch in float64)."""
-    from tempbalance import _native, spectra
+    from tempbalance import _native
+    from tempbalance.analysis import spectra
 
     stacks = [spectra.slices(w, dtype=analysis_dtype, keep_device=True) for w in ws.values()]
     got = spectra.gram_eigvals(stacks, backend="native")
@@ -155,7 +156,8 @@ def eigen_errors(env: Env, ws: dict[str, torch.Tensor], analysis_dtype: torch.dt
 
 def analysis_errors(env: Env, ws: dict[str, torch.Tensor], dtype: torch.dtype, min_eigs: int) -> dict[str, Any]:
     """Alphas and LR factors of the CUDA pass against the CPU core's pass on the same weights."""
-    from tempbalance import analyze, mapping
+    from tempbalance import analyze
+    from tempbalance.training import mapping
 
     got = analyze(ws, dtype=dtype, min_eigs=min_eigs)
     with env.host_only():
@@ -215,7 +217,7 @@ def check_stacks(env: Env):
 def check_split(env: Env):
     """A stack split across several solver calls gives what one call gives."""
     def run():
-        from tempbalance import spectra
+        from tempbalance.analysis import spectra
 
         cb = env.cuda_backend
         g = torch.Generator().manual_seed(4)
@@ -499,7 +501,7 @@ def check_fused(env: Env):
         with no_sync(env):
             tb._refresh_now(fused=True)
             tb._apply()
-        deferred = tb._deferred is not None
+        deferred = tb._refresher.fused.pending is not None
         tb._settle()
         busy = 0.4
         took = host_seconds_behind_busy_gpu(env, lambda: (tb._refresh_now(fused=True), tb._apply()), busy)

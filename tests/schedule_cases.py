@@ -89,7 +89,7 @@ def decay_groups(model, lr=1e-3) -> list[dict]:
 def run_checked(model, loss_fn, data, schedule: str, **tb_kwargs):
     """Train on ``data`` with AdamW over :func:`decay_groups` under ``schedule``, asserting after construction and
     after every step that each group's lr is base_lr(t) x factor. Returns the TempBalance."""
-    from tempbalance.scheduler import TempBalance
+    from tempbalance.training.scheduler import TempBalance
 
     groups = decay_groups(model)
     original = [{id(p) for p in g["params"]} for g in groups]

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from tempbalance import _backend, _native
-from tempbalance import analysis as analysis_module
+from tempbalance.analysis import spectral_pass as analysis_module
 from tempbalance.adapters import MatrixSpec, get_adapter, register_adapter
 from tempbalance.adapters.generic import GenericAdapter
-from tempbalance.analysis import analyze, analyze_specs
+from tempbalance import analyze, analyze_specs
 
 
 def np_alpha(w: np.ndarray, xmin_pos: float = 2.0) -> float:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tempbalance.cadence import Adaptive, Budget, EveryN, PerEpoch, as_cadence
+from tempbalance.training.cadence import Adaptive, Budget, EveryN, PerEpoch, as_cadence
 
 
 def test_every_n_and_per_epoch():

@@ -22,9 +22,10 @@ from compat_cases import SIGMOID_PAIRS, SmallResNet, TinyFNO2d, assert_lrs, smal
 from reference_oracles import modelbalancing as mb
 from reference_oracles import modelbalancing_fno as fno
 from reference_oracles import tempbalance_cnn as cnn
-from tempbalance import analysis, compat
+from tempbalance import analysis
+from tempbalance.training import compat
 from tempbalance.adapters import MatrixSpec, get_adapter
-from tempbalance.mapping import linear_range
+from tempbalance.training.mapping import linear_range
 
 transformers = pytest.importorskip("transformers")
 

@@ -20,7 +20,9 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance import TempBalance, _native, analyze, cuda_backend, hill, mapping, streams
+from tempbalance import TempBalance, _native, analyze
+from tempbalance.analysis import cuda_backend, hill, streams
+from tempbalance.training import mapping
 
 core = _native.core
 pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "unit_factors_packed"),
@@ -506,7 +508,7 @@ def test_native_backend_serves_cuda_weights_without_the_cpu_core(device, monkeyp
     monkeypatch.setattr(_native, "unavailable_reason", "not built here")
     report = analyze(model(), min_eigs=10, backend="native")
     assert report.settings["backend"] == "cuda" and all(r.status == "ok" for r in report.rows)
-    from tempbalance import spectra
+    from tempbalance.analysis import spectra
 
     assert spectra.esd(torch.randn(30, 40), backend="native").shape == (30,)  # esd() goes through the CUDA core too
     device.max_n = 70  # now some Grams need the CPU core, which is missing: the error says so

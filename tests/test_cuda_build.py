@@ -18,7 +18,8 @@ import warnings
 import pytest
 import torch
 
-from tempbalance import _native, cuda_backend
+from tempbalance import _native
+from tempbalance.analysis import cuda_backend
 
 INT32_MAX = 2**31 - 1
 core = _native.core

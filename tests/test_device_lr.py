@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance import TempBalance, device_lr, mapping
+from tempbalance import TempBalance
+from tempbalance.training import fused_gpu as device_lr, mapping
 from test_cuda_backend import FakeDeviceCore, core, cuda_backend_off, install, model
 
 pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "unit_factors_packed"),
@@ -118,9 +119,9 @@ def test_floats_are_materialised_when_read():
         install(mp, fake)
         m, opt, tb = build()
         train(m, opt, tb, 2)  # a fused refresh after step 2, not committed yet
-        assert tb._deferred is not None and len(tb._history) == 1
+        assert tb._refresher.fused.pending is not None and len(tb._refresher.results.history) == 1
         record = tb.history[-1]  # reading commits it
-        assert tb._deferred is None and record["step"] == 2 and len(tb.history) == 2
+        assert tb._refresher.fused.pending is None and record["step"] == 2 and len(tb.history) == 2
         assert math.isclose(float(opt.param_groups[1]["lr"]), tb.get_base_lr()[1] * tb.factors[tb.group_units[1]],
                             rel_tol=1e-6)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tempbalance import _native, hill
+from tempbalance import _native
+from tempbalance.analysis import hill
 
 core = _native.core
 needs_core = pytest.mark.skipif(core is None, reason="native core not built")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance import groups as G
+from tempbalance.training import groups as G
 
 
 def params(n: int) -> list[nn.Parameter]:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance import _native, hill
-from tempbalance.hill import alpha_hill, default_zero_rtol, hill_metrics
+from tempbalance import _native
+from tempbalance.analysis import hill
+from tempbalance.analysis.hill import alpha_hill, default_zero_rtol, hill_metrics
 
 
 # --- independent oracle: plain Python loops, straight from the SPEC text ---------------------------------------
@@ -217,7 +218,7 @@ def test_numerical_zero_guard_on_rank_deficient_gram(backend):
     # A rank-10 100x100 matrix in float32: its 90 zero eigenvalues come out as round-off noise, not 0.
     g = torch.Generator().manual_seed(3)
     w = torch.randn(100, 10, generator=g) @ torch.randn(10, 100, generator=g)
-    from tempbalance.spectra import esd
+    from tempbalance.analysis.spectra import esd
 
     lam = esd(w, backend=backend).double().numpy()
     rtol = default_zero_rtol(100, torch.float32)

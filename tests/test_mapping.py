@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tempbalance.mapping import linear_range, lr_factors, normalize_factors, unit_means
+from tempbalance.training.mapping import linear_range, lr_factors, normalize_factors, unit_means
 
 
 def test_sigmoid_closed_form(backend):

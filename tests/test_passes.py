@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance import analysis, passes
+from tempbalance import analysis
+from tempbalance.training import passes
 from tempbalance.adapters import MatrixSpec
 from tempbalance.distributed import partition
-from tempbalance.report import Report
+from tempbalance.analysis.report import Report
 
 OPTIONS = dict(min_eigs=4, backend="torch")
 SHAPES = [(48, 16), (48, 48), (24, 48), (3, 24)]

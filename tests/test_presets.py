@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance import TempBalance, presets
+from tempbalance import TempBalance
+from tempbalance.training import presets
 
 # ZihangHLiu/ModelBalancing@9970cea config_files/configs_sigmoid.txt, the first row of each data ratio (lines 3, 6,
 # 9, 12, 15, 18): task lr batch_size seed epochs hyperparam tb_unit esd_type schedule_func tb_lr_normalize

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance import _native, analyze, hill
+from tempbalance import _native, analyze
+from tempbalance.analysis import hill
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from schedule_cases import SCHEDULES, Shadow, assert_lrs, source_of_groups
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import KW, batches, checkpoint_roundtrip, make_model, train_step, user_groups
 
 hypothesis = pytest.importorskip("hypothesis")

@@ -7,7 +7,7 @@ import torch
 import transformers as T
 from torch import nn
 
-from tempbalance.regularizers import SpectralNormRegularizer
+from tempbalance.training.regularizers import SpectralNormRegularizer
 
 SG = 0.3
 

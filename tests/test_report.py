@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tempbalance.report import LayerResult, Report
+from tempbalance.analysis.report import LayerResult, Report
 
 
 def row(name, unit, alpha, status="ok"):

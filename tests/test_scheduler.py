@@ -13,7 +13,7 @@ from torch import nn
 
 from schedule_cases import SCHEDULES, Shadow, assert_lrs, source_of_groups
 from tempbalance import analysis
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 
 T = 6  # optimizer steps per run
 KW = dict(min_eigs=8, backend="torch")

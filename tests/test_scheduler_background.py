@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 import torch
 
+import tempbalance
 from tempbalance import analysis
-from tempbalance.cadence import Adaptive
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.cadence import Adaptive
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import KW, batches, make_model, sigmoid_factor, train_and_resume, train_step
 
 TUNED = ["0", "3", "5"]  # make_model's layers with enough eigenvalues
 
 
 def expected_factors(model) -> dict[str, float]:
-    rep = analysis.analyze(model, **KW)
+    rep = tempbalance.analyze(model, **KW)
     alphas = np.array([rep[u].alpha for u in TUNED])
     return dict(zip(TUNED, sigmoid_factor(alphas)))
 
@@ -123,7 +124,7 @@ def test_resume_with_a_pending_pass_is_bit_for_bit():
         return model, opt, TempBalance(model, opt, interval=3, lag=2, **KW)
 
     (model, _, tb), (_, _, tb2), (model3, _, tb3), ckpt = train_and_resume(fresh, data, 4)
-    assert tb2._passes.pending is not None    # stopped after step 4: the pass of step 3 pending, due at 5
+    assert tb2._refresher.passes.pending is not None    # stopped after step 4: the pass of step 3 pending, due at 5
     for k, v in model.state_dict().items():
         assert torch.equal(v, model3.state_dict()[k]), k
     assert tb.get_last_lr() == tb3.get_last_lr()
@@ -209,8 +210,8 @@ def test_chunk_bytes_bounds_the_pass_without_changing_it():
 def test_budget_cadence_spaces_refreshes_by_measured_step_and_pass_time(monkeypatch):
     """A fake clock: every training step takes 1.0 s, every pass 0.5 s -> at most 10% overhead = a refresh every
     5 steps."""
-    import tempbalance.scheduler as sched_mod
-    from tempbalance.cadence import Budget
+    import tempbalance.training.refresh as refresh_mod
+    from tempbalance.training.cadence import Budget
 
     clock = [0.0]
 
@@ -223,7 +224,7 @@ def test_budget_cadence_spaces_refreshes_by_measured_step_and_pass_time(monkeypa
     def timed_analyze(*a, **k):
         clock[0] += 0.5
         return real(*a, **k)
-    monkeypatch.setattr(sched_mod, "time", FakeTime)
+    monkeypatch.setattr(refresh_mod, "time", FakeTime)
     monkeypatch.setattr(analysis, "analyze_specs", timed_analyze)
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)

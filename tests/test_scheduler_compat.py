@@ -24,8 +24,9 @@ from reference_oracles import modelbalancing as mb
 from reference_oracles import modelbalancing_fno as fno
 from reference_oracles import tempbalance_cnn as cnn
 from reference_oracles import tempbalance_lm as lm
-from tempbalance import TempBalance, presets
-from tempbalance.mapping import linear_range
+from tempbalance import TempBalance
+from tempbalance.training import presets
+from tempbalance.training.mapping import linear_range
 
 transformers = pytest.importorskip("transformers")
 

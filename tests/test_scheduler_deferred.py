@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import KW, batches, checkpoint_roundtrip, make_model, numpy_alpha, train_step
 
 EPOCHS, STEPS = 3, 2
@@ -56,13 +56,13 @@ def assert_same(a: dict[str, float], b: dict[str, float]) -> None:
 def counted(tb: TempBalance) -> list[int]:
     """Count the spectral passes of ``tb`` (each call of its analysis)."""
     calls: list[int] = []
-    inner = tb._analyze
+    inner = tb._refresher.analyze
 
     def analyze(specs, *options):
         calls.append(tb.step_count)
         return inner(specs, *options)
 
-    tb._analyze = analyze
+    tb._refresher.analyze = analyze
     return calls
 
 

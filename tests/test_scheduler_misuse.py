@@ -12,7 +12,7 @@ from torch import nn
 from schedule_cases import SCHEDULES, Shadow, assert_lrs, source_of_groups
 from tempbalance import PerEpoch
 from tempbalance.integrations import auto_step
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import KW, batches, checkpoint_roundtrip, make_model, train_step, user_groups
 
 

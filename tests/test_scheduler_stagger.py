@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import KW, batches, make_model, numpy_alpha, sigmoid_factor, train_and_resume, train_step
 
 LAYERS = ["0", "3", "5", "7"]  # Linear 16->48, 48->48, 48->24, 24->3 (the last: 3 eigenvalues, untuned)
@@ -31,9 +31,9 @@ def test_slices_cover_every_matrix_once_and_balance_the_cost():
     costs = {0: flops(48, 16), 1: flops(48, 48), 2: flops(24, 48), 3: flops(3, 24)}
     # largest first onto the cheaper slice: the 48x48 alone, then everything else (together still cheaper)
     assert costs[1] > costs[0] + costs[2] + costs[3]
-    assert tb._passes.slices == [[1], [0, 2, 3]]
+    assert tb._refresher.passes.slices == [[1], [0, 2, 3]]
     tb3 = TempBalance(model, torch.optim.SGD(model.parameters(), lr=0.1), stagger=3, **KW)
-    assert sorted(i for s in tb3._passes.slices for i in s) == [0, 1, 2, 3]
+    assert sorted(i for s in tb3._refresher.passes.slices for i in s) == [0, 1, 2, 3]
 
 
 def test_each_refresh_analyses_its_slice_and_keeps_the_other_alphas():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance import selection
+from tempbalance.training import selection
 from tempbalance.adapters import Adapter, MatrixSpec, get_adapter
 from test_scheduler import make_model
 

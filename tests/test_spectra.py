@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tempbalance import spectra
-from tempbalance.spectra import esd, guess_kind, slices
+from tempbalance.analysis import spectra
+from tempbalance.analysis.spectra import esd, guess_kind, slices
 
 
 def svd_eigs(mats) -> np.ndarray:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tempbalance import TempBalance, streams
+from tempbalance import TempBalance
+from tempbalance.analysis import streams
 from test_cuda_backend import FakeDeviceCore, core, install, model
 
 pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "unit_factors_packed"),

@@ -33,8 +33,8 @@ import numpy as np
 from torch import nn
 
 from . import mapping as _mapping
-from .adapters import MatrixSpec
-from .adapters.blocks import block_of
+from ..adapters import MatrixSpec
+from ..adapters.blocks import block_of
 
 DROP_ORDERS = ("threshold_then_remove", "remove_then_threshold")
 PARAM_RULES = ("block_previous_weight", "norm_by_name", "norm_after_linear", "own_layer")
@@ -190,18 +190,16 @@ def layer_factors(
     blocks: Sequence[str | None] | None = None,
     *,
     unit: str = "block",
-    mapping: str = "sigmoid",
-    tau: float = 10.0,
-    s_lo: float = 2.0,
-    s_hi: float = 1.0,
-    s1: float = 0.5,
-    s2: float = 1.5,
     normalize: bool = False,
     backend: str = "auto",
+    options: _mapping.MappingOptions | None = None,
+    **mapping: Any,
 ) -> np.ndarray:
     """The reference's factor of every tuned matrix, from its metric ``values`` (alpha).
 
-    With ``blocks`` (ModelBalancing, ESD:687-791): ``mapping`` maps the blocks' mean alphas to block factors
+    ``options`` (:class:`~tempbalance.training.mapping.MappingOptions`, or its fields as keywords, ``mapping``:
+    ``mapping``, ``tau``, ``s_lo``, ``s_hi``, ``s1``, ``s2``) always with the reference's ``compat=True``. With
+    ``blocks`` (ModelBalancing, ESD:687-791): ``mapping`` maps the blocks' mean alphas to block factors
     (``"sigmoid"``; ``"linear"`` and ``"rank"`` from ``s1`` to ``s2``, i.e. ``lr_min_ratio`` to ``lr_min_ratio +
     lr_slope``, see :func:`tempbalance.mapping.linear_range`; equal means -> ``s2``). ``unit="block"``: each matrix
     gets its block's factor; ``unit="layer"``: the block's factor times ``s1 .. s2`` mapped linearly from the
@@ -217,9 +215,9 @@ def layer_factors(
     v = np.where(np.isfinite(v), v, np.nan)
     if unit not in ("block", "layer"):
         raise ValueError(f"unit must be 'block' or 'layer', got {unit!r}")
-    opts = dict(tau=tau, s_lo=s_lo, s_hi=s_hi, s1=s1, s2=s2, compat=True, backend=backend)
+    opts = _mapping.MappingOptions.of(options, dict(mapping, compat=True))
     if blocks is None:
-        out = _mapping.lr_factors(v, mapping=mapping, **opts)
+        out = opts.factors(v, backend=backend)
     else:
         if len(blocks) != v.size:
             raise ValueError(f"blocks has {len(blocks)} entries, values has {v.size}")
@@ -227,7 +225,7 @@ def layer_factors(
         index = {b: k for k, b in enumerate(names)}
         unit_index = np.array([index[b] if b is not None else -1 for b in blocks], dtype=np.int64)
         means = _mapping.unit_means(v, unit_index, len(names), backend=backend)
-        block_f = _mapping.lr_factors(means, mapping=mapping, **opts)
+        block_f = opts.factors(means, backend=backend)
         out = np.ones_like(v)
         inside = unit_index >= 0
         out[inside] = block_f[unit_index[inside]]
@@ -235,7 +233,7 @@ def layer_factors(
             for k in range(len(names)):
                 members = np.flatnonzero(unit_index == k)
                 if np.isfinite(means[k]):
-                    out[members] *= _mapping.lr_factors(v[members], mapping="linear", **opts)
+                    out[members] *= opts.replace(mapping="linear").factors(v[members], backend=backend)
     return _mapping.normalize_factors(out, backend=backend) if normalize else out
 
 

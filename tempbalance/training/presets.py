@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import compat
+from .arguments import NAMES
 
 _MB = "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"
 _TB = "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823"
@@ -231,9 +232,7 @@ def _variant(p: Preset, choice: dict[str, Any], *, needed: bool) -> Variant | No
 
 
 def _tempbalance_params() -> set[str]:
-    from .scheduler import _ARGUMENTS  # the scheduler imports this module; import lazily
-
-    return set(_ARGUMENTS)
+    return set(NAMES)
 
 
 def get(name: str, **overrides: Any) -> dict[str, Any]:

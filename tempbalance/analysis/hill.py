@@ -1,15 +1,15 @@
 """PL_Alpha_Hill and the per-layer metrics of a spectrum (SPEC §2), on the native core or the torch reference."""
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from . import _backend, _native, reference
-from .reference import HILL_COLUMNS, XMIN_RULES
+from .. import _backend, _native, reference
+from ..reference import HILL_COLUMNS
+from .options import HillOptions
 
 # Status codes of csrc/tb_math.h (tb::Status) <-> the strings reports use.
 STATUS_NAMES = {
@@ -34,20 +34,6 @@ def default_zero_rtol(gram_dim: int, dtype: torch.dtype) -> float:
     """
     real = dtype.to_real() if dtype.is_complex else dtype
     return float(gram_dim) * torch.finfo(real).eps
-
-
-def validate_options(*, xmin_pos: float, xmin_rule: str, min_eigs: int, zero_tol: float = 0.0,
-                     zero_rel: float = 0.0) -> None:
-    """Raise ``ValueError`` naming the first bad Hill option."""
-    if not isinstance(xmin_pos, (int, float)) or not math.isfinite(xmin_pos) or xmin_pos <= 1.0:
-        raise ValueError(f"xmin_pos must be a finite number > 1 (2 = median), got {xmin_pos!r}")
-    if xmin_rule not in XMIN_RULES:
-        raise ValueError(f"xmin_rule must be one of {XMIN_RULES}, got {xmin_rule!r}")
-    if isinstance(min_eigs, bool) or not isinstance(min_eigs, (int, np.integer)) or min_eigs < 0:
-        raise ValueError(f"min_eigs must be an integer >= 0, got {min_eigs!r}")
-    for arg, v in (("zero_tol", zero_tol), ("zero_rel", zero_rel)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{arg} must be a finite number >= 0, got {v!r}")
 
 
 def _as_spectrum(eigs: Any, arg: str = "eigenvalues") -> np.ndarray:
@@ -88,27 +74,24 @@ def _reason(row: dict, min_eigs: int, zero_rtol: float) -> str:
 
 def hill_metrics(
     eig_list: Sequence[Any],
+    options: HillOptions | None = None,
     *,
-    xmin_pos: float = 2.0,
-    xmin_rule: str = "median",
-    filter_zeros: bool = False,
-    zero_tol: float = 1e-5,
-    zero_rel: float = 0.0,
     zero_rtol: float | Sequence[float] = 0.0,
-    min_eigs: int = 50,
     backend: str = "auto",
     assume_sorted: bool = False,
     num_threads: int | None = None,
+    **fit: Any,
 ) -> list[dict]:
     """Per-spectrum metrics as dicts with the keys of ``HILL_COLUMNS`` (``status`` as a string) plus ``reason``.
 
-    ``filter_zeros`` drops eigenvalues ``<= max(zero_tol, zero_rel * lam_max)`` first. ``zero_rtol`` (one value
-    or one per spectrum) is the numerical-zero guard: ``xmin <= zero_rtol * lam_max`` gives status
-    ``xmin_not_positive`` (see :func:`default_zero_rtol`). Spectra are sorted unless ``assume_sorted``.
-    ``num_threads``: the native core's workers (``None``: torch's intra-op thread count).
+    ``options`` (or its fields as keywords, ``fit``: ``xmin_pos``, ``xmin_rule``, ``filter_zeros``, ``zero_tol``,
+    ``zero_rel``, ``min_eigs``; :class:`~tempbalance.analysis.options.HillOptions`) is the fit; ``filter_zeros``
+    drops eigenvalues ``<= max(zero_tol, zero_rel * lam_max)`` first. ``zero_rtol`` (one value or one per spectrum)
+    is the numerical-zero guard: ``xmin <= zero_rtol * lam_max`` gives status ``xmin_not_positive`` (see
+    :func:`default_zero_rtol`). Spectra are sorted unless ``assume_sorted``. ``num_threads``: the native core's
+    workers (``None``: torch's intra-op thread count).
     """
-    validate_options(xmin_pos=xmin_pos, xmin_rule=xmin_rule, min_eigs=min_eigs, zero_tol=zero_tol,
-                     zero_rel=zero_rel)
+    opt = HillOptions.of(options, fit)
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be None or an integer >= 1, got {num_threads!r}")
@@ -122,17 +105,19 @@ def hill_metrics(
     core = _backend.resolve(backend)
     if not assume_sorted:
         eigs = [np.sort(e) for e in eigs]
-    kw = dict(xmin_pos=float(xmin_pos), xmin_rule=xmin_rule, filter_zeros=bool(filter_zeros),
-              min_eigs=int(min_eigs))
+    kw = dict(xmin_pos=float(opt.xmin_pos), xmin_rule=opt.xmin_rule, filter_zeros=opt.filter_zeros,
+              min_eigs=int(opt.min_eigs))
     if core is None:
         table = np.empty((len(eigs), len(HILL_COLUMNS)))
         for k, e in enumerate(eigs):
-            table[k] = reference.hill_metrics_one(e, zero_tol=zero_tol, zero_rel=zero_rel, zero_rtol=rtol[k], **kw)
+            table[k] = reference.hill_metrics_one(e, zero_tol=opt.zero_tol, zero_rel=opt.zero_rel, zero_rtol=rtol[k],
+                                                  **kw)
     else:
         threads = _native.default_threads() if num_threads is None else int(num_threads)
-        table = np.asarray(core.hill_metrics(eigs, zero_tol=float(zero_tol), zero_rel=float(zero_rel), zero_rtol=rtol,
-                                             num_threads=threads, **kw)).reshape(len(eigs), len(HILL_COLUMNS))
-    return rows_from_table(table, min_eigs=int(min_eigs), zero_rtol=rtol)
+        table = np.asarray(core.hill_metrics(eigs, zero_tol=float(opt.zero_tol), zero_rel=float(opt.zero_rel),
+                                             zero_rtol=rtol, num_threads=threads, **kw)
+                           ).reshape(len(eigs), len(HILL_COLUMNS))
+    return rows_from_table(table, min_eigs=int(opt.min_eigs), zero_rtol=rtol)
 
 
 def rows_from_table(table: np.ndarray, *, min_eigs: int, zero_rtol: Sequence[float]) -> list[dict]:

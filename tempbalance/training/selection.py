@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from torch import nn
 
 from . import compat as _compat
-from .adapters import MatrixSpec, unanalysed, unwrap_model
+from ..adapters import MatrixSpec, unanalysed, unwrap_model
 
 UNITS = ("block", "layer")
 

@@ -8,8 +8,10 @@ and ``base x factor`` copied into every group's lr tensor. Nothing waits for the
 ``optimizer.step()`` is enqueued right behind the pass. The Python floats (``tb.factors``, the report, history)
 come from :meth:`DeviceRefresh.report`, which waits once, when they are first needed.
 
-The scheduler calls :func:`fused_refresh` from a synchronous refresh (``TempBalance._refresh_now``) and commits
-the report later (``TempBalance._settle``); everything else here is independent of it.
+:class:`FusedRunner` is the scheduler's side of it: it starts such a refresh when the policy, the pass and the
+groups allow (:meth:`FusedRunner.start`), holds it, and hands the finished pass back to be committed the usual way
+when anything needs the host's numbers (:meth:`FusedRunner.take`); everything else here is independent of the
+scheduler.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from typing import Any, Sequence
 
 import torch
 
-from . import analysis, cuda_backend
-from .adapters import MatrixSpec
-from .report import Report
+from .. import analysis
+from ..analysis import cuda_backend
+from ..analysis.options import AnalysisOptions
+from ..analysis.report import Report
+from ..analysis.specs import MatrixSpec
 
 
 def tensor_lrs(groups: Sequence[dict]) -> list[torch.Tensor] | None:
@@ -72,15 +76,15 @@ class DeviceRefresh:
         return self._report
 
 
-def fused_refresh(specs: list[MatrixSpec], analysis_options: dict[str, Any], *, groups: Sequence[dict],
+def fused_refresh(specs: list[MatrixSpec], options: AnalysisOptions, *, groups: Sequence[dict],
                   base: Sequence[float], group_unit: Sequence[int], unit_index: Sequence[int], n_units: int,
-                  metric: str, previous: Sequence[float], map_options: dict[str, Any]) -> DeviceRefresh:
+                  metric: str, previous: Sequence[float], mapping: Any) -> DeviceRefresh:
     """Run a refresh's pass and, when it ran entirely on the device of the groups' lr tensors, write
     ``base x factor`` into them there (``written=True``); the factors never visit the host.
 
     ``unit_index[j]``: the unit of ``specs[j]`` (in ``range(n_units)``); ``group_unit[i]``: the unit of group i
     (-1: none, factor 1); ``previous``: the factor per unit now (units whose matrices failed keep it);
-    ``map_options``: TempBalance's mapping options.
+    ``mapping``: the units' mapping options (:class:`~tempbalance.training.mapping.MappingOptions`).
     """
     start = time.perf_counter()
     lrs = tensor_lrs(groups)
@@ -88,11 +92,10 @@ def fused_refresh(specs: list[MatrixSpec], analysis_options: dict[str, Any], *, 
     if lrs is not None and lrs[0].device.type == "cuda":
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         events[0].record(torch.cuda.current_stream(lrs[0].device))
-    spectral_pass = analysis.start_pass(specs, **analysis_options)
+    spectral_pass = analysis.start_pass(specs, options)
     table = spectral_pass.device_table() if lrs is not None else None
     written = False
     if table is not None and table.device == lrs[0].device:
-        mapping = {k: v for k, v in map_options.items() if k != "backend"}
         prev = cuda_backend.host_to_device([float(f) for f in previous], torch.float64, table.device)
         got = cuda_backend.unit_factors(table, unit_index, n_units, metric=metric, previous=prev, mapping=mapping)
         if got is not None:
@@ -101,3 +104,38 @@ def fused_refresh(specs: list[MatrixSpec], analysis_options: dict[str, Any], *, 
     if events is not None:
         events[1].record(torch.cuda.current_stream(lrs[0].device))
     return DeviceRefresh(spectral_pass, written, time.perf_counter() - start, events if written else None)
+
+
+class FusedRunner:
+    """The refreshes of one TempBalance that run entirely on the GPU (module docstring): at most one is held,
+    written into the lr tensors but not yet committed on the host."""
+
+    def __init__(self) -> None:
+        self.pending: tuple[DeviceRefresh, list[int], float] | None = None
+
+    def start(self, specs: list[MatrixSpec], indices: list[int], options: AnalysisOptions, *, groups: Sequence[dict],
+              base: Sequence[float], group_unit: Sequence[int], unit_index: Sequence[int], n_units: int,
+              metric: str, previous: Sequence[float], mapping: Any, started: float) -> Report | None:
+        """Run the pass over ``specs`` (the matrices ``indices``): None when its factors are already in the lr
+        tensors (held until :meth:`take`), else its report for the host to commit. ``started``: the clock when the
+        refresh began (the loop was blocked since)."""
+        pending = fused_refresh(specs, options, groups=groups, base=base, group_unit=group_unit,
+                                unit_index=unit_index, n_units=n_units, metric=metric, previous=previous,
+                                mapping=mapping)
+        if pending.written:
+            self.pending = (pending, indices, time.perf_counter() - started)
+            return None
+        return pending.report()
+
+    def take(self) -> tuple[Report, list[int], float] | None:
+        """The held refresh's report (waits for the GPU once), its matrices and what it blocked the loop; None
+        when none is held. It is no longer held then."""
+        if self.pending is None:
+            return None
+        pending, indices, blocking = self.pending
+        self.pending = None
+        return pending.report(), indices, blocking
+
+    def drop(self) -> None:
+        """Forget the held refresh (a checkpoint loaded since supersedes it)."""
+        self.pending = None

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import os
 import re
 import warnings
 from types import ModuleType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .options import HillOptions
 
 _module: ModuleType | None = None
 _variant: int | None = None  # CUDA major of the imported core variant
@@ -282,12 +283,6 @@ def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = Non
         return [o if o is None or s.shape[0] == 1 else torch.sort(o).values for s, o in zip(stacks, outs)]
 
 
-def _keyword_defaults(fn, skip: tuple[str, ...]) -> dict:
-    """Keyword-only defaults of `fn`: the CUDA kernels take the same options, defined once in the CPU API."""
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and k not in skip}
-
-
 def _per_spectrum(value: Any, n: int, device: torch.device, arg: str) -> tuple[float, torch.Tensor | None]:
     """An option given as one number or one per spectrum -> (scalar, None) or (0.0, float64 device array)."""
     values = np.asarray(value, dtype=np.float64)
@@ -299,54 +294,63 @@ def _per_spectrum(value: Any, n: int, device: torch.device, arg: str) -> tuple[f
     return 0.0, host_to_device(values.tolist(), torch.float64, device)
 
 
+# The mapping arguments of the hill_lr kernel when it has no units to map (n_units = 0): never read.
+_NO_MAPPING = ("sigmoid", 1.0, 0.0, 0.0, 0.0, 0.0, False)
+
+
+def _mapping_args(mapping: Any) -> tuple:
+    """The kernels' mapping arguments from a mapping options object (``mapping``, ``tau``, ``s_lo``, ``s_hi``,
+    ``s1``, ``s2``, ``compat``: :class:`tempbalance.training.mapping.MappingOptions`, checked when it was built)."""
+    return (mapping.mapping, float(mapping.tau), float(mapping.s_lo), float(mapping.s_hi), float(mapping.s1),
+            float(mapping.s2), bool(mapping.compat))
+
+
 def hill_lr(
     eigs: Sequence[torch.Tensor],
     unit_index: Sequence[int],
     n_units: int,
     *,
-    hill: Mapping[str, Any] | None = None,
-    mapping: Mapping[str, Any] | None = None,
+    hill: HillOptions | None = None,
+    zero_rtol: float | Sequence[float] = 0.0,
+    mapping: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Hill metrics (n, 10), mean alpha per unit and LR factor per unit, computed on the device, or None.
 
     ``eigs``: ascending CUDA spectra (one per matrix, all on one device), ``unit_index[j]`` the unit of spectrum j
-    (-1: none; ``n_units=0`` computes the metrics only). ``hill``: options of ``reference.hill_metrics_one``
-    (xmin_pos, xmin_rule, filter_zeros, zero_tol, zero_rel, zero_rtol, min_eigs; zero_tol and zero_rtol may be
-    one value per spectrum); ``mapping``: options of ``mapping.lr_factors`` (mapping, tau, s_lo, s_hi, s1, s2,
-    compat); omitted ones take those functions' defaults. Columns as ``hill.HILL_COLUMNS``. The kernels run the
-    same tb_math.h functions as the CPU core (``_core.hill_lr_packed`` is their CPU twin); nothing waits for the
-    GPU. None (after one warning) when the core is unusable.
+    (-1: none; ``n_units=0`` computes the metrics only). ``hill``: the fit
+    (:class:`~tempbalance.analysis.options.HillOptions`, default: its defaults); ``zero_rtol``: one value or one per
+    spectrum; ``mapping``: the mapping options of the units (needed when ``n_units > 0``). Columns as
+    ``hill.HILL_COLUMNS``. The kernels run the same tb_math.h functions as the CPU core (``_core.hill_lr_packed`` is
+    their CPU twin); nothing waits for the GPU. None (after one warning) when the core is unusable.
     """
     if not eigs or not is_device(eigs[0]) or any(e.device != eigs[0].device for e in eigs):
         return None
     if len(unit_index) != len(eigs):
         raise ValueError(f"unit_index has {len(unit_index)} entries for {len(eigs)} spectra")
+    if n_units and mapping is None:
+        raise ValueError(f"hill_lr with {n_units} units needs mapping= (the options of their LR mapping)")
     module = _check()
     if module is None:
         _fallback_warning()
         return None
-    from . import reference
-
-    h = {**_keyword_defaults(reference.hill_metrics_one, ("n_total",)), **(hill or {})}
-    m = mapping_options(mapping)
+    h = HillOptions() if hill is None else hill
+    margs = _mapping_args(mapping) if n_units else _NO_MAPPING
     device, n = eigs[0].device, len(eigs)
     with _current_stream(device) as stream:
         flat = torch.cat([e.reshape(-1).to(torch.float64) for e in eigs])
         lengths = np.cumsum([0] + [int(e.numel()) for e in eigs]).tolist()
         offsets = host_to_device(lengths, torch.int64, device)
         units = host_to_device([int(u) for u in unit_index], torch.int64, device)
-        zero_tol, tols = _per_spectrum(h["zero_tol"], n, device, "zero_tol")
-        zero_rtol, rtols = _per_spectrum(h["zero_rtol"], n, device, "zero_rtol")
+        zero_tol, tols = _per_spectrum(h.zero_tol, n, device, "zero_tol")
+        rtol, rtols = _per_spectrum(zero_rtol, n, device, "zero_rtol")
         metrics = torch.empty((n, module.hill_columns), dtype=torch.float64, device=device)
         unit_alpha = torch.empty(n_units, dtype=torch.float64, device=device)
         factors = torch.empty(n_units, dtype=torch.float64, device=device)
         scratch = torch.empty(n + 2 * int(n_units), dtype=torch.float64, device=device)
         try:
             module.hill_lr(flat.data_ptr(), offsets.data_ptr(), n, units.data_ptr(), int(n_units),
-                           float(h["xmin_pos"]), h["xmin_rule"], bool(h["filter_zeros"]), zero_tol,
-                           float(h["zero_rel"]), zero_rtol, int(h["min_eigs"]), m["mapping"],
-                           float(m["tau"]), float(m["s_lo"]), float(m["s_hi"]), float(m["s1"]), float(m["s2"]),
-                           bool(m["compat"]), metrics.data_ptr(), unit_alpha.data_ptr(), factors.data_ptr(),
+                           float(h.xmin_pos), h.xmin_rule, bool(h.filter_zeros), zero_tol, float(h.zero_rel), rtol,
+                           int(h.min_eigs), *margs, metrics.data_ptr(), unit_alpha.data_ptr(), factors.data_ptr(),
                            scratch.data_ptr(), stream,
                            zero_tols=tols.data_ptr() if tols is not None else 0,
                            zero_rtols=rtols.data_ptr() if rtols is not None else 0)
@@ -356,23 +360,15 @@ def hill_lr(
         return metrics, unit_alpha, factors
 
 
-def mapping_options(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``mapping`` over the defaults of ``mapping.lr_factors`` (the kernels take the same options)."""
-    from . import mapping as mapping_module
-
-    return {**_keyword_defaults(mapping_module.lr_factors, ("backend",)), **(mapping or {})}
-
-
 def unit_factors(metrics: torch.Tensor, unit_index: Sequence[int], n_units: int, *, metric: str,
-                 previous: torch.Tensor, mapping: Mapping[str, Any] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+                 previous: torch.Tensor, mapping: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     """TempBalance's (unit values, factors) of a pass, computed on the device from its ``(n, 10)`` metrics
     table (``tb::packed_unit_factors``: units with a failed matrix keep ``previous``, and all keep it when a
-    factor comes out non-finite or <= 0). Nothing waits for the GPU; None when the core is unusable."""
+    factor comes out non-finite or <= 0); ``mapping``: the units' mapping options. Nothing waits for the GPU; None
+    when the core is unusable."""
     module = _check()
     if module is None or not is_device(metrics):
         return None
-    m = mapping_options(mapping)
     device, n = metrics.device, int(metrics.shape[0])
     with _current_stream(device) as stream:
         units = host_to_device([int(u) for u in unit_index], torch.int64, device)
@@ -382,9 +378,8 @@ def unit_factors(metrics: torch.Tensor, unit_index: Sequence[int], n_units: int,
         scratch = torch.empty(n + 2 * int(n_units), dtype=torch.float64, device=device)
         try:
             module.unit_factors(metrics.contiguous().data_ptr(), units.data_ptr(), n, int(n_units), metric,
-                                previous.data_ptr(), m["mapping"], float(m["tau"]), float(m["s_lo"]),
-                                float(m["s_hi"]), float(m["s1"]), float(m["s2"]), bool(m["compat"]),
-                                values.data_ptr(), factors.data_ptr(), scratch.data_ptr(), stream)
+                                previous.data_ptr(), *_mapping_args(mapping), values.data_ptr(), factors.data_ptr(),
+                                scratch.data_ptr(), stream)
         except RuntimeError as exc:
             _failure_warning(exc)
             return None

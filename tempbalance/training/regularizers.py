@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .adapters import MatrixSpec, get_adapter
+from ..adapters import MatrixSpec, get_adapter
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _plain_target(name: str, weight: nn.Parameter) -> _Target:
 
 
 def _lora_target(name: str, module: nn.Module) -> _Target:
-    from .adapters import lora_effective_weight
+    from ..adapters import lora_effective_weight
 
     base = module.get_base_layer() if hasattr(module, "get_base_layer") else module.base_layer
     fan_in_fan_out = getattr(module, "fan_in_fan_out", False)

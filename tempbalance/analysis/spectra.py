@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import _backend, _native, reference
+from .. import _backend, _native, reference
 
 KINDS = ("linear", "conv", "conv1d_hf", "spectral", "lora", "embedding")
 CONV_MODES = ("slices", "flatten")

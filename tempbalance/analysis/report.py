@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import mapping
+from .aggregate import unit_means
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Report:
         units = list(dict.fromkeys(r.unit for r in self.rows))
         index = {u: k for k, u in enumerate(units)}
         vals = [r.alpha if r.ok else math.nan for r in self.rows]
-        means = mapping.unit_means(vals, [index[r.unit] for r in self.rows], len(units), backend="torch")
+        means = unit_means(vals, [index[r.unit] for r in self.rows], len(units), backend="torch")
         return dict(zip(units, means.tolist()))
 
     @property

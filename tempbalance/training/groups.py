@@ -27,6 +27,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from .._warn import warn
+from .commit import group_values
+
 UNIT_KEY = "tb_unit"      # informational group key: the key (unit) whose factor the group follows
 FACTOR_KEY = "tb_factor"  # informational group key: the factor last applied
 # scheduler attributes that hold one entry per param group (torch's schedulers; transformers' are LambdaLRs)
@@ -144,6 +147,25 @@ def _single_group_only(optimizer: Any) -> str | None:
     return None
 
 
+def check_base_scheduler(optimizer: Any, scheduler: Any) -> None:
+    """A base scheduler TempBalance can step: one with ``step()``, built on ``optimizer`` (or on none, as a
+    ``LambdaLR`` wrapper may be). Without one, an optimizer whose groups have ``initial_lr`` gets a warning: a
+    scheduler stepped outside TempBalance overwrites or compounds the factors."""
+    if scheduler is None:
+        if any("initial_lr" in g for g in optimizer.param_groups):
+            warn("TempBalance: the optimizer's groups have 'initial_lr', so an LR scheduler seems attached; pass it as "
+                 "base_scheduler= so TempBalance steps it (a scheduler stepped outside TempBalance overwrites or "
+                 "compounds the factors)")
+        return
+    if not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"base_scheduler must have a step() method, got {type(scheduler).__name__}")
+    for sub in schedulers_in(scheduler):
+        opt = getattr(sub, "optimizer", None)
+        if opt is not None and opt is not optimizer and opt.param_groups is not optimizer.param_groups:
+            raise ValueError(f"base_scheduler ({type(sub).__name__}) was built on a different optimizer than the one "
+                             "given to TempBalance")
+
+
 _OWNERS: "weakref.WeakSet[FactoredGroups]" = weakref.WeakSet()
 
 
@@ -188,6 +210,7 @@ class FactoredGroups:
         self.written = list(self.scheduled)
         self.factors = [1.0] * len(new)
         self.had_initial_lr = ["initial_lr" in g for g in new]
+        self.held: list[float] | None = None  # see hold()
         for sched, attr, lst in remap:
             setattr(sched, attr, lst)
         _OWNERS.add(self)
@@ -263,12 +286,52 @@ class FactoredGroups:
         """Groups whose value differs from what :meth:`apply` last wrote (set outside: manual warmup, ...)."""
         return [i for i, g in enumerate(self.groups[:len(self.units)]) if read(g, self.target) != self.written[i]]
 
+    def sync(self, scheduler: Any, strict: bool) -> list[int] | None:
+        """Bring the bookkeeping up to date with the optimizer: adopt groups added since, refuse a scheduler built on
+        the factored values afterwards, take values set outside as the new un-factored ones (returns those groups).
+        ``strict=False`` (inside the optimizer's step) never raises: what it cannot take is left alone (None) for
+        the next strict call to refuse."""
+        try:
+            self.adopt_added(scheduler)
+        except (ValueError, RuntimeError):
+            if strict:
+                raise
+            return None
+        late = self.scheduler_added()
+        if late:
+            if strict:
+                raise RuntimeError(
+                    f"TempBalance: param group(s) {late[:8]} got 'initial_lr' after TempBalance was built: an LR "
+                    "scheduler was created on this optimizer afterwards, from the factored learning rates (base x "
+                    "factor), and stepping it applies the factors twice. Build the scheduler first and pass it as "
+                    "TempBalance(..., base_scheduler=sched); TempBalance steps it")
+            return None
+        return self.sync_external()
+
     def sync_external(self) -> list[int]:
-        """Take values set outside since the last :meth:`apply` as the new un-factored ones; returns the groups."""
+        """Take values set outside since the last :meth:`apply` as the new un-factored ones (held ones too);
+        returns the groups."""
         changed = self.external_changes()
+        held = self.base()
         for i in changed:
             self.scheduled[i] = self.written[i] = read(self.groups[i], self.target)
+            if self.held is not None:
+                held[i] = self.scheduled[i]
         return changed
+
+    def hold(self) -> None:
+        """Hold the un-factored values as they are now until the next :meth:`hold` (a reference that keeps every
+        learning rate between its passes, the base one included: compat="tempbalance_lm")."""
+        self.held = list(self.scheduled)
+
+    def base(self) -> list[float]:
+        """The values the factors multiply: the held ones (groups added since hold the value they came with), or
+        the un-factored ones."""
+        if self.held is None:
+            return self.scheduled
+        if len(self.held) < len(self.scheduled):
+            self.held += self.scheduled[len(self.held):]
+        return self.held
 
     def scheduler_added(self) -> list[int]:
         """Groups that got ``initial_lr`` since this object took them: an LR scheduler was built on the optimizer
@@ -299,13 +362,11 @@ class FactoredGroups:
         self.had_initial_lr = ["initial_lr" in g for g in self.groups[:len(self.units)]]
         self.sync_external()
 
-    def apply(self, factors: Mapping[str, float], base: Sequence[float] | None = None) -> None:
-        """Write ``scheduled[i] x factors[key of group i]`` into every group (keys absent or None: factor 1);
-        ``base`` replaces ``scheduled`` (a reference that holds the base value between its passes)."""
-        base = self.scheduled if base is None else base
-        for i, (g, key) in enumerate(zip(self.groups, self.units)):
-            f = float(factors.get(key, 1.0)) if key is not None else 1.0
-            write(g, self.target, base[i] * f)
+    def apply(self, factors: Mapping[str, float]) -> None:
+        """Write ``base()[i] x factors[key of group i]`` into every group (keys absent or None: factor 1)."""
+        values, applied = group_values(self.base(), self.units, factors)
+        for i, (g, v, f) in enumerate(zip(self.groups, values, applied)):
+            write(g, self.target, v)
             self.written[i] = read(g, self.target)
             self.factors[i] = f
             g[FACTOR_KEY] = f

@@ -1,8 +1,10 @@
 """How TempBalance's spectral passes run: which matrices a refresh analyses, and when its result is ready.
 
 TempBalance decides when a refresh is due and what a finished pass does (map it to factors and commit them); a
-:class:`PassRunner` owns the mechanism in between, the way :class:`tempbalance.distributed.Coordinator` owns the
-sharing of a pass across ranks:
+:class:`PassRunner` owns the mechanism in between. Who analyses a pass is an analyzer: :class:`LocalAnalyzer` (this
+process) or :class:`tempbalance.distributed.Coordinator` (the ranks share it), with the same interface:
+``analyze_specs(specs, options) -> Report``, ``check_identical(factors, step)`` (every rank sets the same factors;
+nothing to check in one process) and ``distributed``. A :class:`PassRunner` owns:
 
 * stagger (``stagger >= 2``): the matrices are split once into ``stagger`` slices of about equal spectral cost
   (:func:`stagger_slices`), and each scheduled refresh analyses the next slice in turn;
@@ -25,16 +27,30 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import streams
-from .adapters import MatrixSpec
-from .distributed import partition
-from .report import Report
+from .. import analysis
+from ..analysis import streams
+from ..analysis.cost import assign, cost
+from ..analysis.options import AnalysisOptions
+from ..analysis.report import Report
+from ..analysis.specs import MatrixSpec
 
 # what the state of a runner holds (TempBalance's checkpoint part "passes")
 STATE_KEYS = ("pending", "next_slice", "skipped_refreshes")
 _PASS_KEYS = ("started_step", "due_step", "report", "indices")
 
 Analyze = Callable[[list[MatrixSpec]], Report]
+
+
+class LocalAnalyzer:
+    """The passes of a single process: :func:`tempbalance.analysis.analyze_specs`."""
+
+    distributed = False
+
+    def analyze_specs(self, specs: list[MatrixSpec], options: AnalysisOptions) -> Report:
+        return analysis.analyze_specs(specs, options)
+
+    def check_identical(self, factors: dict[str, float], step: int) -> None:
+        """One process: nothing to agree on."""
 
 
 @dataclass
@@ -84,7 +100,7 @@ def snapshot(specs: Sequence[MatrixSpec]) -> tuple[list[MatrixSpec], streams.Han
 def stagger_slices(costs: Sequence[float], k: int) -> list[list[int]]:
     """The indices of ``costs`` split into ``k`` slices of about equal total cost (largest first onto the cheapest
     slice, as ranks share a distributed pass), each in the original order."""
-    owners, _ = partition.assign(list(costs), k)
+    owners, _ = assign(list(costs), k)
     return [[i for i, o in enumerate(owners) if o == j] for j in range(k)]
 
 
@@ -105,7 +121,7 @@ class PassRunner:
             raise ValueError(f"{len(shapes)} shapes for {len(specs)} matrices")
         self.specs = list(specs)
         self.lag, self.delay, self.stagger = lag, delay, stagger
-        costs = ([partition.cost(tuple(shape), s.kind) for s, shape in zip(specs, shapes)] if stagger > 1
+        costs = ([cost(tuple(shape), s.kind) for s, shape in zip(specs, shapes)] if stagger > 1
                  else [0.0] * len(specs))  # one slice needs no costs
         self.slices = stagger_slices(costs, stagger)
         self.next_slice = 0
