@@ -106,6 +106,80 @@ def parse(kwargs: dict[str, Any]) -> Parsed:
     return Parsed(args, mapping, options, min_eigs)
 
 
+# TempBalance's documentation of its arguments (appended to its docstring)
+DOC = """
+Args:
+    model: the model being trained (its structure decides which unit every parameter belongs to, frozen
+        parameters included: they get their unit's factor once they train).
+    optimizer: any torch optimizer (or wrapper exposing ``param_groups``) over the model's parameters.
+        ``torch.optim.LBFGS`` is refused (it supports one param group; TempBalance needs one per unit).
+    base_scheduler: the user's LR scheduler, built on ``optimizer`` before this object; ``step()`` advances
+        it. Without one the groups' current ``lr`` is the (constant) base. Assigning ``tb.base_scheduler``
+        later is checked the same way (a scheduler built after TempBalance read the factored LRs: refused).
+    unit: ``"block"`` (mean alpha of a block's matrices drives every parameter of the block) or ``"layer"``
+        (each matrix drives its own layer); ``None`` = the adapter's choice.
+    mapping: ``"sigmoid"`` (TBSigmoid: ``tau``, ``s_lo``, ``s_hi``), ``"linear"`` (TBLinearMap: ``s1``, ``s2``)
+        or ``"rank"`` (the reference code's rank mapping: the unit of rank ``k`` among ``n`` gets
+        ``s1 + (s2 - s1) * k / n``).
+    normalize: divide every factor by the mean factor over the analysed matrices, so the mean learning rate
+        over them is the base rate (the reference's ``tb_lr_normalize``).
+    xmin_pos, xmin_rule, min_eigs, filter_zeros, dtype, backend: analysis options
+        (:func:`tempbalance.analyze`); ``min_eigs=None`` = the adapter's default; ``dtype=None`` = the precision
+        of each weight (float64 weights in float64, the rest in float32).
+    interval: when to re-analyse (always also once at construction): an integer = every ``interval`` calls
+        of :meth:`step`; ``None`` or ``"epoch"`` = at each :meth:`epoch_end` (a LightningModule's epochs are
+        followed by themselves; :class:`~tempbalance.training.cadence.PerEpoch` with ``steps_per_epoch`` also refreshes
+        a loop that never calls ``epoch_end()``); ``"adaptive"`` or a :class:`~tempbalance.training.cadence.Adaptive` =
+        often while the alphas move, rarely once they settle; :class:`~tempbalance.training.cadence.Budget` = as often
+        as keeps the spectral work under a share of the training time; any :class:`~tempbalance.training.cadence.Cadence`.
+        A refresh due at :meth:`epoch_end` runs right before the next ``optimizer.step()`` (the weights cannot
+        change before it, so the factors are those of an immediate pass), so the pass after a loop's last epoch
+        costs nothing unless its results are read (``alphas``, ``factors``, ``history``, ``get_last_lr()``,
+        ...), which runs it then; reading ``optimizer.param_groups`` directly between ``epoch_end()`` and the
+        next step shows the previous factors. Optimizers that do not step through ``torch.optim.Optimizer``
+        get the pass at once.
+    lag: ``0`` = analyse synchronously inside :meth:`step` / :meth:`epoch_end`. ``k >= 1`` = copy the weights
+        then, analyse the copy in a background thread while training goes on, and apply its factors exactly
+        ``k`` steps later (waiting only if the pass has not finished by then). Runs stay deterministic: the
+        factors depend on step counts, never on timing. A refresh that falls due while a pass is still
+        pending is skipped (its step is recorded in ``skipped_refreshes``); choose an interval larger than ``lag``.
+    stagger: ``1`` = every refresh analyses every matrix. ``k >= 2`` = the matrices are split once into ``k``
+        slices of equal spectral cost, and each refresh analyses the next slice in turn; the others keep the
+        alphas of their last analysis (at most ``k - 1`` refreshes old). A refresh then costs about ``1/k``
+        of a full pass. Opt-in because it is an approximation: each record's ``stale_drift`` is the largest
+        alpha change of the slice just analysed since its previous analysis, the measured size of the
+        staleness. The pass at construction and :meth:`refresh` analyse every matrix.
+    num_threads: threads of the spectral pass (``None``: torch's intra-op thread count).
+    chunk_bytes: the most memory (weights in the analysis dtype + their Grams) one native call holds; bounds
+        the pass's peak extra memory (``None``: 1 GiB).
+    include, exclude: regular expressions (``re.search``) on matrix names; only included, non-excluded
+        matrices are analysed and tuned.
+    remove_first, remove_last: leave the first / last unit untuned (factor 1); under ``compat`` the first /
+        last analysed *matrix*, as the reference code does.
+    metric: what drives the mapping: ``"alpha"`` or the ablations ``"spectral_norm"``, ``"stable_rank"``,
+        ``"alpha_hat"``.
+    target: ``"lr"`` or ``"weight_decay"`` (the factors scale each group's weight decay instead).
+    compat: reproduce a reference code's learning rates exactly (docs/COMPAT.md): ``"modelbalancing"``
+        (EMNLP'24 fine-tuning: blocks, its two-level ``unit="layer"``, norms borrowing the factor of the weight
+        before them, factors acting from the update after each pass), ``"tempbalance_cnn"`` (NeurIPS'23 CIFAR:
+        per layer, BatchNorm ``bnK`` following ``convK``), ``"tempbalance_lm"`` (NeurIPS'23 LM: per Linear,
+        LayerNorms following the Linear before them, the learning rates held between passes) or
+        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum). ``True``:
+        ``"modelbalancing"`` when the adapter finds blocks, else ``"tempbalance_cnn"``. Every scheme also
+        analyses LoRA without its scaling and conv eigenvalues x 0.5, and maps equal alphas to ``s2``. The
+        units are then the tuned matrices (``factors`` has one per matrix).
+    preset: a published configuration (:mod:`tempbalance.training.presets`): its arguments, overridden by the ones
+        given here, plus its choice keyword (``TempBalance(model, opt, preset="modelbalancing-glue",
+        ratio=0.0002, steps_per_epoch=len(loader))``).
+    adapter: ``"auto"``, a registered adapter name or an :class:`~tempbalance.adapters.Adapter`.
+    include_embeddings: analyse and tune embedding matrices too (an LM head tied to the embedding is the
+        embedding).
+    process_group: under ``torch.distributed`` (DDP, FSDP2), the group whose ranks share the spectral work
+        (each rank analyses its share of the matrices, the results are all-gathered and every rank checks it
+        sets the same factors); ``None`` = the default group when torch.distributed is initialised, else a
+        single-process run.
+"""
+
 _ARGUMENT_FIELDS = field_names(Arguments)
 NAMES: tuple[str, ...] = _ARGUMENT_FIELDS + MAPPING_FIELDS + ANALYSIS_FIELDS
 

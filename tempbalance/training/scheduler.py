@@ -70,8 +70,8 @@ class TempBalance(LRScheduler):
     warning naming them; all new factors are computed before any group is touched. Misuse that would silently give
     wrong learning rates is an error naming what to do instead.
 
-    Args (every keyword is checked at construction; details below the class, in ``TempBalance.__init__``'s
-    documentation of each argument):
+    Every keyword is checked at construction, before anything changes (:mod:`tempbalance.training.arguments`);
+    the arguments follow.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, preset: str | None = None,
@@ -501,3 +501,4 @@ class TempBalance(LRScheduler):
 
 
 TempBalance.__init__.__signature__ = arguments.signature()  # type: ignore[attr-defined]
+TempBalance.__doc__ += "\n".join("    " + line if line else line for line in arguments.DOC.splitlines())
