@@ -127,7 +127,7 @@ def stagger_error(build, mode: str, epochs: int, batch: int, ids, labels, seed: 
 
     def compare_every_refresh(tb: TempBalance) -> None:
         def compare(record: dict) -> None:
-            full = analysis.analyze_specs(tb._specs, tb._options).alphas
+            full = analysis.analyze_specs(tb._specs, tb._refresher.options).alphas
             errors.append(max((abs(a - full[n]) for n, a in record["alphas"].items()
                                if math.isfinite(a) and math.isfinite(full[n])), default=0.0))
 

@@ -64,8 +64,8 @@ def analyze(
     if isinstance(model_or_named_weights, nn.Module):
         chosen = get_adapter(model_or_named_weights, adapter)
         default_min = getattr(chosen, "min_eigs", DEFAULT_MIN_EIGS)
-    if options is None and "min_eigs" not in overrides:
-        overrides = dict(overrides, min_eigs=default_min)  # the adapter's, unless the caller chose one
+    if overrides.get("min_eigs", 0 if options is not None else None) is None:
+        overrides = dict(overrides, min_eigs=default_min)  # min_eigs=None or not given: the adapter's
     options = AnalysisOptions.of(options, overrides)  # bad options: an error before any work
     if isinstance(model_or_named_weights, nn.Module):
         specs = chosen.enumerate(model_or_named_weights, include_embeddings=include_embeddings)

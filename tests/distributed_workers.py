@@ -223,10 +223,10 @@ def ddp(rank: int, world: int) -> dict:
     # rank 1's whole share raises inside the analysis (only on rank 1): its rows come back "error" everywhere
     real = analysis.analyze_specs
 
-    def broken(specs_, **kw):
+    def broken(specs_, *args, **kw):
         if specs_ and rank == 1:
             raise MemoryError("simulated failure of rank 1's share")
-        return real(specs_, **kw)
+        return real(specs_, *args, **kw)
 
     out["share_failed_before"] = tb.factors
     analysis.analyze_specs = broken
@@ -293,7 +293,7 @@ def fsdp(rank: int, world: int) -> dict:
     out["llama_stats"] = tb._analyzer.last_stats
     exact = make_tb(model, distributed.Coordinator(transport="gather"))
     out["llama_gather_only"] = tb_state(exact)
-    out["llama_gather_only_methods"] = sorted({s.method for s in exact._dist._plan.steps})
+    out["llama_gather_only_methods"] = sorted({s.method for s in exact._analyzer._plan.steps})
     out["llama_methods"] = {tb._specs[k].name: s.method for k, s in enumerate(tb._analyzer._plan.steps)}
     out["model_bytes"] = sum(math.prod(lay.shape) * 4 for lay in tb._analyzer._plan.layouts)
     for step in range(2):

@@ -22,7 +22,9 @@ from torch import nn
 
 from tempbalance import TempBalance, _native, analyze
 from tempbalance.analysis import cuda_backend, hill, streams
+from tempbalance.analysis.options import HillOptions
 from tempbalance.training import mapping
+from tempbalance.training.mapping import MappingOptions
 
 core = _native.core
 pytestmark = pytest.mark.skipif(core is None or not hasattr(core, "unit_factors_packed"),
@@ -258,7 +260,8 @@ def test_device_hill_lr_packs_and_unpacks_like_the_cpu_core(device, rng, hill_kw
     units = [int(u) for u in rng.integers(-1, 3, size=len(eigs))]
     rtol = [float(x) for x in rng.choice([0.0, 1e-6, 0.05], size=len(eigs))]
     metrics, unit_alpha, factors = cuda_backend.hill_lr([torch.from_numpy(e) for e in eigs], units, 3,
-                                                        hill=dict(hill_kw, zero_rtol=rtol), mapping=map_kw)
+                                                        hill=HillOptions(**hill_kw), zero_rtol=rtol,
+                                                        mapping=MappingOptions(**map_kw))
     want = cpu_results(eigs, np.array(units), 3, dict(hill_kw, zero_rtol=rtol), map_kw)
     np.testing.assert_array_equal(metrics.numpy(), want[0])
     np.testing.assert_array_equal(unit_alpha.numpy(), want[1])
@@ -267,9 +270,10 @@ def test_device_hill_lr_packs_and_unpacks_like_the_cpu_core(device, rng, hill_kw
 
 
 def test_device_hill_lr_defaults_are_the_cpu_api_defaults(device, rng):
-    # No options: the kernels must get exactly what hill_metrics / lr_factors use by default.
+    # Default options: the kernels must get exactly what hill_metrics / lr_factors use by default.
     eigs = spectra(rng, count=4)
-    metrics, _, factors = cuda_backend.hill_lr([torch.from_numpy(e) for e in eigs], [0] * len(eigs), 1)
+    metrics, _, factors = cuda_backend.hill_lr([torch.from_numpy(e) for e in eigs], [0] * len(eigs), 1,
+                                               mapping=MappingOptions())
     rows = hill.hill_metrics(eigs, backend="native", assume_sorted=True)
     assert [hill.STATUS_NAMES[int(s)] for s in metrics[:, -1]] == [r["status"] for r in rows]
     np.testing.assert_array_equal(metrics[:, 0].numpy(), [r["alpha"] for r in rows])
@@ -278,9 +282,11 @@ def test_device_hill_lr_defaults_are_the_cpu_api_defaults(device, rng):
 
 def test_device_hill_lr_checks_its_arguments(device):
     with pytest.raises(ValueError, match="unit_index"):
-        cuda_backend.hill_lr([torch.ones(60)], [0, 1], 2)
+        cuda_backend.hill_lr([torch.ones(60)], [0, 1], 2, mapping=MappingOptions())
     with pytest.raises(ValueError, match="zero_rtol"):
-        cuda_backend.hill_lr([torch.ones(60)], [0], 1, hill=dict(zero_rtol=[0.1, 0.2]))
+        cuda_backend.hill_lr([torch.ones(60)], [0], 1, zero_rtol=[0.1, 0.2], mapping=MappingOptions())
+    with pytest.raises(ValueError, match="needs mapping="):
+        cuda_backend.hill_lr([torch.ones(60)], [0], 1)
 
 
 def model(seed=0) -> nn.Module:

@@ -74,7 +74,7 @@ def cuda_major() -> int:
 def built_variants() -> list[int]:
     """CUDA majors of the core variants installed with the package (``tempbalance/_cuda<major>/``), newest first.
     A release wheel carries 12 and 13; a source build the one its nvcc made."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package root: tempbalance/
     found = (re.fullmatch(r"_cuda(\d+)", name) for name in os.listdir(here))
     return sorted((int(m.group(1)) for m in found if m and os.path.isdir(os.path.join(here, m.group(0)))),
                   reverse=True)
@@ -100,7 +100,7 @@ def _import() -> ModuleType | None:
         failures = []
         for major in order:
             try:
-                _module = importlib.import_module(f"{__package__}._cuda{major}._core_cuda")
+                _module = importlib.import_module(f"tempbalance._cuda{major}._core_cuda")
                 _variant = major
                 return _module
             except ImportError as exc:

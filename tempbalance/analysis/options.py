@@ -17,9 +17,16 @@ import torch
 
 from .. import _backend
 from ..reference import XMIN_RULES
-from . import spectra
 
 DEFAULT_MIN_EIGS = 50
+CONV_MODES = ("slices", "flatten")
+
+
+def check_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """The analysis dtype, validated: ``torch.float32``, ``torch.float64`` or ``None`` (follow each weight)."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be None (follow the weights), torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
 
 
 def _finite(arg: str, v: Any, *, lo: float | None = None, above: bool = False) -> None:
@@ -111,13 +118,13 @@ class AnalysisOptions(HillOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        spectra.check_dtype(self.dtype)
+        check_dtype(self.dtype)
         if self.backend not in _backend.BACKENDS:
             raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {self.backend!r}")
         _count("num_threads", self.num_threads, 1, none_ok=True)
         _count("chunk_bytes", self.chunk_bytes, 1, none_ok=True)
-        if self.conv_mode not in spectra.CONV_MODES:
-            raise ValueError(f"conv_mode must be one of {spectra.CONV_MODES}, got {self.conv_mode!r}")
+        if self.conv_mode not in CONV_MODES:
+            raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {self.conv_mode!r}")
         _finite("conv_scale", self.conv_scale, lo=0, above=True)
         if self.zero_rtol is not None:
             if isinstance(self.zero_rtol, bool) or not isinstance(self.zero_rtol, (int, float)) \

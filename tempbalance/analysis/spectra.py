@@ -27,17 +27,10 @@ import numpy as np
 import torch
 
 from .. import _backend, _native, reference
+from .options import CONV_MODES, check_dtype
 
 KINDS = ("linear", "conv", "conv1d_hf", "spectral", "lora", "embedding")
-CONV_MODES = ("slices", "flatten")
 _MATRIX_KINDS = ("linear", "lora", "embedding")
-
-
-def check_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
-    """The analysis dtype, validated: ``torch.float32``, ``torch.float64`` or ``None`` (follow each weight)."""
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be None (follow the weights), torch.float32 or torch.float64, got {dtype!r}")
-    return dtype
 
 
 def analysis_dtype(weight_dtype: torch.dtype, requested: torch.dtype | None = None) -> torch.dtype:

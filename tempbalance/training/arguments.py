@@ -18,15 +18,13 @@ import torch
 from ..analysis.options import AnalysisOptions, field_names
 from . import compat as _compat
 from .cadence import Cadence, as_cadence
-from .mapping import MappingOptions
-
-METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")
-TARGETS = ("lr", "weight_decay")
+from .mapping import MAPPING_FIELDS as mapping_fields, MappingOptions
+from .policies import METRICS, TARGETS, Policy
 # the analysis options a TempBalance takes as keywords (the rest keep AnalysisOptions' defaults; conv_scale is the
 # compat scheme's); min_eigs=None there means the adapter's default
 ANALYSIS_FIELDS = ("xmin_pos", "xmin_rule", "min_eigs", "filter_zeros", "dtype", "backend", "num_threads",
                    "chunk_bytes")
-MAPPING_FIELDS = tuple(n for n in field_names(MappingOptions) if n != "compat")  # compat is the scheduler's
+MAPPING_FIELDS = tuple(n for n in mapping_fields if n != "compat")  # compat is the scheduler's
 
 
 def _flag(arg: str, v: Any) -> None:
@@ -60,6 +58,7 @@ class Arguments:
     adapter: Any = "auto"
     include_embeddings: bool = False
     process_group: Any = None
+    policy: Policy | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -78,6 +77,10 @@ class Arguments:
                              "reproduces a reference that analyses every matrix at every refresh: use stagger=1")
         if self.compat and self.include_embeddings:
             raise ValueError("include_embeddings=True: no reference code analyses embeddings; drop it with compat")
+        if self.policy is not None and not isinstance(self.policy, Policy):
+            raise TypeError(f"policy must be a tempbalance.training.policies.Policy, got {type(self.policy).__name__}")
+        if self.policy is not None and self.compat:
+            raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ def parse(kwargs: dict[str, Any]) -> Parsed:
         raise TypeError(f"TempBalance got unexpected keyword argument(s) {unknown}")
     own = {k: v for k, v in kwargs.items() if k in _ARGUMENT_FIELDS}
     args = Arguments(**own)
+    replaced = sorted(set(kwargs) & set(POLICY_OPTIONS)) if args.policy is not None else []
+    if replaced:
+        raise ValueError(f"policy= decides {replaced} itself; give them to the policy, not to TempBalance")
     mapping = MappingOptions(compat=bool(args.compat), **{k: v for k, v in kwargs.items() if k in MAPPING_FIELDS})
     analysis = {k: v for k, v in kwargs.items() if k in ANALYSIS_FIELDS}
     min_eigs = analysis.pop("min_eigs", None)
@@ -178,9 +184,14 @@ Args:
         (each rank analyses its share of the matrices, the results are all-gathered and every rank checks it
         sets the same factors); ``None`` = the default group when torch.distributed is initialised, else a
         single-process run.
+    policy: what a refresh turns into factors, as a :class:`~tempbalance.training.policies.Policy` (metric ->
+        per-unit value -> factors of one param-group key); ``None`` = TempBalance's own, built from ``metric``,
+        ``mapping`` (and its parameters), ``normalize`` and ``target``, which a given policy decides instead.
 """
 
 _ARGUMENT_FIELDS = field_names(Arguments)
+# what a given policy= decides instead (TempBalance's own policy is built from these)
+POLICY_OPTIONS = ("metric", "target", "normalize", *MAPPING_FIELDS)
 NAMES: tuple[str, ...] = _ARGUMENT_FIELDS + MAPPING_FIELDS + ANALYSIS_FIELDS
 
 

@@ -37,6 +37,7 @@ from ..adapters import MatrixSpec
 from ..adapters.blocks import block_of
 
 DROP_ORDERS = ("threshold_then_remove", "remove_then_threshold")
+_MAPPING_FIELDS = _mapping.MAPPING_FIELDS
 PARAM_RULES = ("block_previous_weight", "norm_by_name", "norm_after_linear", "own_layer")
 
 
@@ -351,10 +352,12 @@ class Plan:
     unit: str
     normalize: bool
 
-    def factors(self, values: Any, **mapping_options: Any) -> np.ndarray:
+    def factors(self, values: Any, *, options: _mapping.MappingOptions | None = None,
+                backend: str = "auto") -> np.ndarray:
         """The factor of every tuned matrix from its metric ``values`` (NaN: not fitted; :func:`layer_factors`)."""
         unit = self.unit if self.scheme.two_level_layers else "block"
-        return layer_factors(values, self.blocks, unit=unit, normalize=self.normalize, **mapping_options)
+        return layer_factors(values, self.blocks, unit=unit, normalize=self.normalize, backend=backend,
+                             options=options)
 
     def analysis_min_eigs(self, min_eigs: int, *, first: bool) -> int:
         """The ``min_eigs`` a pass's analysis applies: 0 where :func:`plan` already dropped the small matrices by
@@ -419,36 +422,24 @@ def plan(
     return Plan(sch, kept, indices, kept_blocks, owners, unit, normalize)
 
 
-def param_factors(
-    model: nn.Module,
-    specs: Sequence[MatrixSpec],
-    values: Any,
-    *,
-    scheme: str | Scheme,
-    blocks: Sequence[str | None] | None = None,
-    unit: str | None = None,
-    min_eigs: int = 50,
-    remove_first: bool = False,
-    remove_last: bool = False,
-    normalize: bool = False,
-    sizes: Sequence[int] | None = None,
-    backend: str = "auto",
-    **mapping_options: Any,
-) -> dict[str, float]:
+def param_factors(model: nn.Module, specs: Sequence[MatrixSpec], values: Any, *, backend: str = "auto",
+                  options: _mapping.MappingOptions | None = None, **arguments: Any) -> dict[str, float]:
     """The reference's learning-rate factor of every parameter (name -> factor; the learning rate is base lr x
     factor), from the metric ``values`` of all ``specs`` (every analysable matrix, model order).
 
-    :func:`plan` picks the tuned matrices and the owner of every parameter, :meth:`Plan.factors` maps their values
-    (``mapping_options``: ``mapping``, ``tau``, ``s_lo``, ``s_hi``, ``s1``, ``s2``). ``blocks`` (aligned with
-    ``specs``) is needed by the ModelBalancing scheme; the TempBalance schemes tune every selected matrix as its own
-    layer. With a ``"filtered"`` eigenvalue count (the FNO scheme) ``min_eigs`` is the analysis's business: pass
-    values of NaN for the matrices it left untuned.
+    ``arguments``: those of :func:`plan` (``scheme``, ``blocks``, ``unit``, ``min_eigs``, ``remove_first``,
+    ``remove_last``, ``normalize``, ``sizes``), which picks the tuned matrices and the owner of every parameter, and
+    the fields of the mapping (``mapping``, ``tau``, ``s_lo``, ``s_hi``, ``s1``, ``s2``; over ``options``), by which
+    :meth:`Plan.factors` maps their values. ``blocks`` (aligned with ``specs``) is needed by the ModelBalancing
+    scheme; the TempBalance schemes tune every selected matrix as its own layer. With a ``"filtered"`` eigenvalue
+    count (the FNO scheme) ``min_eigs`` is the analysis's business: pass values of NaN for the matrices it left
+    untuned.
     """
+    mapping = {k: arguments.pop(k) for k in list(arguments) if k in _MAPPING_FIELDS}
     v = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
     if v.size != len(specs):
         raise ValueError(f"values has {v.size} entries, specs has {len(specs)}")
-    p = plan(model, specs, scheme=scheme, blocks=blocks, unit=unit, min_eigs=min_eigs, remove_first=remove_first,
-             remove_last=remove_last, normalize=normalize, sizes=sizes)
-    factors = p.factors(v[p.indices], backend=backend, **mapping_options)
+    p = plan(model, specs, **arguments)
+    factors = p.factors(v[p.indices], options=_mapping.MappingOptions.of(options, mapping), backend=backend)
     by_layer = dict(zip((s.name for s in p.specs), factors.tolist()))
     return {n: (by_layer[o] if o is not None else 1.0) for n, o in p.owners.items()}

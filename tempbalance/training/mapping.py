@@ -83,6 +83,9 @@ class MappingOptions:
         return np.asarray(core.lr_factors(v, self.mapping, *params.values()), dtype=np.float64)
 
 
+MAPPING_FIELDS = field_names(MappingOptions)
+
+
 def lr_factors(values: Any, options: MappingOptions | None = None, *, backend: str = "auto",
                **mapping: Any) -> np.ndarray:
     """Learning-rate factor per unit from its alpha: ``options`` (:class:`MappingOptions`, or its fields as keywords

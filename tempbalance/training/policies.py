@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from ..analysis.aggregate import unit_means
-from .arguments import METRICS, TARGETS
 from .compat import Plan
 from .mapping import MappingOptions, normalize_factors
+
+METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")  # the report columns a policy can follow
+TARGETS = ("lr", "weight_decay")  # the param-group keys a policy can scale
 
 
 class Policy:

@@ -52,7 +52,6 @@ from .refresh import Refresher
 from .results import STATE_KEYS as RESULT_KEYS
 from .watch import StepWatch
 
-METRICS, TARGETS = arguments.METRICS, arguments.TARGETS
 
 
 class TempBalance(LRScheduler):
@@ -129,8 +128,9 @@ class TempBalance(LRScheduler):
             options = options.replace(min_eigs=plan.analysis_min_eigs(min_eigs, first=False))
             first = first.replace(min_eigs=plan.analysis_min_eigs(min_eigs, first=True))
         policy = dict(metric=a.metric, target=a.target, backend=options.backend)
-        self.policy: Policy = (CompatPolicy(plan, parsed.mapping, **policy) if plan is not None
-                               else MappedPolicy(parsed.mapping, normalize=a.normalize, **policy))
+        self.policy: Policy = a.policy if a.policy is not None else (
+            CompatPolicy(plan, parsed.mapping, **policy) if plan is not None
+            else MappedPolicy(parsed.mapping, normalize=a.normalize, **policy))
         self.metric, self.target = self.policy.metric, self.policy.target
         # steps from a pass to its factors: ``lag``, and at least one under a reference whose factors act from the
         # update after the pass (ModelBalancing: the pass at the top of step t, the factors after update t)
