@@ -1,4 +1,4 @@
-"""Fused per-group LR rescaling (tempbalance/device_lr.py), run on the CPU.
+"""Fused per-group LR rescaling (tempbalance/training/fused_gpu.py), run on the CPU.
 
 The CUDA stand-in of tests/test_cuda_backend.py serves CPU tensors as if they were on a GPU, and its
 ``unit_factors`` is the CPU twin of the kernel (``_core.unit_factors_packed``). Tensor learning rates (as fused or

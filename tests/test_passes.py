@@ -1,4 +1,4 @@
-"""The pass mechanism on its own (tempbalance/passes.py): stagger slices, delayed and background passes, skipped
+"""The pass mechanism on its own (tempbalance/training/passes.py): stagger slices, delayed and background passes, skipped
 refreshes, collecting / dropping / waiting, and the runner's checkpoint part - without a TempBalance.
 
 Oracles: a background pass on a snapshot equals the synchronous analysis (tempbalance.analyze_specs) of a copy of

@@ -1,4 +1,4 @@
-"""The select stage on its own (tempbalance/selection.py): which matrices, which unit each belongs to, which
+"""The select stage on its own (tempbalance/training/selection.py): which matrices, which unit each belongs to, which
 parameters each unit's factor reaches, and how a checkpoint's fingerprint differs - without a TempBalance.
 
 The expectations are read off the models' structure by hand (which module holds which parameter).
