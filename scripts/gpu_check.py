@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The checks of scripts/gpu_check.sh: the CUDA core on a GPU against the CPU core and float64, its failure paths,
 its streams and memory, and its speed. With --selftest-cpu the same checks run against the CPU stand-in of the CUDA
-module that the tests use (tests/test_cuda_backend.py: CPU tensors play the device tensors, small shapes), so this
+module that the tests use (tests/analysis/test_cuda_backend.py: CPU tensors play the device tensors, small shapes), so this
 script's own logic is exercised on machines without a GPU (CI).
 
 Writes <out>/gpu_check.md (tables) and <out>/gpu_check.json (every figure); exits 1 when a check fails.
@@ -44,7 +44,7 @@ class Env:
         self.cuda_backend = cuda_backend
         self._patch = None
         if selftest:
-            sys.path.insert(0, str(ROOT / "tests"))
+            sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "analysis")]
             import pytest
             from test_cuda_backend import FakeDeviceCore, install
 

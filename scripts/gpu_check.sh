@@ -3,7 +3,7 @@
 #   1. builds the package with the CUDA core for the GPU it finds (CMAKE_CUDA_ARCHITECTURES=<cc>-real) into a
 #      virtual environment over $PY's site-packages (torch, nvcc's cuSOLVER/cuBLAS headers from the nvidia wheels);
 #      the CPU core's LAPACK, scipy-openblas32, comes from .whl/ in the working tree when $PY lacks it;
-#   2. runs the CUDA tests against the real built module (tests/test_cuda_*.py, test_device_lr, test_streams,
+#   2. runs the CUDA tests against the real built module (tests/analysis/test_cuda_*.py, tests/training/test_fused_gpu.py, test_streams,
 #      test_fit_rule);
 #   3. runs scripts/gpu_check.py: the CUDA core against the CPU core and float64 (RoBERTa-base and LLaMA-7B-block
 #      shapes, odd shapes, conv and complex stacks, fp32/fp64/bf16, a stack split across solver calls), failure
@@ -68,8 +68,8 @@ say "built in $(( $(date +%s) - start )) s: $(cd "$WORK" && "$VPY" -c 'from temp
 SO="$(cd "$WORK" && "$VPY" -c 'from tempbalance import cuda_backend as c; m = c._import(); assert m is not None, c._reason; print(m.__file__)')"
 status=0
 (cd "$WORK" && TEMPBALANCE_CORE_CUDA="$SO" "$VPY" -m pytest -q -rs -p no:cacheprovider \
-  "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_backend.py" "$ROOT/tests/test_device_lr.py" \
-  "$ROOT/tests/test_streams.py" "$ROOT/tests/test_fit_rule.py") >"$OUT_DIR/pytest.log" 2>&1 || status=1
+  "$ROOT/tests/analysis/test_cuda_build.py" "$ROOT/tests/analysis/test_cuda_backend.py" "$ROOT/tests/training/test_fused_gpu.py" \
+  "$ROOT/tests/analysis/test_streams.py" "$ROOT/tests/analysis/test_fit_rule.py") >"$OUT_DIR/pytest.log" 2>&1 || status=1
 tail -3 "$OUT_DIR/pytest.log" | sed 's/^/[gpu_check.sh] pytest: /'
 
 # 3. The checks on the device.

@@ -232,7 +232,7 @@ def _doc_parameters(fn) -> list[str]:
 
 
 def test_stand_in_has_the_built_module_signatures(core_cuda):
-    # tests/test_cuda_backend.py runs the dispatch against a stand-in; it must take what the real module takes.
+    # tests/analysis/test_cuda_backend.py runs the dispatch against a stand-in; it must take what the real module takes.
     from test_cuda_backend import FakeDeviceCore
 
     module, _ = core_cuda

@@ -6,7 +6,7 @@ the CUDA core returns them), and its Hill/LR kernels are `_core.hill_lr_packed`,
 the CUDA kernels run (tb::packed_hill_row / tb::packed_unit_lr) over the same packed layout. With
 `cuda_backend.DEVICE_TYPE` pointed at "cpu", everything the Python side does for CUDA weights (packing, per-
 spectrum options, unpacking, fallbacks, warnings) runs here and is compared with the CPU core and the torch
-reference. tests/test_cuda_build.py checks the stand-in's signature against the real module when it is built.
+reference. tests/analysis/test_cuda_build.py checks the stand-in's signature against the real module when it is built.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+import tempbalance
 from tempbalance import TempBalance, _native, analyze
 from tempbalance.analysis import cuda_backend, hill, streams
 from tempbalance.analysis.options import HillOptions

@@ -1,7 +1,7 @@
 """Checkpoints saved by an earlier tempbalance still load: TempBalance's state_dict format (version 3) is a contract.
 
 ``data/state_v3.pt`` was written by tempbalance at commit 22250c8 (before the pass mechanism moved into
-``tempbalance/passes.py``) with ``python tests/test_scheduler_saved_state.py --write``: for each scenario below, a
+``tempbalance/passes.py``) with ``python tests/training/test_scheduler_saved_state.py --write``: for each scenario below, a
 checkpoint (model, optimizer, TempBalance) taken mid-run - a background pass pending, refreshes
 skipped, a staggered slice position, base rates held between passes, a refresh due at an epoch end - and the
 learning rates every step of the uninterrupted run used. Today's code must (1) save the same state at that point
@@ -20,7 +20,7 @@ import torch
 from tempbalance import TempBalance
 from test_scheduler import KW, batches, make_model, train_step, user_groups
 
-FIXTURE = Path(__file__).parent / "data" / "state_v3.pt"
+FIXTURE = Path(__file__).parents[1] / "data" / "state_v3.pt"
 TIMINGS = {"seconds", "blocking_seconds", "spectral_seconds"}  # wall clock: differ from run to run
 RTOL = 1e-9
 
@@ -124,5 +124,5 @@ def test_a_checkpoint_saved_before_loads_and_goes_on_as_the_old_run_did(saved, n
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python tests/test_scheduler_saved_state.py --write   (rewrites " + str(FIXTURE) + ")")
+        sys.exit("usage: python tests/training/test_scheduler_saved_state.py --write   (rewrites " + str(FIXTURE) + ")")
     write()

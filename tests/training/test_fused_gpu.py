@@ -1,6 +1,6 @@
 """Fused per-group LR rescaling (tempbalance/training/fused_gpu.py), run on the CPU.
 
-The CUDA stand-in of tests/test_cuda_backend.py serves CPU tensors as if they were on a GPU, and its
+The CUDA stand-in of tests/analysis/test_cuda_backend.py serves CPU tensors as if they were on a GPU, and its
 ``unit_factors`` is the CPU twin of the kernel (``_core.unit_factors_packed``). Tensor learning rates (as fused or
 capturable Adam/AdamW hold them) then take the fused path: the refresh writes ``base x factor`` into the lr tensors
 from the device-side factors, with no host read of a device tensor between the pass and the next optimizer step,

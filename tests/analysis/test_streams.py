@@ -1,6 +1,6 @@
 """The handoff of a background pass's weight snapshot between CUDA streams (tempbalance/analysis/streams.py), on the CPU.
 
-`FakeStreams` (tests/test_cuda_backend.py) records what a Handoff asks of torch.cuda; with the CUDA stand-in
+`FakeStreams` (tests/analysis/test_cuda_backend.py) records what a Handoff asks of torch.cuda; with the CUDA stand-in
 installed, CPU tensors count as device tensors. What a GPU must show on top (the copies really are complete
 before the background stream reads them, and their memory is not reused under it) is checked by
 scripts/gpu_check.sh.
