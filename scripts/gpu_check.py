@@ -1148,6 +1148,9 @@ def render(data: dict[str, Any]) -> str:
         lines += [f"| {r['label']} | {_ms(r['grams'])} | {_ms(r['solve'])} | {_ms(r['screen_copy'])} | "
                   f"{_ms(r['hill'])} | {_ms(r['torch_ops'])} | {_ms(r['gpu_busy'])} | {_ms(r['pass_s'])} | "
                   f"{r['kernels']} |" for r in stages]
+    for r in data.get("stages", []):
+        if "error" in r:
+            lines += ["", f"(No stage times for {r['label']}: the profiler failed: {r['error']})"]
     for r in data.get("host", []):
         lines += ["", f"**Host:** `analyze()` on {r['label']} holds the host {_ms(r['analyze_host_s'])} (it returns "
                   f"the finished report): `start_pass` enqueues everything in {_ms(r['start_pass_host_s'])} without "

@@ -97,7 +97,13 @@ EOF
 fi
 
 # 3. nvcc off PATH: every PATH folder that has one is replaced by links to its other entries. $PY's own folder
-# goes too: `python3` is the image's.
+# goes too: `python3` is the image's. gpu_check.sh must find nvcc where CUDA installs it: /usr/local/cuda here; on
+# a machine whose CUDA is elsewhere, the folder above its nvcc's stands for it (TB_CUDA_ROOTS).
+roots=""
+if ! compgen -G "/usr/local/cuda*/bin/nvcc" >/dev/null; then
+  command -v nvcc >/dev/null || fail "no nvcc here (the rehearsal builds the CUDA core)"
+  roots="$(dirname "$(dirname "$(command -v nvcc)")")"
+fi
 newpath="$REH/image/bin"
 py_bin="$(dirname "$(command -v "$PY")")"
 IFS=: read -r -a dirs <<<"$PATH"
@@ -122,7 +128,7 @@ run() {  # the command in the tree, in the image's environment
   (cd "$REH/tree" && env -u PYTHONPATH -u CUDACXX -u VIRTUAL_ENV -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL \
      PATH="$newpath" PY=python3 PIP_NO_INDEX=1 PIP_INDEX_URL=http://127.0.0.1:9/simple PIP_CONFIG_FILE=/dev/null \
      PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
-     TB_GPU_CHECK_REHEARSAL=1 TB_GPU_TEST_TIMEOUT=1200 OUT="$REH/out" bash -c "$1")
+     TB_GPU_CHECK_REHEARSAL=1 TB_GPU_TEST_TIMEOUT=1200 ${roots:+TB_CUDA_ROOTS="$roots"} OUT="$REH/out" bash -c "$1")
 }
 run 'command -v nvcc' && fail "nvcc is still on PATH"
 run 'python3 -c "import scipy_openblas32"' 2>/dev/null && fail "the image must lack scipy-openblas32"
