@@ -34,12 +34,13 @@ _failed_warned = False
 DEVICE_TYPE = "cuda"
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.complex64: "complex64",
            torch.complex128: "complex128"}
-# Grams solved together (one cusolverDnXsyevBatched call) hold at most this many bytes; on an out-of-memory the
-# pass retries with a quarter of it, down to one Gram at a time.
+# Grams solved together (one cusolverDnXsyevBatched call) hold at most this many bytes; on an out-of-memory (torch's
+# allocator, or cuBLAS/cuSOLVER's own allocations) the pass retries with a quarter of it, down to one Gram at a time.
 GROUP_BYTES = 1 << 30
 _OutOfMemory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 # What the last gram_eigvalsh call did ({"groups", "batched_groups", "scratch_bytes", "solver_bytes",
-# "solver_host_bytes", "group_bytes"}), for diagnostics (scripts/gpu_check.sh).
+# "solver_host_bytes", "group_bytes", "retries"}: retries = out-of-memory retries with smaller groups), for
+# diagnostics (scripts/gpu_check.sh).
 last_pass: dict[str, int] = {}
 
 
@@ -155,8 +156,9 @@ def _fallback_warning() -> None:
                       "host memory)", RuntimeWarning, stacklevel=4)
 
 
-def _failure_warning(exc: Exception) -> None:
-    """A call into the loaded core failed (a cuBLAS/cuSOLVER error status): that batch goes to the CPU path."""
+def _failure_warning(exc: BaseException) -> None:
+    """A call into the loaded core failed (a cuBLAS/cuSOLVER error status, or a kernel launch that could not get
+    memory): that batch goes to the CPU path."""
     global _failed_warned
     if not _failed_warned:
         _failed_warned = True
@@ -206,11 +208,28 @@ def _gram_bytes(stack: torch.Tensor) -> int:
     return k * k * stack.element_size()
 
 
+def _memory_errors(module: ModuleType) -> tuple[type[BaseException], ...]:
+    """What an out-of-memory raises: torch's allocator (the pass's scratch), and the core's ``DeviceAllocError``
+    (cuBLAS, cuSOLVER or the CUDA runtime could not allocate their own device memory)."""
+    own = getattr(module, "DeviceAllocError", None)
+    return (_OutOfMemory,) if own is None else (_OutOfMemory, own)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Hands torch's cached, unused blocks back to the driver, so that cuBLAS/cuSOLVER's own allocations can use
+    them (only after they failed: it waits for the device)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _solve_on_device(module: ModuleType, mats: list, name: str, stream: int, device: torch.device,
                      smallest: int) -> dict:
     """One gram_eigvalsh call whose scratch comes from torch's caching allocator (counted and reused like every
-    other allocation). An out-of-memory retries with smaller solve groups, then raises DeviceMemoryError."""
-    group_bytes = GROUP_BYTES
+    other allocation). An out-of-memory - of that allocator, or inside cuBLAS/cuSOLVER - retries with smaller solve
+    groups (a quarter each time; after a library's failure, torch's cached blocks are released first), then raises
+    DeviceMemoryError. Never a switch to the CPU."""
+    group_bytes, retries = GROUP_BYTES, 0
+    memory_errors = _memory_errors(module)
     while True:
         keep: list[torch.Tensor] = []  # alive until the call returns: the work is stream-ordered after it
 
@@ -221,18 +240,23 @@ def _solve_on_device(module: ModuleType, mats: list, name: str, stream: int, dev
 
         try:
             info = dict(module.gram_eigvalsh(mats, name, stream, alloc, group_bytes))
-            info["group_bytes"] = group_bytes
+        except memory_errors as exc:
+            failure = exc
+        else:
+            info.update(group_bytes=group_bytes, retries=retries)
             return info
-        except _OutOfMemory as exc:
-            if group_bytes <= smallest:
-                raise DeviceMemoryError(
-                    f"tempbalance: not enough free GPU memory for the spectral pass ({name}; even one Gram at a "
-                    f"time, {smallest / 2**20:.1f} MiB plus cuSOLVER's workspace, could not be allocated: {exc}). "
-                    "Free GPU memory (e.g. torch.cuda.empty_cache()) or analyse on the CPU (backend='torch', or "
-                    "CPU copies of the weights)") from exc
-            group_bytes = max(group_bytes // 4, smallest)
         finally:
             keep.clear()
+        if group_bytes <= smallest:
+            raise DeviceMemoryError(
+                f"tempbalance: not enough free GPU memory for the spectral pass ({name}; even one Gram at a "
+                f"time, {smallest / 2**20:.1f} MiB plus cuSOLVER's workspace, could not be allocated: {failure}). "
+                "Free GPU memory (e.g. torch.cuda.empty_cache()) or analyse on the CPU (backend='torch', or "
+                "CPU copies of the weights)") from failure
+        if not isinstance(failure, _OutOfMemory):
+            _release_cached_memory(device)  # the scratch of the failed call is back in torch's cache by now
+        group_bytes = max(group_bytes // 4, smallest)
+        retries += 1
 
 
 def gram_eigvals(stacks: Sequence[torch.Tensor], top: Sequence[int] | None = None
@@ -350,7 +374,7 @@ def hill_lr(
                            scratch.data_ptr(), stream,
                            zero_tols=tols.data_ptr() if tols is not None else 0,
                            zero_rtols=rtols.data_ptr() if rtols is not None else 0)
-        except RuntimeError as exc:
+        except (RuntimeError, *_memory_errors(module)) as exc:  # a launch's out-of-memory too: never a crash here
             _failure_warning(exc)
             return None
         return metrics, unit_alpha, factors
@@ -385,7 +409,7 @@ def unit_factors(metrics: torch.Tensor, unit_index: Sequence[int], n_units: int,
                                 previous.data_ptr(), m["mapping"], float(m["tau"]), float(m["s_lo"]),
                                 float(m["s_hi"]), float(m["s1"]), float(m["s2"]), bool(m["compat"]),
                                 values.data_ptr(), factors.data_ptr(), scratch.data_ptr(), stream)
-        except RuntimeError as exc:
+        except (RuntimeError, *_memory_errors(module)) as exc:
             _failure_warning(exc)
             return None
         return values, factors

@@ -42,16 +42,23 @@ class FakeDeviceCore:
     hill_columns = COLUMNS
     required_symbols: list = []
 
+    class DeviceAllocError(MemoryError):
+        """As `_core_cuda.DeviceAllocError`: cuBLAS/cuSOLVER/the runtime could not allocate their own memory."""
+
     def __init__(self, devices: int = 1, why: str = "", load_error: str | None = None, memory: int | None = None,
-                 max_n: int = 0):
+                 max_n: int = 0, memory_kind: str = "allocator"):
         self.devices, self.why, self.load_error = devices, why, load_error
-        self.memory, self.max_n = memory, max_n  # bytes one allocation may take (None: any); cuSOLVER's limit
+        self.memory, self.max_n = memory, max_n  # bytes one pass may take (None: any); cuSOLVER's limit
+        # who runs out when a pass needs more than `memory`: "allocator" (torch's, for the scratch the core asks
+        # for: torch.OutOfMemoryError) or "library" (cuSOLVER's own allocations: DeviceAllocError, mid-pass)
+        self.memory_kind = memory_kind
         self.calls = collections.Counter()
         self.matrices: list[tuple[int, int, int]] = []  # every input it was given
         self.solved: list[tuple[int, int]] = []  # (matrix, slice) of every Gram that reached the "solver"
         self.group_bytes: list[int] = []  # max_bytes of every gram_eigvalsh call
         self.called_on: list = []  # the stream of every gram_eigvalsh call
         self.fault_skip: int | None = None
+        self.alloc_fault_skip: int | None = None
 
     def device_count(self):
         return self.devices, self.why
@@ -65,6 +72,17 @@ class FakeDeviceCore:
 
     def _arm_fault(self, fault, skip=0):
         self.fault_skip = skip if fault == "solver_info" else None
+        self.alloc_fault_skip = skip if fault == "solver_alloc" else None
+
+    def _solver_cannot_allocate(self, groups: int) -> bool:
+        """The armed 'solver_alloc' fault: fires at the (skip + 1)-th solver call, one call per group."""
+        if self.alloc_fault_skip is None:
+            return False
+        if self.alloc_fault_skip < groups:
+            self.alloc_fault_skip = None
+            return True
+        self.alloc_fault_skip -= groups
+        return False
 
     def _solver_fails(self) -> bool:
         if self.fault_skip is None:
@@ -87,9 +105,16 @@ class FakeDeviceCore:
         layout = core.cuda_scratch_layout([s for _, s, _, _, _ in mats], sizes, kind.itemsize, real.itemsize, True,
                                           max_bytes)
         for nbytes in (layout["bytes"], 4096):  # the scratch buffer, then cuSOLVER's workspace
-            if self.memory is not None and nbytes > self.memory:
+            if self.memory_kind == "allocator" and self.memory is not None and nbytes > self.memory:
                 raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {nbytes} bytes")
             assert alloc(nbytes)
+        groups = len(core.cuda_plan_groups([s for _, s, _, _, _ in mats], sizes, kind.itemsize, True,
+                                           core.CUDA_BATCHED_ELEMENT_LIMIT, max_bytes))
+        if self._solver_cannot_allocate(groups) or (
+                self.memory_kind == "library" and self.memory is not None and layout["bytes"] > self.memory):
+            for _, s, m, n, out in mats:  # the real core fails mid-pass: earlier groups' results are written
+                _view(out, s * min(m, n), real)[:] = 12345.0
+            raise self.DeviceAllocError("cusolverDnXsyevBatched: cuSOLVER status 2 (out of device memory)")
         for data, s, m, n, out in mats:
             self.matrices.append((s, m, n))
             a = _view(data, s * m * n, kind).reshape(s, m, n)
@@ -105,8 +130,6 @@ class FakeDeviceCore:
                     w = core.gram_eigvalsh([np.ascontiguousarray(a[i:i + 1])], [0], 1)[0]
                 info = 1 if self._solver_fails() else 0
                 res[i * k:(i + 1) * k] = core.cuda_finished_eigenvalues(w[None], [info], [int(unusable)])[0]
-        groups = len(core.cuda_plan_groups([s for _, s, _, _, _ in mats], sizes, kind.itemsize, True,
-                                           core.CUDA_BATCHED_ELEMENT_LIMIT, max_bytes))
         return {"groups": groups, "batched_groups": groups, "scratch_bytes": layout["bytes"], "solver_bytes": 4096,
                 "solver_host_bytes": 0}
 
@@ -433,10 +456,12 @@ class FailingDeviceCore(FakeDeviceCore):
     def hill_lr(self, *args, **kw):
         if self.fail == "hill_lr":
             raise RuntimeError("hill_kernel launch: too many resources requested for launch")
+        if self.fail == "hill_lr_memory":  # a launch's cudaErrorMemoryAllocation: no retry helps a 1-thread kernel
+            raise self.DeviceAllocError("hill_kernel launch: out of memory (out of device memory)")
         super().hill_lr(*args, **kw)
 
 
-@pytest.mark.parametrize("fail", ["gram_eigvalsh", "hill_lr"])
+@pytest.mark.parametrize("fail", ["gram_eigvalsh", "hill_lr", "hill_lr_memory"])
 def test_a_failing_device_call_falls_back_to_the_cpu_path(monkeypatch, fail):
     install(monkeypatch, FailingDeviceCore(fail))
     m = model()
@@ -453,41 +478,87 @@ def test_a_failing_device_call_falls_back_to_the_cpu_path(monkeypatch, fail):
 
 
 # --- memory: scratch from torch's allocator; an out-of-memory shrinks the solve groups, then is a clear error -----
+# Both kinds: torch's allocator refusing the scratch the core asks for (torch.OutOfMemoryError, before any work), and
+# cuBLAS/cuSOLVER failing to allocate their own memory (the core's DeviceAllocError, mid-pass). The latter used to
+# be a RuntimeError like any failing call: a switch to the CPU path in the middle of training.
+MEMORY_KINDS = ["allocator", "library"]
+
+
 def _oom_weights():
     torch.manual_seed(5)
     return {"lin": torch.randn(100, 120), "conv": torch.randn(70, 64, 3, 3)}  # Grams: 100^2 and 9 x 64^2 float32
 
 
-def test_out_of_memory_retries_with_smaller_solve_groups(monkeypatch):
-    fake = install(monkeypatch, FakeDeviceCore(memory=100_000))  # the conv's 9 Grams (147 kB) do not fit at once
+def _record_cache_releases(monkeypatch) -> list:
+    released = []
+    monkeypatch.setattr(cuda_backend, "_release_cached_memory", lambda device: released.append(device),
+                        raising=False)
+    return released
+
+
+@pytest.mark.parametrize("kind", MEMORY_KINDS)
+def test_out_of_memory_retries_with_smaller_solve_groups(monkeypatch, kind):
+    # the conv's 9 Grams (147 kB) do not fit at once
+    fake = install(monkeypatch, FakeDeviceCore(memory=100_000, memory_kind=kind))
+    released = _record_cache_releases(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning: the device did the work
         got = analyze(_oom_weights(), min_eigs=10)
     assert got.settings["backend"] == "cuda" and [r.status for r in got.rows] == ["ok", "ok"]
     assert fake.group_bytes[0] == cuda_backend.GROUP_BYTES and min(fake.group_bytes) < 100_000
+    retries = len(fake.group_bytes) - 1
+    assert retries >= 1 and cuda_backend.last_pass["retries"] == retries
+    # torch's cached blocks are handed back before a retry only when a library could not allocate (torch's own
+    # allocator already does that before it raises)
+    assert len(released) == (retries if kind == "library" else 0)
     with cuda_backend_off():
         want = analyze(_oom_weights(), min_eigs=10, backend="native")
     np.testing.assert_allclose(rows_of(got)[1], rows_of(want)[1], rtol=1e-6)
 
 
-def test_out_of_memory_for_a_single_gram_is_a_clear_error_per_layer(monkeypatch):
-    install(monkeypatch, FakeDeviceCore(memory=30_000))  # below one 100^2 float32 Gram (40 kB): cannot run at all
+@pytest.mark.parametrize("kind", MEMORY_KINDS)
+def test_out_of_memory_for_a_single_gram_is_a_clear_error_per_layer(monkeypatch, kind):
+    # below one 100^2 float32 Gram (40 kB): cannot run at all
+    fake = install(monkeypatch, FakeDeviceCore(memory=30_000, memory_kind=kind))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # never a silent switch to the CPU
         report = analyze(_oom_weights(), min_eigs=10)
-    assert report["lin"].status == "error"
+    assert report["lin"].status == "error" and report.settings["backend"] == "cuda"
     assert "not enough free GPU memory" in report["lin"].reason and "'lin'" in report["lin"].reason
+    if kind == "library":  # the reason names the call that could not allocate
+        assert "cusolverDnXsyevBatched" in report["lin"].reason
+    assert 100 * 100 * 4 in fake.group_bytes  # retried down to one Gram at a time
 
 
-def test_out_of_memory_keeps_the_factors_in_a_refresh(monkeypatch):
-    fake = install(monkeypatch, FakeDeviceCore())
+@pytest.mark.parametrize("kind", MEMORY_KINDS)
+def test_out_of_memory_keeps_the_factors_in_a_refresh(monkeypatch, kind):
+    fake = install(monkeypatch, FakeDeviceCore(memory_kind=kind))
     m = model()
     tb = TempBalance(m, torch.optim.SGD(m.parameters(), lr=0.1), unit="layer", min_eigs=8)
     before = dict(tb.factors)
     fake.memory = 1000
-    with pytest.warns(RuntimeWarning, match="not enough free GPU memory"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         tb.refresh()
+    messages = [str(w.message) for w in caught]
+    assert any("not enough free GPU memory" in msg for msg in messages), messages
+    assert not any("CPU path" in msg for msg in messages), messages
     assert tb.factors == before
+
+
+def test_a_solver_that_cannot_allocate_once_is_retried_on_the_device(device):
+    # `_core_cuda._arm_fault("solver_alloc")`: cuSOLVER's own allocation fails once (CUSOLVER_STATUS_ALLOC_FAILED)
+    # after the Grams were formed; the pass is redone with smaller groups, on the device, and its numbers are right.
+    m = model()
+    device._arm_fault("solver_alloc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = analyze(m, min_eigs=10)
+    assert got.settings["backend"] == "cuda" and all(r.status == "ok" for r in got.rows)
+    assert device.group_bytes[:2] == [cuda_backend.GROUP_BYTES, cuda_backend.GROUP_BYTES // 4]
+    with cuda_backend_off():
+        want = analyze(m, min_eigs=10, backend="native")
+    np.testing.assert_allclose(rows_of(got)[1], rows_of(want)[1], rtol=1e-6)
 
 
 # --- Grams above the loaded cuSOLVER's limit, and backend="native" with the CUDA core only -----------------------

@@ -357,3 +357,103 @@ def test_solver_size_limit_by_cusolver_version():
     # CUDA 12's cuSOLVER (11.x) fails above n = 32768 in Xsyevd / XsyevBatched; CUDA 13's (12.x) has no limit.
     assert core.cuda_solver_max_n(11701) == core.cuda_solver_max_n(0) == 32768
     assert core.cuda_solver_max_n(12000) == core.cuda_solver_max_n(12401) == 0
+
+
+# --- how cuSOLVER is called, what counts as out of memory, and how long the handles live ---------------------------
+@needs_twins
+def test_solver_reads_the_upper_triangle_of_a_zeroed_workspace():
+    # XsyevBatched with the lower triangle has returned wrong eigenvalues at random for one matrix of a complex64
+    # batch (CUDA.jl issue 2577); the Grams are stored full, so the core reads the upper one. The zeroed workspace
+    # works around cuSOLVER 11.7.1.2 reading it before writing it.
+    assert core.CUDA_SOLVER_SETTINGS == {"triangle": "upper", "zero_workspace": True}
+
+
+def test_built_module_calls_the_solver_as_planned(core_cuda):
+    # The CUDA core reports the settings it was compiled with: the same plan.h constants as the CPU module's.
+    module, _ = core_cuda
+    assert module.solver_settings == {"triangle": "upper", "zero_workspace": True}
+    if _HAS_PLAN:
+        assert module.solver_settings == core.CUDA_SOLVER_SETTINGS
+
+
+@needs_twins
+@pytest.mark.parametrize("library, status, alloc", [
+    ("runtime", 2, True), ("runtime", 0, False), ("runtime", 1, False), ("runtime", 700, False),
+    ("cublas", 3, True), ("cublas", 1, False), ("cublas", 2, False), ("cublas", 13, False),
+    ("cusolver", 2, True), ("cusolver", 3, False), ("cusolver", 7, False),
+])
+def test_allocation_failure_statuses(library, status, alloc):
+    # cudaErrorMemoryAllocation = 2, CUBLAS_STATUS_ALLOC_FAILED = 3, CUSOLVER_STATUS_ALLOC_FAILED = 2 (the CUDA
+    # build static_asserts them against the headers); everything else is another kind of failure.
+    assert core.cuda_alloc_failure(library, status) is alloc
+
+
+@needs_twins
+def test_allocation_failure_names_its_library():
+    with pytest.raises(ValueError, match="library must be"):
+        core.cuda_alloc_failure("cufft", 2)
+
+
+def test_built_module_has_a_memory_error_for_library_allocation_failures(core_cuda):
+    # DeviceAllocError is what cuda_backend retries with smaller solve groups; the stand-in raises the same kind.
+    from test_cuda_backend import FakeDeviceCore
+
+    module, _ = core_cuda
+    assert issubclass(module.DeviceAllocError, MemoryError) and not issubclass(module.DeviceAllocError, RuntimeError)
+    assert issubclass(FakeDeviceCore.DeviceAllocError, MemoryError)
+    module._arm_fault("solver_alloc", 2)  # accepted (it needs a GPU to fire)
+    module._arm_fault("none")
+
+
+_HANDLES_FROM_A_WORKER = """
+import threading
+import time
+box = {}
+
+def counts_once_ended(thread, destroyed):
+    # join() returns when the Python thread is done; its C++ thread_local destructors run just after, as the OS
+    # thread exits: wait for them (bounded), then report what was counted
+    thread.join()
+    deadline = time.monotonic() + 30
+    while box["core"]._cuda_handle_twin_counts()[1] < destroyed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return box["core"]._cuda_handle_twin_counts()
+
+def first_use():  # the first import of the module happens on a worker thread, as under lag >= 1
+    from tempbalance import _native
+    box["core"] = core = _native.core
+    box["handle"] = core._cuda_handle_twin_get(0)
+    assert core._cuda_handle_twin_get(0) == box["handle"]  # cached for the thread
+
+worker = threading.Thread(target=first_use)
+worker.start()
+print("worker ended", *counts_once_ended(worker, 1))
+core = box["core"]
+main = core._cuda_handle_twin_get(0), core._cuda_handle_twin_get(1)
+assert box["handle"] not in main  # a thread never gets another thread's handle
+
+def second():
+    core._cuda_handle_twin_get(0), core._cuda_handle_twin_get(1)
+
+worker = threading.Thread(target=second)
+worker.start()
+print("second ended", *counts_once_ended(worker, 3))
+core._cuda_handle_twin_log(True)
+print("exiting", flush=True)
+"""
+
+
+@needs_twins
+def test_handles_live_per_thread_whichever_thread_imported_the_module():
+    # The CUDA core's handle cache (csrc/cuda/handle_cache.h), run by the CPU module over stand-in handles, in a
+    # fresh interpreter whose first import of tempbalance is on a worker thread. A thread that ends destroys its own
+    # handles; the main thread's outlive it and are not destroyed during interpreter exit (the CUDA runtime may be
+    # gone by then). The core used to remember the importing thread as "main": that worker leaked its handles and
+    # the real main thread destroyed its own at exit.
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _HANDLES_FROM_A_WORKER], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == ["worker ended 1 1", "second ended 5 3", "exiting"], done.stdout
+    assert "destroyed" not in done.stderr, done.stderr[-2000:]
