@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBES = ("nan", "overflow", "solver", "oom")
+PROBES = ("nan", "overflow", "solver", "solver_alloc", "oom")
 LLAMA_BLOCKS = 32  # LLaMA-7B: 32 blocks of 7 matrices (q, k, v, o, gate, up, down)
 LABELS = {"roberta-base": "RoBERTa-base", "llama7b-block": "LLaMA-7B, one block", "llama7b": "LLaMA-7B",
           "smollm2-135m": "SmolLM2-135M", "odd": "odd shapes"}
@@ -350,6 +350,22 @@ def probe(kind: str, selftest: bool) -> dict[str, Any]:
                 r["good"].status == "ok" and again.rows[0].status == "ok"
             return {"ok": ok, "detail": f"{[x.status for x in r.rows]} ({r['conv'].reason}); next pass "
                                         f"{again.rows[0].status}"}
+        if kind == "solver_alloc":  # cuSOLVER's own allocation fails once: redone with smaller groups, on the GPU
+            conv = (torch.randn(70, 64, 3, 3, generator=g) / 9).to(env.device)
+            clean = analyze({"conv": conv, "good": good}, min_eigs=10)
+            env.module._arm_fault("solver_alloc", 0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                r = analyze({"conv": conv, "good": good}, min_eigs=10)
+            retries = env.cuda_backend.last_pass.get("retries")
+            fell_back = [str(c.message) for c in caught if "CPU path" in str(c.message)]
+            a, b = np.array([x.alpha for x in r.rows]), np.array([x.alpha for x in clean.rows])
+            err = float(np.max(np.abs(a - b) / b))
+            ok = [x.status for x in r.rows] == ["ok", "ok"] and (retries or 0) >= 1 and not fell_back and \
+                r.settings["backend"] == "cuda" and err <= 1e-4
+            return {"ok": ok, "detail": f"{[x.status for x in r.rows]}, {retries} retry(ies) with smaller groups, "
+                                        f"backend {r.settings['backend']}, alphas vs a clean pass {err:.1e}; CPU "
+                                        f"fallback {bool(fell_back)}"}
         if kind == "oom":
             w = (torch.randn(2048, 2048, generator=g) / 45).to(env.device)
             analyze({"warm": good}, min_eigs=10)  # handles and kernels exist before memory runs out
