@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class Arguments:
     adapter: Any = "auto"
     include_embeddings: bool = False
     process_group: Any = None
-    policy: Policy | None = None
+    policy: Policy | Sequence[Policy] | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -77,10 +77,22 @@ class Arguments:
                              "reproduces a reference that analyses every matrix at every refresh: use stagger=1")
         if self.compat and self.include_embeddings:
             raise ValueError("include_embeddings=True: no reference code analyses embeddings; drop it with compat")
-        if self.policy is not None and not isinstance(self.policy, Policy):
-            raise TypeError(f"policy must be a tempbalance.training.policies.Policy, got {type(self.policy).__name__}")
-        if self.policy is not None and self.compat:
-            raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one")
+        if self.policy is not None:
+            policies = self.policies()
+            if not policies or not all(isinstance(p, Policy) for p in policies):
+                raise TypeError("policy must be a tempbalance.training.policies.Policy or a non-empty list of them, "
+                                f"got {self.policy!r}")
+            targets = [p.target for p in policies]
+            if len(set(targets)) != len(targets):
+                raise ValueError(f"each policy drives its own knob; these share one: targets {targets}")
+            if self.compat:
+                raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one")
+
+    def policies(self) -> list[Policy]:
+        """The policies given (one or a list), or [] for TempBalance's own."""
+        if self.policy is None:
+            return []
+        return [self.policy] if isinstance(self.policy, Policy) else list(self.policy)
 
 
 @dataclass(frozen=True)
@@ -117,10 +129,12 @@ DOC = """
 Args:
     model: the model being trained (its structure decides which unit every parameter belongs to, frozen
         parameters included: they get their unit's factor once they train).
-    optimizer: any torch optimizer (or wrapper exposing ``param_groups``) over the model's parameters.
+    optimizer: any torch optimizer (or wrapper exposing ``param_groups``) over the model's parameters, or a list of
+        them driven from one spectral pass (Muon for the hidden matrices and AdamW for the rest: ``[muon, adamw]``;
+        no parameter in two of them).
         ``torch.optim.LBFGS`` is refused (it supports one param group; TempBalance needs one per unit).
-    base_scheduler: the user's LR scheduler, built on ``optimizer`` before this object; ``step()`` advances
-        it. Without one the groups' current ``lr`` is the (constant) base. Assigning ``tb.base_scheduler``
+    base_scheduler: the user's LR scheduler, built on ``optimizer`` before this object (several optimizers: a
+        list with one scheduler or None per optimizer); ``step()`` advances it. Without one the groups' current ``lr`` is the (constant) base. Assigning ``tb.base_scheduler``
         later is checked the same way (a scheduler built after TempBalance read the factored LRs: refused).
     unit: ``"block"`` (mean alpha of a block's matrices drives every parameter of the block) or ``"layer"``
         (each matrix drives its own layer); ``None`` = the adapter's choice.
@@ -185,9 +199,37 @@ Args:
         sets the same factors); ``None`` = the default group when torch.distributed is initialised, else a
         single-process run.
     policy: what a refresh turns into factors, as a :class:`~tempbalance.training.policies.Policy` (metric ->
-        per-unit value -> factors of one param-group key); ``None`` = TempBalance's own, built from ``metric``,
-        ``mapping`` (and its parameters), ``normalize`` and ``target``, which a given policy decides instead.
+        per-unit value -> factors of one param-group key), or a list of them, one per knob (the learning rate and
+        the weight decay from one spectral pass; the first is the primary one: ``factors``, ``unit_alphas``);
+        ``None`` = TempBalance's own, built from ``metric``, ``mapping`` (and its parameters), ``normalize`` and
+        ``target``, which a given policy decides instead.
 """
+
+def optimizers_and_schedulers(optimizer: Any, base_scheduler: Any) -> tuple[list[Any], list[Any]]:
+    """TempBalance's optimizer argument (one optimizer or a list) and ``base_scheduler`` (one scheduler or None per
+    optimizer) as two aligned lists, checked: every optimizer has ``param_groups``, no parameter is in two of them,
+    one scheduler entry per optimizer, none of them a TempBalance."""
+    optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    if not optimizers:
+        raise ValueError("optimizer: an empty list; give the optimizer(s) TempBalance drives")
+    for i, opt in enumerate(optimizers):
+        if not hasattr(opt, "param_groups"):
+            where = f" {i}" if len(optimizers) > 1 else ""
+            raise TypeError(f"optimizer{where} must be a torch optimizer (with param_groups), got {type(opt).__name__}")
+    seen: dict[int, int] = {}
+    for i, opt in enumerate(optimizers):
+        for g in opt.param_groups:
+            for p in g["params"]:
+                if seen.setdefault(id(p), i) != i:
+                    raise ValueError(f"a parameter of shape {tuple(p.shape)} is in optimizer {seen[id(p)]} and "
+                                     f"optimizer {i}: each parameter must be trained by one optimizer")
+    schedulers = (list(base_scheduler) if isinstance(base_scheduler, (list, tuple))
+                  else [base_scheduler] * (len(optimizers) if base_scheduler is None else 1))
+    if len(schedulers) != len(optimizers):
+        raise ValueError(f"base_scheduler has {len(schedulers)} entries for {len(optimizers)} optimizers; give one "
+                         "scheduler (or None) per optimizer, in the same order")
+    return optimizers, schedulers
+
 
 _ARGUMENT_FIELDS = field_names(Arguments)
 # what a given policy= decides instead (TempBalance's own policy is built from these)

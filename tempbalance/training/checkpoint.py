@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 VERSION = 3
 # settings added to the checkpoint after version 3 was defined, with the value a state saved without them had
-SETTINGS_ADDED = {"compat": None, "normalize": False}
+SETTINGS_ADDED = {"compat": None, "normalize": False, "targets": None}
 PROGRESS_KEYS = ("step_count", "epoch", "refresh_due")
 PREFIX = "TempBalance.load_state_dict: "
 
@@ -32,10 +32,11 @@ def check_layout(state: Any, parts: Mapping[str, Sequence[str] | None]) -> None:
             raise ValueError(f"{PREFIX}the state has no valid {part!r} part (expected keys {list(keys or [])})")
 
 
-def check_settings(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> None:
+def check_settings(saved: Mapping[str, Any], mine: Mapping[str, Any], implied: Mapping[str, Any] = {}) -> None:
     """``ValueError`` naming the first setting ``saved`` differs in (one added since the format's version counts
-    as its value then)."""
-    for key, value in mine.items():
+    as its value then; ``implied``: what this object means by a setting it does not save, compared when ``saved``
+    has it)."""
+    for key, value in [*mine.items(), *((k, v) for k, v in implied.items() if k in saved and k not in mine)]:
         was = saved.get(key, SETTINGS_ADDED.get(key))
         if was != value:
             raise ValueError(f"{PREFIX}saved with {key}={was!r}, this object has {key}={value!r}")

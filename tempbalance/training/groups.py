@@ -175,14 +175,15 @@ class FactoredGroups:
     Construction splits the groups by ``owner`` (``id(param) -> key``, built from the model's structure, so a
     parameter frozen now gets its key's factor once it trains) and takes the current values of ``target`` as the
     un-factored ones. If another live owner holds this optimizer's groups, it is released first (its values
-    restored un-factored), so two owners never compound. Invalid groups are a ``ValueError`` before any change.
+    restored un-factored), so two owners never compound; ``token`` marks the books of one TempBalance (one per knob:
+    lr, weight decay), which share an optimizer. Invalid groups are a ``ValueError`` before any change.
 
     Per group: ``units[i]`` (its key or None), ``scheduled[i]`` (the un-factored value), ``written[i]`` (what
     :meth:`apply` wrote, as stored: a float32 tensor rounds), ``factors[i]`` (the factor applied).
     """
 
     def __init__(self, optimizer: Any, owner: Mapping[int, str], *, target: str = "lr",
-                 params: Iterable[torch.Tensor] = (), scheduler: Any = None):
+                 params: Iterable[torch.Tensor] = (), scheduler: Any = None, token: Any = None):
         groups = optimizer.param_groups
         check_groups(groups, target)
         new, src = split_by_unit(groups, owner)
@@ -193,12 +194,13 @@ class FactoredGroups:
                 f"groups here: units {sorted({str(g[UNIT_KEY]) for g in new})[:4]}...); use another optimizer "
                 "(SGD, Adam, ...) with TempBalance")
         remap = _remap_changes(scheduler, src, len(groups)) if scheduler is not None else []
-        previous = owner_of(optimizer)
-        if previous is not None:
-            previous.release("a newer TempBalance was built on the same optimizer and took over its param groups "
-                             "from the un-factored learning rates")
+        previous = [book for book in owners_of(optimizer) if token is None or book.token is not token]
+        for book in previous:
+            book.release("a newer TempBalance was built on the same optimizer and took over its param groups "
+                         "from the un-factored learning rates")
+        if previous:
             new, src = split_by_unit(groups, owner)  # the values are un-factored now
-        self.optimizer, self.target = optimizer, target
+        self.optimizer, self.target, self.token = optimizer, target, token
         self._owner = dict(owner)
         self._params = list(params)  # keeps the ids in ``owner`` meaning these tensors
         self.released: str | None = None
@@ -409,11 +411,8 @@ class FactoredGroups:
         self.scheduled = [float(v) for v in state["scheduled"]]
 
 
-def owner_of(optimizer: Any) -> FactoredGroups | None:
-    """The live :class:`FactoredGroups` that owns ``optimizer``'s param groups (through any wrapper that shares
-    them), or None."""
+def owners_of(optimizer: Any) -> list[FactoredGroups]:
+    """The live :class:`FactoredGroups` that own ``optimizer``'s param groups (through any wrapper that shares
+    them): one per knob of the TempBalance that drives it."""
     groups = optimizer.param_groups
-    for book in list(_OWNERS):
-        if book.released is None and book.optimizer.param_groups is groups:
-            return book
-    return None
+    return [book for book in list(_OWNERS) if book.released is None and book.optimizer.param_groups is groups]

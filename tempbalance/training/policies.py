@@ -58,6 +58,25 @@ class Policy:
         :meth:`unit_values` (so a refresh on the GPU never visits the host), else None."""
         return None
 
+    # --- between refreshes: how committed factors reach the groups (override for a transition) -------------------
+    def committed(self, factors: dict[str, float], step: int, groups: Any) -> None:
+        """A refresh committed ``factors`` (unit -> factor) at ``step``; ``groups`` is the scheduler's
+        :class:`~tempbalance.training.groupset.GroupSet` (None during the first pass, before the groups exist).
+        Nothing to do for a policy whose factors act at once."""
+
+    def write(self, book: Any, factors: dict[str, float], step: int) -> None:
+        """Write this policy's knob into one optimizer's groups (a :class:`~tempbalance.training.groups.
+        FactoredGroups` of ``target``) at ``step``: ``base(t) x factor`` by default."""
+        book.apply(factors)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this policy (a transition in progress); empty for a stateless one."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, the checkpoint holds {sorted(state)}")
+
     def describe(self) -> str:
         return f"{type(self).__name__}(metric={self.metric}, target={self.target})"
 

@@ -25,7 +25,7 @@ from ..analysis.specs import MatrixSpec
 from . import commit
 from .cadence import Cadence
 from .fused_gpu import FusedRunner, tensor_lrs
-from .groups import FactoredGroups
+from .groupset import GroupSet
 from .passes import PassRunner
 from .policies import Policy
 from .results import Results
@@ -35,25 +35,26 @@ from .selection import Selection
 class Refresher:
     """The refreshes of one TempBalance over the matrices ``chosen`` selected.
 
-    ``analyzer``: who analyses a pass (``analyze_specs``, ``check_identical``, ``distributed``); ``options``: how;
-    ``delay``: steps from a pass to its factors (``>= lag``). :attr:`analyze` is the one door every pass goes
-    through. :attr:`book` (the optimizer's groups, set once they exist) takes the factors of a GPU-only refresh
-    and holds a reference's base rates at each pass.
+    ``policies``: what a pass turns into factors, one knob each (the first is the primary one); ``analyzer``: who
+    analyses a pass (``analyze_specs``, ``check_identical``, ``distributed``); ``options``: how; ``delay``: steps
+    from a pass to its factors (``>= lag``). :attr:`analyze` is the one door every pass goes through.
+    :attr:`groups` (the optimizers' groups, set once they exist) take the factors of a GPU-only refresh and hold a
+    reference's base rates at each pass.
     """
 
-    def __init__(self, chosen: Selection, policy: Policy, analyzer: Any, options: AnalysisOptions, cadence: Cadence,
-                 *, lag: int, stagger: int, delay: int):
+    def __init__(self, chosen: Selection, policies: list[Policy], analyzer: Any, options: AnalysisOptions,
+                 cadence: Cadence, *, lag: int, stagger: int, delay: int):
         self.specs, self.units, self.spec_units, self.skipped = chosen.specs, chosen.units, chosen.spec_units, \
             chosen.skipped
         index = {u: k for k, u in enumerate(self.units)}
         self.unit_index = np.array([index[u] for u in self.spec_units], dtype=np.int64)
-        self.policy, self.analyzer, self.options, self.cadence = policy, analyzer, options, cadence
+        self.policies, self.analyzer, self.options, self.cadence = list(policies), analyzer, options, cadence
         self.passes = PassRunner(self.specs, [shape for _, shape in chosen.fingerprint], lag=lag, delay=delay,
                                  stagger=stagger)
         self.fused = FusedRunner()
-        self.results = Results(self.units)
+        self.results = Results(self.units, [p.target for p in self.policies])
         self.callbacks: collections.OrderedDict[int, Callable[[dict[str, Any]], None]] = collections.OrderedDict()
-        self.book: FactoredGroups | None = None
+        self.groups: GroupSet | None = None
         self.clock = (0, time.perf_counter())  # (step, clock) of the last committed refresh, for Budget
         self.analyze: Callable[..., Report] = self._analyze
 
@@ -71,14 +72,16 @@ class Refresher:
         start = time.perf_counter()
         specs = [self.specs[i] for i in indices]
         report = None
-        mapping = self.policy.device_mapping() if fused and self.policy.target == "lr" else None
-        if (mapping is not None and self.book is not None and not self.analyzer.distributed
-                and len(indices) == len(self.specs) and tensor_lrs(self.book.groups) is not None):
+        book = self.groups.books[0] if self.groups is not None and len(self.groups.books) == 1 else None
+        policy = self.policies[0]
+        mapping = policy.device_mapping() if fused and policy.target == "lr" and book is not None else None
+        if (mapping is not None and not self.analyzer.distributed and len(indices) == len(self.specs)
+                and tensor_lrs(book.groups) is not None):
             index = {u: k for k, u in enumerate(self.units)}
             report = self.fused.start(
-                specs, indices, self.options if options is None else options, groups=self.book.groups,
-                base=self.book.scheduled, group_unit=[index.get(u, -1) for u in self.book.units],
-                unit_index=self.unit_index[indices].tolist(), n_units=len(self.units), metric=self.policy.metric,
+                specs, indices, self.options if options is None else options, groups=book.groups,
+                base=book.scheduled, group_unit=[index.get(u, -1) for u in book.units],
+                unit_index=self.unit_index[indices].tolist(), n_units=len(self.units), metric=policy.metric,
                 previous=[self.results.factors[u] for u in self.units], mapping=mapping, started=start)
             if report is None:
                 return None
@@ -133,18 +136,26 @@ class Refresher:
             report = Report(rows=rows, seconds=report.seconds, settings=report.settings)
         report.skipped = list(self.skipped)
         failed, newly_failed = commit.failures(rows, self.spec_units, fresh)
-        previous = np.array([self.results.factors[u] for u in self.units], dtype=np.float64)
-        outcome = commit.unit_factors(commit.metric_values(rows, self.policy.metric), self.unit_index,
-                                      len(self.units), np.array([u in failed for u in self.units], dtype=bool),
-                                      previous, self.policy)
-        if not outcome.taken:
-            raise RuntimeError(f"non-finite or non-positive factors {dict(zip(self.units, outcome.candidate))}")
-        self.analyzer.check_identical(dict(zip(self.units, outcome.factors.tolist())), step=step)
+        failed_units = np.array([u in failed for u in self.units], dtype=bool)
+        outcomes = []
+        for policy in self.policies:
+            previous = np.array([self.results.knobs[policy.target]["factors"][u] for u in self.units])
+            outcome = commit.unit_factors(commit.metric_values(rows, policy.metric), self.unit_index, len(self.units),
+                                          failed_units, previous, policy)
+            if not outcome.taken:
+                raise RuntimeError(f"non-finite or non-positive factors {dict(zip(self.units, outcome.candidate))}"
+                                   + (f" for {policy.target}" if len(self.policies) > 1 else ""))
+            outcomes.append(outcome)
+        agreed = {(f"{p.target}:{u}" if len(self.policies) > 1 else u): f for p, o in zip(self.policies, outcomes)
+                  for u, f in zip(self.units, o.factors.tolist())}
+        self.analyzer.check_identical(agreed, step=step)
         # all computed: commit
-        if self.book is not None and self.book.held is not None:
-            self.book.hold()  # the reference holds the base rate of this pass until the next
-        record, drift = self.results.commit(report, rows, outcome, failed, fresh, step=step, epoch=epoch,
+        if self.groups is not None and self.groups.held is not None:
+            self.groups.hold()  # the reference holds the base rate of this pass until the next
+        record, drift = self.results.commit(report, rows, outcomes, failed, fresh, step=step, epoch=epoch,
                                             started_step=started_step, blocking=blocking)
+        for policy in self.policies:
+            policy.committed(self.results.knobs[policy.target]["factors"], step, self.groups)
         self._observe(step, drift, blocking)
         if newly_failed:
             reasons = "; ".join(r for u in sorted(newly_failed) for r in failed[u][:2])
@@ -178,6 +189,31 @@ class Refresher:
         self.callbacks[handle.id] = fn
         return handle
 
+    # --- checkpoint parts: "passes", "results" and (only for a policy with state) "policies" ---------------------
+    def state_parts(self, step: int, with_report: bool) -> dict[str, Any]:
+        parts = dict(passes=self.passes.state_dict(on_failure=lambda e: self.warn_failed(e, step)),
+                     results=self.results.state_dict(with_report=with_report))
+        policies = [p.state_dict() for p in self.policies]
+        if any(policies):  # a policy with state of its own (a transition in progress)
+            parts["policies"] = policies
+        return parts
+
+    def check_parts(self, state: dict[str, Any]) -> None:
+        """``ValueError`` saying what is wrong with the parts of ``state`` this object owns."""
+        self.passes.check_state(state["passes"])
+        self.results.check_state(state["results"])
+        policies = state.get("policies", [{}] * len(self.policies))
+        if not isinstance(policies, list) or len(policies) != len(self.policies):
+            raise ValueError(f"the state has no valid 'policies' part for {len(self.policies)} policies")
+
+    def load_parts(self, state: dict[str, Any], step: int) -> None:
+        self.results.load_state_dict(state["results"])
+        self.clock = (step, time.perf_counter())
+        self.passes.load_state_dict(state["passes"])
+        self.fused.drop()  # superseded: the groups get the loaded factors
+        for policy, part in zip(self.policies, state.get("policies", [{}] * len(self.policies))):
+            policy.load_state_dict(part)
+
     def nothing_tuned(self, group_units: list[str | None]) -> str | None:
         """Why no param group gets a factor from the analysis (all units untuned, or none of the groups in a
         unit), or None when some do; the reasons come from the last report (or the first pass, while it waits for
@@ -186,7 +222,7 @@ class Refresher:
         if report is None and self.passes.pending is not None:
             report = self.passes.pending.report()
             tuned = {u for u, r in zip(self.spec_units, report.rows)
-                     if r.ok and math.isfinite(getattr(r, self.policy.metric))}
+                     if r.ok and math.isfinite(getattr(r, self.policies[0].metric))}
         else:
             tuned = {u for u, v in self.results.unit_values.items() if math.isfinite(v)}
         if not tuned:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from ..adapters import get_adapter
 from ..analysis.report import Report
 from . import arguments, checkpoint, presets, selection
 from . import groups as _groups
+from .groupset import GroupSet
 from .cadence import as_cadence
 from .passes import STATE_KEYS as PASS_KEYS, LocalAnalyzer
 from .policies import CompatPolicy, MappedPolicy, Policy
@@ -73,8 +74,8 @@ class TempBalance(LRScheduler):
     the arguments follow.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, preset: str | None = None,
-                 **kwargs: Any):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], *,
+                 preset: str | None = None, **kwargs: Any):
         # LRScheduler.__init__ is not called on purpose: it would step and rewrite the groups' lr; the class is a
         # base so that frameworks' scheduler checks (Lightning, accelerate) accept a TempBalance.
         if preset is not None:
@@ -86,16 +87,15 @@ class TempBalance(LRScheduler):
         parsed = arguments.parse(kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not hasattr(optimizer, "param_groups"):
-            raise TypeError(f"optimizer must be a torch optimizer (with param_groups), got {type(optimizer).__name__}")
-        self.model, self.optimizer, self.args = model, optimizer, parsed.args
-        self._configure(parsed)
-        self._start(parsed.args.base_scheduler)
+        self.optimizers, schedulers = arguments.optimizers_and_schedulers(optimizer, parsed.args.base_scheduler)
+        self.model, self.optimizer, self.args = model, self.optimizers[0], parsed.args
+        self._configure(parsed, schedulers)
+        self._start(schedulers)
 
     # --- construction -------------------------------------------------------------------------------------------
-    def _configure(self, parsed: arguments.Parsed) -> None:
-        """Everything that can fail before the optimizer is touched: the adapter, the matrices, the options, the
-        policy, how passes run."""
+    def _configure(self, parsed: arguments.Parsed, schedulers: list[Any]) -> None:
+        """Everything that can fail before an optimizer is touched: the adapter, the matrices, the options, the
+        policies, how passes run."""
         a = parsed.args
         self.adapter = get_adapter(self.model, a.adapter)
         if a.compat and hasattr(self.adapter, "lora_scaling"):
@@ -103,9 +103,12 @@ class TempBalance(LRScheduler):
         self.unit = selection.unit_mode(self.adapter, a.unit)
         self.interval, self.cadence = a.interval, as_cadence(a.interval)
         self.lag, self.stagger, self.normalize = a.lag, a.stagger, a.normalize
-        if isinstance(a.base_scheduler, TempBalance):
-            raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
-        _groups.check_base_scheduler(self.optimizer, a.base_scheduler)
+        for opt, sched in zip(self.optimizers, schedulers):
+            if isinstance(sched, TempBalance):
+                raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
+            _groups.check_base_scheduler(opt, sched)
+        if a.compat and len(self.optimizers) > 1:
+            raise ValueError("compat reproduces a reference code that trains with one optimizer; give one")
         coordinator = distributed.Coordinator.maybe(a.process_group)
         if coordinator is not None and a.lag:
             raise ValueError("lag >= 1 (background passes) is not supported under torch.distributed yet; use lag=0")
@@ -116,7 +119,7 @@ class TempBalance(LRScheduler):
         self._analyzer = coordinator if coordinator is not None else LocalAnalyzer()
         min_eigs = getattr(self.adapter, "min_eigs", analysis.DEFAULT_MIN_EIGS) if parsed.min_eigs is None \
             else parsed.min_eigs
-        chosen = selection.select(self.model, self.optimizer, self.adapter, unit=a.unit, include=a.include,
+        chosen = selection.select(self.model, self.optimizers, self.adapter, unit=a.unit, include=a.include,
                                   exclude=a.exclude, remove_first=a.remove_first, remove_last=a.remove_last,
                                   include_embeddings=a.include_embeddings, compat=a.compat, min_eigs=min_eigs,
                                   normalize=a.normalize)
@@ -128,19 +131,20 @@ class TempBalance(LRScheduler):
             options = options.replace(min_eigs=plan.analysis_min_eigs(min_eigs, first=False))
             first = first.replace(min_eigs=plan.analysis_min_eigs(min_eigs, first=True))
         policy = dict(metric=a.metric, target=a.target, backend=options.backend)
-        self.policy: Policy = a.policy if a.policy is not None else (
+        self.policies: list[Policy] = a.policies() or [
             CompatPolicy(plan, parsed.mapping, **policy) if plan is not None
-            else MappedPolicy(parsed.mapping, normalize=a.normalize, **policy))
+            else MappedPolicy(parsed.mapping, normalize=a.normalize, **policy)]
+        self.policy = self.policies[0]  # the primary one: factors, unit_alphas, history's factors
         self.metric, self.target = self.policy.metric, self.policy.target
         # steps from a pass to its factors: ``lag``, and at least one under a reference whose factors act from the
         # update after the pass (ModelBalancing: the pass at the top of step t, the factors after update t)
         next_update = plan is not None and plan.scheme.factors_act_from == "next_update"
-        self._refresher = Refresher(chosen, self.policy, self._analyzer, options, self.cadence, lag=a.lag,
+        self._refresher = Refresher(chosen, self.policies, self._analyzer, options, self.cadence, lag=a.lag,
                                     stagger=a.stagger, delay=max(a.lag, 1) if next_update else a.lag)
         self._first_options, self._first_due = first, next_update
 
-    def _start(self, base_scheduler: Any) -> None:
-        """The first pass, then the optimizer's groups (split by unit; a previous TempBalance on this optimizer is
+    def _start(self, schedulers: list[Any]) -> None:
+        """The first pass, then the optimizers' groups (split by unit; a previous TempBalance on one of them is
         released first) with the factors applied, then the optimizer step hook."""
         self.step_count = self.epoch = 0
         self._step_count = 0  # torch's LRScheduler counter; accelerate's wrapper counts accumulation steps in it
@@ -153,34 +157,38 @@ class TempBalance(LRScheduler):
             r.passes.add_finished(r.analyze(self._specs, self._first_options), 0, time.perf_counter() - start)
         else:
             r.now(0, 0, options=self._first_options)
-        self._groups = r.book = _groups.FactoredGroups(self.optimizer, self._chosen.owner, target=self.target,
-                                                        params=self._chosen.params, scheduler=base_scheduler)
-        self._base_scheduler = base_scheduler
+        self._groups = r.groups = GroupSet(self.optimizers, self._chosen.owner, [p.target for p in self.policies],
+                                           params=self._chosen.params, schedulers=schedulers)
         if self._chosen.plan is not None and self._chosen.plan.scheme.holds_between_passes:
             self._groups.hold()
         self._apply()
-        self._watch = StepWatch(self.model, self.optimizer, self._on_optimizer_step)
+        self._watch = StepWatch(self.model, self.optimizers, self._on_optimizer_step)
         if self._specs and (why := r.nothing_tuned(self._groups.units)) is not None:
             warn(f"TempBalance: nothing is tuned: {why}; every group keeps factor 1")
 
     @property
     def base_scheduler(self) -> Any:
-        """The LR scheduler :meth:`step` advances (None: the groups' lr is a constant base)."""
-        return self._base_scheduler
+        """The LR scheduler :meth:`step` advances (None: the groups' lr is a constant base); with several optimizers,
+        the list of them."""
+        schedulers = self._groups.schedulers
+        return schedulers[0] if len(schedulers) == 1 else list(schedulers)
 
     @base_scheduler.setter
     def base_scheduler(self, scheduler: Any) -> None:
         """Attach (or with None, detach) the base scheduler after construction: checked like the argument, and a
         scheduler built after TempBalance - its base LRs are the factored ones - is refused."""
         self._check_attached()
-        if scheduler is self._base_scheduler:
+        if len(self.optimizers) > 1:
+            raise ValueError("with several optimizers, give the base schedulers when TempBalance is built")
+        if scheduler is self._groups.schedulers[0]:
             return
         if scheduler is not None:
             if isinstance(scheduler, TempBalance):
                 raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
             _groups.check_base_scheduler(self.optimizer, scheduler)
-            self._groups.attach_scheduler(scheduler)
-        self._base_scheduler = scheduler
+            for book in self._groups.books:
+                book.attach_scheduler(scheduler)
+        self._groups.schedulers[0] = scheduler
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def step(self, *args: Any, **kwargs: Any) -> None:
@@ -194,14 +202,11 @@ class TempBalance(LRScheduler):
         if not self._watch.hooked:  # the optimizer's step is not seen: now is the earliest look after it
             self._poll_epochs(before_step=True)
         self._run_due()
-        if self._base_scheduler is not None:
-            self._groups.restore_base()  # the base scheduler reads and writes its own, un-factored value
-            try:
-                self._base_scheduler.step(*args, **kwargs)
-            except BaseException:
-                self._apply()  # the groups never stay un-factored
-                raise
-            self._groups.capture_base()
+        try:  # each base scheduler reads and writes its own, un-factored values
+            self._groups.step_schedulers(lambda scheduler: scheduler.step(*args, **kwargs))
+        except BaseException:
+            self._apply()  # the groups never stay un-factored
+            raise
         self.step_count += 1
         self._refresher.collect(self.step_count, self.epoch)
         if self.cadence.due_after_step(self.step_count):
@@ -240,7 +245,7 @@ class TempBalance(LRScheduler):
     def _on_optimizer_step(self, optimizer: Any) -> None:
         """Any torch optimizer is about to step (the watch's hook): if it is ours, count the update, notice ended
         epochs and run a due refresh (compare the groups now: ``optimizer.load_state_dict`` replaces the list)."""
-        if self._groups.released is None and optimizer.param_groups is self.optimizer.param_groups:
+        if self._groups.released is None and any(optimizer.param_groups is o.param_groups for o in self.optimizers):
             self._watch.update()
             self._poll_epochs(before_step=True)
             self._run_due(settle=False)
@@ -268,7 +273,7 @@ class TempBalance(LRScheduler):
     def _sync_groups(self, strict: bool) -> bool:
         """The groups' bookkeeping brought up to date (:meth:`FactoredGroups.sync`; values set outside are the new
         base, with one warning). Returns whether the groups can be written."""
-        changed = self._groups.sync(self._base_scheduler, strict)
+        changed = self._groups.sync(strict)
         if changed:
             self._warn_once("external", f"TempBalance: the {self.target} of param group(s) {changed[:8]} was changed "
                             "outside TempBalance; taking it as the new base value. Pass your scheduler as "
@@ -279,7 +284,14 @@ class TempBalance(LRScheduler):
         if self._refresher.fused.pending is not None:
             return  # the GPU pass wrote base x its factor into the lr tensors; _settle brings the floats up to date
         if self._groups.released is None and self._sync_groups(strict=False):
-            self._groups.apply(self._refresher.results.factors)
+            self._write()
+
+    def _write(self) -> None:
+        """Every policy writes its knob (``base x factor``, or its transition) into its books."""
+        factors = self._refresher.results.factors_by_target()
+        for policy in self.policies:
+            for book in self._groups.by_target(policy.target):
+                policy.write(book, factors[policy.target], self.step_count)
 
     def _check_attached(self) -> None:
         if self._groups.released is not None:
@@ -312,7 +324,7 @@ class TempBalance(LRScheduler):
         state_dict(), close()."""
         if self._refresher.settle(self.step_count, self.epoch) and self._groups.released is None \
                 and self._groups.in_sync():
-            self._groups.apply(self._refresher.results.factors)  # the values the GPU wrote, now in the bookkeeping
+            self._groups.apply(self._refresher.results.factors_by_target())  # what the GPU wrote, now the books' too
 
     def _start_refresh(self) -> None:
         self._refresher.start(self.step_count, self.epoch)
@@ -399,100 +411,91 @@ class TempBalance(LRScheduler):
         return self._refresher.passes.skipped_refreshes
 
     @property
+    def factors_by_target(self) -> dict[str, dict[str, float]]:
+        """Every knob's factor per unit (``{"lr": {...}, "weight_decay": {...}}`` with two policies)."""
+        return {t: dict(f) for t, f in self._read("factors_by_target")().items()}
+
+    @property
     def group_units(self) -> list[str | None]:
-        """The unit of every param group (None: not tuned)."""
+        """The unit of every param group, optimizer by optimizer (None: not tuned)."""
         return list(self._groups.units)
 
     def get_last_lr(self) -> list[float]:
-        """The learning rate of every param group as the optimizer uses it (base x factor)."""
+        """The learning rate of every param group as the optimizer uses it (base x factor), optimizer by
+        optimizer."""
         self._run_due()
-        return [_groups.read(g, "lr") for g in self.optimizer.param_groups]
+        return [_groups.read(g, "lr") for opt in self.optimizers for g in opt.param_groups]
 
     def get_lr(self) -> list[float]:
         """As :meth:`get_last_lr` (TempBalance computes no closed form of its own)."""
         return self.get_last_lr()
 
     def get_base_lr(self) -> list[float]:
-        """The un-factored learning rate of every group (what the base schedule says)."""
-        if self.target == "lr":
-            return list(self._groups.scheduled)
-        return [_groups.read(g, "lr") for g in self.optimizer.param_groups]
+        """The un-factored learning rate of every group (what the base schedule says), optimizer by optimizer."""
+        books = self._groups.by_target("lr")
+        if books:
+            return [v for book in books for v in book.scheduled]
+        return [_groups.read(g, "lr") for opt in self.optimizers for g in opt.param_groups]
 
     # --- checkpointing ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly, the base scheduler's state included (plain Python + tensors,
+        """Everything needed to resume exactly, the base schedulers' states included (plain Python + tensors,
         loadable with ``torch.load(weights_only=True)``), one part per component (:mod:`~tempbalance.training.
         checkpoint`). A pending background pass is waited for and saved with its due step, so the resumed run applies
         it at the same step; a refresh that fell due and has not run is saved as due and runs before the resumed
         run's first optimizer step."""
         self._settle()
-        held = self._groups.base() if self._groups.held is not None else None
-        return dict(
-            version=checkpoint.VERSION, settings=self._settings(), fingerprint=[list(x) for x in self._chosen.fingerprint],
-            groups=self._groups.state_dict(), cadence=self.cadence.state_dict(),
-            base_scheduler=self._base_scheduler.state_dict() if self._base_scheduler is not None else None,
-            progress=dict(step_count=self.step_count, epoch=self.epoch, source_epoch=self._watch.source_epoch,
-                          refresh_due=self._refresh_due, held_base=copy.copy(held)),
-            passes=self._refresher.passes.state_dict(on_failure=lambda e: self._refresher.warn_failed(e, self.step_count)),
-            results=self._refresher.results.state_dict(with_report=self.stagger > 1))
+        held = self._groups.books[0].base() if self._groups.held is not None else None
+        return dict(version=checkpoint.VERSION, settings=self._settings(),
+                    fingerprint=[list(x) for x in self._chosen.fingerprint], cadence=self.cadence.state_dict(),
+                    progress=dict(step_count=self.step_count, epoch=self.epoch, source_epoch=self._watch.source_epoch,
+                                  refresh_due=self._refresh_due, held_base=copy.copy(held)),
+                    **self._groups.state_parts(), **self._refresher.state_parts(self.step_count, self.stagger > 1))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Everything is checked before anything changes: a different model, unit
         mode, cadence or param-group layout is a ``ValueError`` saying what differs, and on any error this object,
-        its optimizer's groups and its base scheduler are exactly as before. The groups get base lr x factor as
-        saved. (Param groups added to the optimizer since construction are adopted first, as ``step()`` would.)"""
+        its optimizers' groups and its base schedulers are exactly as before. The groups get base x factor as saved.
+        (Param groups added to an optimizer since construction are adopted first, as ``step()`` would.)"""
         self._check_attached()
-        self._groups.adopt_added(self._base_scheduler)
+        self._groups.adopt_added()
         self._check_state(state)
-        if self._base_scheduler is not None:
-            before = copy.deepcopy(self._base_scheduler.state_dict())
-            try:
-                self._base_scheduler.load_state_dict(state["base_scheduler"])
-            except BaseException:
-                self._base_scheduler.load_state_dict(before)
-                raise
-        self._groups.load_state_dict(state["groups"])
+        self._groups.load_parts(state)
         self.cadence.load_state_dict(state["cadence"])
         progress = state["progress"]
         self.step_count, self.epoch = int(progress["step_count"]), int(progress["epoch"])
         source = progress.get("source_epoch")
         self._watch.restore(None if source is None else int(source))
-        r = self._refresher
-        r.results.load_state_dict(state["results"])
-        r.clock = (self.step_count, time.perf_counter())
-        r.passes.load_state_dict(state["passes"])
-        r.fused.drop()  # superseded: the groups get the loaded factors below
+        self._refresher.load_parts(state, self.step_count)
         self._refresh_due = bool(progress["refresh_due"])
         if self._groups.held is not None:
             self._groups.held = [float(v) for v in progress["held_base"]]
-        # as saved: the groups' values now (a loaded optimizer's) are not a base
-        self._groups.apply(r.results.factors)
+        self._write()  # as saved: the groups' values now (a loaded optimizer's) are not a base
 
     def _check_state(self, state: Any) -> None:
         """Every check of :meth:`load_state_dict`, before it changes anything: the layout, then the settings (a
-        setting that differs explains the rest), then each component's own part."""
-        checkpoint.check_layout(state, {"settings": (), "fingerprint": None, "groups": (), "cadence": (),
+        setting that differs explains the rest), then each component's own parts."""
+        checkpoint.check_layout(state, {"settings": (), "fingerprint": None, "groups": None, "cadence": (),
                                         "base_scheduler": None, "progress": checkpoint.PROGRESS_KEYS,
                                         "passes": PASS_KEYS, "results": RESULT_KEYS})
-        checkpoint.check_settings(state["settings"], self._settings())
+        checkpoint.check_settings(state["settings"], self._settings(), {"targets": [p.target for p in self.policies]})
         try:
             selection.check_fingerprint(self._chosen.fingerprint, state["fingerprint"])
-            self._groups.check_state(state["groups"])
+            self._groups.check_parts(state)
             self.cadence.check_state(state["cadence"])
-            self._refresher.passes.check_state(state["passes"])
-            self._refresher.results.check_state(state["results"])
+            self._refresher.check_parts(state)
         except ValueError as e:
             raise ValueError(f"{checkpoint.PREFIX}{e}") from None
-        if (state["base_scheduler"] is None) != (self._base_scheduler is None):
-            raise ValueError(f"{checkpoint.PREFIX}saved {'without' if state['base_scheduler'] is None else 'with'} a "
-                             f"base_scheduler, this object has {'none' if self._base_scheduler is None else 'one'}")
         if self._groups.held is not None:
             checkpoint.check_held(state["progress"].get("held_base"), len(self._groups.units))
 
     def _settings(self) -> dict[str, Any]:
         """What a checkpoint must have been saved with (checked on load)."""
-        return dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger,
-                    compat=self.compat, normalize=self.normalize)
+        settings = dict(unit=self.unit, metric=self.metric, target=self.target, lag=self.lag, stagger=self.stagger,
+                        compat=self.compat, normalize=self.normalize)
+        if len(self.policies) > 1:  # added with several knobs; a state without it had one
+            settings["targets"] = [p.target for p in self.policies]
+        return settings
 
     def __repr__(self) -> str:
         return (f"TempBalance(adapter={getattr(self.adapter, 'name', type(self.adapter).__name__)}, unit={self.unit}, "

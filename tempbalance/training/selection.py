@@ -70,11 +70,12 @@ def patterns(arg: str, value: str | Iterable[str] | None) -> list[re.Pattern]:
     return out
 
 
-def select(model: nn.Module, optimizer: Any, adapter: Any, *, unit: str | None = None,
+def select(model: nn.Module, optimizers: Any, adapter: Any, *, unit: str | None = None,
            include: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None,
            remove_first: bool = False, remove_last: bool = False, include_embeddings: bool = False,
            compat: bool | str = False, min_eigs: int = 50, normalize: bool = False) -> Selection:
-    """The matrices of ``model`` that TempBalance analyses and the parameters of ``optimizer`` their units drive.
+    """The matrices of ``model`` that TempBalance analyses and the parameters their units drive in ``optimizers``
+    (one optimizer or a list).
 
     ``unit``: ``"block"``, ``"layer"`` or None (the adapter's choice; under ``compat`` the scheme's). ``compat``:
     True (the adapter's default scheme) or a scheme name; ``min_eigs`` and ``normalize`` go to its plan.
@@ -110,17 +111,18 @@ def select(model: nn.Module, optimizer: Any, adapter: Any, *, unit: str | None =
         warnings.warn("TempBalance: no matrix to analyse (check include/exclude and the adapter"
                       f"{names}); every group keeps factor 1", UserWarning, stacklevel=3)
     fingerprint = [[s.name, list(s.weight().shape)] for s in specs]
-    owner, params = _owners(model, optimizer, adapter, specs, units, mode, plan)
+    owner, params = _owners(model, optimizers if isinstance(optimizers, (list, tuple)) else [optimizers], adapter,
+                            specs, units, mode, plan)
     return Selection(specs, list(spec_units), units, mode, plan, skipped, fingerprint, owner, params)
 
 
-def _owners(model: nn.Module, optimizer: Any, adapter: Any, specs: list[MatrixSpec], units: list[str], mode: str,
+def _owners(model: nn.Module, optimizers: list[Any], adapter: Any, specs: list[MatrixSpec], units: list[str], mode: str,
             plan: _compat.Plan | None) -> tuple[dict[int, str], list[nn.Parameter]]:
     """``id(param) -> unit`` for every parameter a unit drives (the first unit wins for a shared one), and those
     parameters. An optimizer that holds none of the model's parameters is a ``ValueError``: nothing could ever be
     tuned."""
     model_params = {id(p) for p in model.parameters()}
-    opt_params = [p for g in optimizer.param_groups for p in g["params"]]
+    opt_params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     if opt_params and not any(id(p) in model_params for p in opt_params):
         raise ValueError(
             f"none of the optimizer's {len(opt_params)} parameters belongs to the model given to TempBalance "

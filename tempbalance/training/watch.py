@@ -46,13 +46,13 @@ class StepWatch:
     owner looks after each ``tb.step()`` instead.
     """
 
-    def __init__(self, model: Any, optimizer: Any, before_update: Callable[[Any], None]):
+    def __init__(self, model: Any, optimizers: list[Any], before_update: Callable[[Any], None]):
         self.calls_since_update = 0  # tb.step() calls since the optimizer last stepped
         self.repeats = 0  # optimizer steps in a row that were each followed by more than one tb.step()
         self.source = epoch_source(unwrap_model(model))
         self.source_epoch: int | None = None
         self._hook = None
-        if steps_through_torch(optimizer):
+        if all(steps_through_torch(opt) for opt in optimizers):
             callback = weakref.WeakMethod(before_update)
 
             def hook(opt: Any, args: Any, kwargs: Any) -> None:
@@ -68,8 +68,12 @@ class StepWatch:
         return self._hook is not None
 
     def update(self) -> None:
-        """The optimizer is about to step: count it."""
-        self.repeats = self.repeats + 1 if self.calls_since_update > 1 else 0
+        """An optimizer is about to step: count it (another optimizer's step right after one - several optimizers
+        step once each per iteration - says nothing about the calls)."""
+        if self.calls_since_update > 1:
+            self.repeats += 1
+        elif self.calls_since_update == 1:
+            self.repeats = 0
         self.calls_since_update = 0
 
     def check_call(self) -> None:
