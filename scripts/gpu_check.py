@@ -54,7 +54,7 @@ class Env:
         self.cuda_backend = cuda_backend
         self._patch = None
         if selftest:
-            sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "analysis")]
+            sys.path[:0] = [str(ROOT / "tests" / d) for d in ("", "analysis", "training")]
             import pytest
             from test_cuda_backend import FakeDeviceCore, install
 
@@ -445,7 +445,7 @@ def no_sync(env: Env):
         finally:
             torch.cuda.set_sync_debug_mode(previous)
     else:
-        from test_device_lr import no_host_reads
+        from test_fused_gpu import no_host_reads
 
         with no_host_reads():
             yield
