@@ -4,7 +4,7 @@
 #   2. with nvcc and the cuSOLVER/cuBLAS headers (PyPI wheels, installed into a throwaway venv if needed), the
 #      CUDA module compiles and links (cudart static, no libcublas/libcusolver in its DT_NEEDED);
 #   3. the cuSOLVER/cuBLAS entry points it dlsym()s are present by name, and `_core_cuda` imports without a GPU
-#      and says why it cannot run (tests/test_cuda_build.py against the fresh build).
+#      and says why it cannot run (tests/analysis/test_cuda_build.py against the fresh build).
 # Usage: .ci/check_cuda.sh [workdir]   (exit 0: passed, or skipped with a message when nvcc is absent)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -66,10 +66,10 @@ fi
 # 4. Import without a GPU and the host-side tests against this build. Run from $WORK, not $ROOT: `python -m`
 #    puts the working directory first on sys.path, and from $ROOT `import tempbalance` would pick up the source
 #    tree, which has no compiled `_core` (the installed package has), so the planning tests used to skip (13 of
-#    18). With TEMPBALANCE_CORE_CUDA set, test_cuda_build.py now fails instead of skipping when `_core` is missing.
+#    18). With TEMPBALANCE_CORE_CUDA set, tests/analysis/test_cuda_build.py now fails instead of skipping when `_core` is missing.
 (cd "$WORK" && TEMPBALANCE_CORE_CUDA="$SO" "$PY" -m pytest -q -rs -p no:cacheprovider \
-  "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_backend.py" "$ROOT/tests/test_device_lr.py" \
-  "$ROOT/tests/test_streams.py" | tee "$WORK/pytest.log")
+  "$ROOT/tests/analysis/test_cuda_build.py" "$ROOT/tests/analysis/test_cuda_backend.py" "$ROOT/tests/training/test_fused_gpu.py" \
+  "$ROOT/tests/analysis/test_streams.py" | tee "$WORK/pytest.log")
 if grep -q "skipped" "$WORK/pytest.log" && ! grep -q "a CUDA device is present" "$WORK/pytest.log"; then
   say "FAIL: tests were skipped in the CUDA check (see above)"; exit 1
 fi

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tempbalance import _native, hill
+from tempbalance import _native
+from tempbalance.analysis import hill
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from esd_cost import smollm2_weights, write_results  # noqa: E402

@@ -33,8 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402
 
 from tempbalance import analysis  # noqa: E402
-from tempbalance.cadence import Adaptive, Budget  # noqa: E402
-from tempbalance.scheduler import TempBalance  # noqa: E402
+from tempbalance.training.cadence import Adaptive, Budget  # noqa: E402
+from tempbalance.training.scheduler import TempBalance  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from esd_cost import write_results  # noqa: E402
@@ -127,7 +127,7 @@ def stagger_error(build, mode: str, epochs: int, batch: int, ids, labels, seed: 
 
     def compare_every_refresh(tb: TempBalance) -> None:
         def compare(record: dict) -> None:
-            full = analysis.analyze_specs(tb._specs, **tb.analysis_options).alphas
+            full = analysis.analyze_specs(tb._specs, tb._refresher.options).alphas
             errors.append(max((abs(a - full[n]) for n, a in record["alphas"].items()
                                if math.isfinite(a) and math.isfinite(full[n])), default=0.0))
 

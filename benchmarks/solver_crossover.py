@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tempbalance import _backend, spectra
+from tempbalance import _backend
+from tempbalance.analysis import spectra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from esd_cost import write_results  # noqa: E402

@@ -9,17 +9,31 @@ steps_per_epoch=...)`` (the arguments: :func:`tempbalance.presets.get`); ``compa
 code's learning rates, whose rules are pure functions in :mod:`tempbalance.compat`.
 
 Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report` (PL_Alpha_Hill and friends).
+
+The package has two halves (docs/ARCHITECTURE.md): :mod:`tempbalance.analysis` (weights -> spectra -> alphas) and
+:mod:`tempbalance.training` (policies, scheduler, cadence, passes, param groups, compat, presets).
 """
-from . import _native, compat, presets
-from .analysis import analyze, analyze_specs
-from .cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
-from .hill import alpha_hill
-from .regularizers import SpectralNormRegularizer
-from .report import LayerResult, Report
-from .scheduler import TempBalance
-from .spectra import esd
+import sys as _sys
+
+from . import _native
+from .analysis import cuda_backend, spectra
+from .analysis.hill import alpha_hill
+from .analysis.report import LayerResult, Report
+from .analysis.spectra import esd
+from .analysis.spectral_pass import analyze_specs
+from .model_analysis import analyze
+from .training import cadence, compat, presets, scheduler
+from .training.cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
+from .training.regularizers import SpectralNormRegularizer
+from .training.scheduler import TempBalance
 
 __version__ = "0.1.0"
+
+# Modules users import by these names (`import tempbalance.presets`, `tempbalance.cuda_backend.cuda_status()`),
+# wherever they live in the package.
+for _name, _module in (("presets", presets), ("compat", compat), ("cadence", cadence), ("scheduler", scheduler),
+                       ("cuda_backend", cuda_backend), ("spectra", spectra)):
+    _sys.modules.setdefault(f"{__name__}.{_name}", _module)
 
 
 def native_available() -> bool:

@@ -142,7 +142,7 @@ def _nothing_analysed(target, path: str | None) -> CliError:
 def _run_analyze(args: argparse.Namespace) -> int:
     import torch
 
-    from .analysis import analyze
+    from .model_analysis import analyze
     from .diagnostics import cli_plots
 
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ import pytest
 import torch
 
 from tempbalance import _native
+
+# tests/ mirrors the package (tests/analysis, tests/training, ...); test modules import helpers and each other by
+# their bare names (``from test_scheduler import KW``) whichever folder holds them.
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(d) for d in (_HERE, _HERE / "analysis", _HERE / "training") if str(d) not in sys.path]
 
 # A shared 2-core machine: one thread keeps tests from fighting other work (and each other).
 torch.set_num_threads(1)

@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import tempbalance
+
 SMALL_LLAMA = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                    intermediate_size=256, max_position_embeddings=64)
 SMALL_ROBERTA = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -117,7 +119,7 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 def make_tb(model: nn.Module, group: Any = None, lr: float = 1e-3, **kw: Any):
-    from tempbalance.scheduler import TempBalance
+    from tempbalance.training.scheduler import TempBalance
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
@@ -152,7 +154,7 @@ def cls_step(model: nn.Module, tb, rank: int, step: int) -> None:
 
 
 def owned_by(tb, rank: int, method: str | None = None) -> list[int]:
-    plan = tb._dist._plan
+    plan = tb._analyzer._plan
     return [k for k, s in enumerate(plan.steps) if s.owner == rank and (method is None or s.method == method)]
 
 
@@ -187,11 +189,11 @@ def ddp(rank: int, world: int) -> dict:
     model = tiny_llama_lora()
     ddp = DDP(model)
     tb = make_tb(ddp)
-    out["coordinated"] = tb._dist is not None and make_tb(tiny_llama_lora(), solo)._dist is None
+    out["coordinated"] = tb._analyzer.distributed and not make_tb(tiny_llama_lora(), solo)._analyzer.distributed
     out["init"] = tb_state(tb)
     out["init_ref"] = compare_fresh(model.state_dict(), tiny_llama_lora, solo, tb)
-    out["stats"] = tb._dist.last_stats
-    out["owners"] = [s.owner for s in tb._dist._plan.steps]
+    out["stats"] = tb._analyzer.last_stats
+    out["owners"] = [s.owner for s in tb._analyzer._plan.steps]
     for step in range(4):  # refreshes at steps 2 and 4
         lm_step(ddp, tb, rank, step)
     out["trained"] = tb_state(tb)
@@ -226,10 +228,10 @@ def ddp(rank: int, world: int) -> dict:
     # rank 1's whole share raises inside the analysis (only on rank 1): its rows come back "error" everywhere
     real = analysis.analyze_specs
 
-    def broken(specs_, **kw):
+    def broken(specs_, *args, **kw):
         if specs_ and rank == 1:
             raise MemoryError("simulated failure of rank 1's share")
-        return real(specs_, **kw)
+        return real(specs_, *args, **kw)
 
     out["share_failed_before"] = tb.factors
     analysis.analyze_specs = broken
@@ -243,7 +245,7 @@ def ddp(rank: int, world: int) -> dict:
     out["recovered"] = tb_state(tb)
 
     # the ranks disagree: raised on every rank
-    out["disagree"] = expect_raise(lambda: tb._dist.check_identical({"u": float(rank)}, step=7))
+    out["disagree"] = expect_raise(lambda: tb._analyzer.check_identical({"u": float(rank)}, step=7))
     # different models on the ranks: a clear error on every rank, nobody hangs
     from tempbalance.adapters import specs_from_named_weights
 
@@ -251,7 +253,7 @@ def ddp(rank: int, world: int) -> dict:
     out["mismatch"] = expect_raise(lambda: distributed.Coordinator().analyze_specs(odd, min_eigs=20))
     other, _ = specs_from_named_weights([(f"w{rank}", torch.randn(64, 64))])
     out["mismatch_names"] = expect_raise(lambda: distributed.Coordinator().analyze_specs(other, min_eigs=20))
-    out["bad_option"] = expect_raise(lambda: tb._dist.analyze_specs(tb._specs, xmin_rule="nope"))
+    out["bad_option"] = expect_raise(lambda: tb._analyzer.analyze_specs(tb._specs, xmin_rule="nope"))
     out["roberta"] = ddp_roberta(rank, world, solo)
     return out
 
@@ -269,7 +271,7 @@ def ddp_roberta(rank: int, world: int, solo: Any) -> dict:
     ddp = DDP(model)
     tb = make_tb(ddp)
     out = {"init": tb_state(tb), "init_ref": compare_fresh(model.state_dict(), tiny_roberta, solo, tb),
-           "owners": [s.owner for s in tb._dist._plan.steps], "stats": tb._dist.last_stats}
+           "owners": [s.owner for s in tb._analyzer._plan.steps], "stats": tb._analyzer.last_stats}
     for step in range(2):
         cls_step(ddp, tb, rank, step)
     out["trained"] = tb_state(tb)
@@ -279,7 +281,7 @@ def ddp_roberta(rank: int, world: int, solo: Any) -> dict:
 
 def fsdp(rank: int, world: int) -> dict:
     """FSDP2 (fully_shard, DTensor parameters): LoRA LLaMA, RoBERTa, uneven shards, failures, bad layouts."""
-    from tempbalance import analysis, distributed
+    from tempbalance import distributed
     from tempbalance.distributed.transport import LayoutError
 
     solo = single_process_group()
@@ -293,12 +295,12 @@ def fsdp(rank: int, world: int) -> dict:
     out["llama_param_is_dtensor"] = type(model.get_submodule(tb._specs[0].name).base_layer.weight).__name__
     out["llama_init"] = tb_state(tb)
     out["llama_init_ref"] = compare_fresh(full0, tiny_llama_lora, solo, tb)
-    out["llama_stats"] = tb._dist.last_stats
+    out["llama_stats"] = tb._analyzer.last_stats
     exact = make_tb(model, distributed.Coordinator(transport="gather"))
     out["llama_gather_only"] = tb_state(exact)
-    out["llama_gather_only_methods"] = sorted({s.method for s in exact._dist._plan.steps})
-    out["llama_methods"] = {tb._specs[k].name: s.method for k, s in enumerate(tb._dist._plan.steps)}
-    out["model_bytes"] = sum(math.prod(lay.shape) * 4 for lay in tb._dist._plan.layouts)
+    out["llama_gather_only_methods"] = sorted({s.method for s in exact._analyzer._plan.steps})
+    out["llama_methods"] = {tb._specs[k].name: s.method for k, s in enumerate(tb._analyzer._plan.steps)}
+    out["model_bytes"] = sum(math.prod(lay.shape) * 4 for lay in tb._analyzer._plan.layouts)
     for step in range(2):
         lm_step(model, tb, rank, step)
     out["llama_trained"] = tb_state(tb)
@@ -314,7 +316,7 @@ def fsdp(rank: int, world: int) -> dict:
     out["llama_resumed_fsdp_lrs"] = again.get_last_lr()
 
     # one shard on rank 1 turns NaN (a Gram-path and a gather-path matrix): agreed non_finite on every rank
-    by_method = {m: [k for k, s in enumerate(tb._dist._plan.steps) if s.method == m] for m in ("gram", "gather")}
+    by_method = {m: [k for k, s in enumerate(tb._analyzer._plan.steps) if s.method == m] for m in ("gram", "gather")}
     poisoned = [by_method["gram"][0], by_method["gather"][0]]
     out["poisoned"] = [tb._specs[k].name for k in poisoned]
     saved = {}
@@ -366,7 +368,7 @@ def fsdp(rank: int, world: int) -> dict:
     specs = get_adapter(mlp).enumerate(mlp)
     for dtype in (torch.float32, torch.float64):
         rep = coord.analyze_specs(specs, min_eigs=20, dtype=dtype)
-        ref = analysis.analyze(mlp_ref, min_eigs=20, dtype=dtype)
+        ref = tempbalance.analyze(mlp_ref, min_eigs=20, dtype=dtype)
         out[f"mlp_{str(dtype)[6:]}"] = rows(rep)
         out[f"mlp_{str(dtype)[6:]}_ref"] = rows(ref)
         out[f"mlp_{str(dtype)[6:]}_methods"] = [s.method for s in coord._plan.steps]
@@ -399,7 +401,6 @@ def plain_4(rank: int, world: int) -> dict:
     """4 ranks, no transformers: DDP and FSDP2 over the uneven MLP, against single-process analyze."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from tempbalance import analysis
 
     solo = single_process_group()
     out: dict[str, Any] = {}
@@ -408,13 +409,13 @@ def plain_4(rank: int, world: int) -> dict:
     tb = make_tb(DDP(mlp), unit="layer")
     out["ddp"] = tb_state(tb)
     out["ddp_ref"] = tb_state(make_tb(ref, solo, unit="layer"))
-    out["ddp_owners"] = [s.owner for s in tb._dist._plan.steps]
+    out["ddp_owners"] = [s.owner for s in tb._analyzer._plan.steps]
     sharded = shard(odd_mlp(), world)
     ftb = make_tb(sharded, unit="layer")
     out["fsdp"] = tb_state(ftb)
-    out["fsdp_methods"] = [s.method for s in ftb._dist._plan.steps]
-    out["fsdp_stats"] = ftb._dist.last_stats
-    out["analyze_ref"] = rows(analysis.analyze(ref, min_eigs=20))
+    out["fsdp_methods"] = [s.method for s in ftb._analyzer._plan.steps]
+    out["fsdp_stats"] = ftb._analyzer.last_stats
+    out["analyze_ref"] = rows(tempbalance.analyze(ref, min_eigs=20))
     return out
 
 

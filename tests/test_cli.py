@@ -161,7 +161,7 @@ def test_corrupt_or_empty_safetensors_is_a_one_line_error(tmp_path, capsys, cont
 
 @pytest.mark.parametrize("option", ["--csv", "--json"])
 def test_output_into_a_missing_folder_fails_before_the_analysis(tmp_path, state_dict, capsys, monkeypatch, option):
-    import tempbalance.analysis as A
+    import tempbalance.model_analysis as A
 
     torch.save(state_dict, tmp_path / "sd.pt")
     calls = []

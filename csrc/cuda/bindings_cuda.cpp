@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../failpoints.h"
+#include "common_bindings.h"
 #include "core_cuda.h"
 #include "libs.h"
 #include "params.h"
@@ -110,8 +111,9 @@ py::tuple device_count() {
 }  // namespace
 
 PYBIND11_MODULE(_core_cuda, m) {
-  tb::cuda::note_main_thread();
+  tb::register_handle_exit_hook();
   m.doc() = "tempbalance CUDA spectral core (cuBLAS Gram + batched cuSOLVER eigenvalues + Hill/LR kernels)";
+  py::register_exception<tb::cuda::DeviceAllocError>(m, "DeviceAllocError", PyExc_MemoryError);
   m.def("load", &load, py::arg("cuda_major"), py::arg("dirs"),
         "dlopen cuBLAS and cuSOLVER (the copy already in the process first, then `dirs`, then the system loader). "
         "Returns {'cusolver': path, 'cublas': path, 'batched': bool}; RuntimeError saying what was tried.");
@@ -121,7 +123,8 @@ PYBIND11_MODULE(_core_cuda, m) {
         "mats: [(data_ptr, slices, rows, cols, out_ptr)]; enqueue Gram + screen + eigenvalues on `stream`. "
         "alloc(nbytes) -> device pointer (kept alive by the caller until this returns). Grams are batched in "
         "groups of at most max_bytes. Returns what it did: {'groups', 'batched_groups', 'scratch_bytes', "
-        "'solver_bytes', 'solver_host_bytes'}.");
+        "'solver_bytes', 'solver_host_bytes'}. DeviceAllocError (a MemoryError) when cuBLAS, cuSOLVER or the "
+        "runtime cannot allocate their own device memory; RuntimeError for any other failing call.");
   m.def("hill_lr", &hill_lr, py::arg("eigs"), py::arg("offsets"), py::arg("n"), py::arg("unit_index"),
         py::arg("n_units"), py::arg("xmin_pos"), py::arg("xmin_rule"), py::arg("filter_zeros"), py::arg("zero_tol"),
         py::arg("zero_rel"), py::arg("zero_rtol"), py::arg("min_eigs"), py::arg("mapping"), py::arg("tau"),
@@ -139,7 +142,9 @@ PYBIND11_MODULE(_core_cuda, m) {
         "units keep `previous`; scratch: n + 2 n_units 8-byte words.");
   m.def("_arm_fault", &tb::fault::arm_named, py::arg("fault"), py::arg("skip") = 0,
       "Testing only: 'solver_info' makes the (skip + 1)-th Gram solved from now report info = 1 (did not "
-      "converge); 'none' disarms.");
+      "converge); 'solver_alloc' makes the (skip + 1)-th solver call from now fail with "
+      "CUSOLVER_STATUS_ALLOC_FAILED (DeviceAllocError); 'none' disarms.");
   m.attr("required_symbols") = tb::cuda::required_symbols();
+  m.attr("solver_settings") = tb::solver_settings();
   m.attr("hill_columns") = tb::kHillColumns;
 }

@@ -5,16 +5,15 @@
 #include <cuda_runtime.h>
 
 #include <cfloat>
-#include <map>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "../failpoints.h"
 #include "../unit_factors.h"
 #include "core_cuda.h"
 #include "device_checks.h"
+#include "handle_cache.h"
 #include "libs.h"
 #include "plan.h"
 
@@ -22,23 +21,33 @@ namespace tb {
 namespace cuda {
 namespace {
 
+// The CUDA runtime's, cuBLAS's and cuSOLVER's own "out of memory" statuses, as plan.h names them for the CPU tests.
+static_assert(cuda_plan::kRuntimeMemoryAllocation == cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation");
+static_assert(cuda_plan::kCublasAllocFailed == CUBLAS_STATUS_ALLOC_FAILED, "CUBLAS_STATUS_ALLOC_FAILED");
+static_assert(cuda_plan::kCusolverAllocFailed == CUSOLVER_STATUS_ALLOC_FAILED, "CUSOLVER_STATUS_ALLOC_FAILED");
+
+// Throws DeviceAllocError for an allocation failure (the caller retries with smaller groups), else runtime_error.
+[[noreturn]] void fail(cuda_plan::Library lib, int status, const std::string& message) {
+  if (cuda_plan::is_alloc_failure(lib, status)) throw DeviceAllocError(message + " (out of device memory)");
+  throw std::runtime_error(message);
+}
 void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+  if (e == cudaSuccess) return;
+  cudaGetLastError();  // a failed runtime call is also the thread's last error: clear it, or a later launch check
+                       // (cudaGetLastError) would report it again
+  fail(cuda_plan::Library::kRuntime, e, std::string(what) + ": " + cudaGetErrorString(e));
 }
 void check(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string(what) + ": cuBLAS status " + std::to_string(s));
+  if (s != CUBLAS_STATUS_SUCCESS)
+    fail(cuda_plan::Library::kCublas, s, std::string(what) + ": cuBLAS status " + std::to_string(s));
 }
 void check(cusolverStatus_t s, const char* what) {
   if (s != CUSOLVER_STATUS_SUCCESS)
-    throw std::runtime_error(std::string(what) + ": cuSOLVER status " + std::to_string(s));
+    fail(cuda_plan::Library::kCusolver, s, std::string(what) + ": cuSOLVER status " + std::to_string(s));
 }
 
-// ---- handles: one cuBLAS + one cuSOLVER handle per (host thread, device) --------------------------------------
-// Creating them costs far more than a spectral pass of a small model, so they are kept; a thread that ends (a
-// background pass's worker) destroys its own. The main thread's are left to the process exit, where the CUDA
-// context may already be gone.
-std::thread::id g_main_thread;
-
+// ---- handles: one cuBLAS + one cuSOLVER handle per (host thread, device), handle_cache.h's lifetime rules --------
+// Creating them costs far more than a spectral pass of a small model, so they are kept.
 struct Handles {
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
@@ -72,36 +81,23 @@ Handles create_handles(const Api& api) {
   return h;
 }
 
-class HandleCache {
- public:
-  HandleCache() = default;
-  HandleCache(const HandleCache&) = delete;
-  HandleCache& operator=(const HandleCache&) = delete;
-  ~HandleCache() {
+// A thread's handles when it ends: on their own device, the caller's device restored.
+struct DestroyOnDevice {
+  static void destroy(int device, Handles& h) noexcept {
     const Api* api = loaded_api();
-    if (!api || handles_.empty() || std::this_thread::get_id() == g_main_thread) return;
+    if (!api) return;
     int current = -1;
     const bool known = cudaGetDevice(&current) == cudaSuccess;
-    for (auto& entry : handles_) {
-      if (cudaSetDevice(entry.first) == cudaSuccess) destroy(*api, &entry.second);
-    }
+    if (cudaSetDevice(device) == cudaSuccess) cuda::destroy(*api, &h);
     if (known) cudaSetDevice(current);
   }
-  const Handles& get(const Api& api, int device) {
-    auto it = handles_.find(device);
-    if (it == handles_.end()) it = handles_.emplace(device, create_handles(api)).first;
-    return it->second;
-  }
-
- private:
-  std::map<int, Handles> handles_;
 };
+using HandleCache = cuda_handles::PerThread<Handles, DestroyOnDevice>;
 
 const Handles& handles_for(const Api& api, cudaStream_t stream) {
-  thread_local HandleCache cache;
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  const Handles& h = cache.get(api, device);
+  const Handles& h = HandleCache::mine().get(device, [&api] { return create_handles(api); });
   check(api.blas_set_stream(h.blas, stream), "cublasSetStream");
   check(api.dn_set_stream(h.solver, stream), "cusolverDnSetStream");
   return h;
@@ -203,11 +199,16 @@ void gram(const Api& api, const Handles& h, const Types& t, const DeviceMatrix& 
         "cublasGemmStridedBatchedEx");
 }
 
+// The triangle of each Gram cuSOLVER reads (plan.h: upper; the Grams are stored full).
+constexpr cublasFillMode_t solver_fill_mode() {
+  return cuda_plan::kSolverTriangle == cuda_plan::Triangle::kUpper ? CUBLAS_FILL_MODE_UPPER : CUBLAS_FILL_MODE_LOWER;
+}
+
 // Device and host workspace bytes cuSOLVER needs for group g (the pointers are the real buffers).
 void solver_workspace(const Api& api, const Handles& h, const Types& t, const cuda_plan::Group& g, void* grams,
                       void* w, size_t* dev_bytes, size_t* host_bytes) {
   const cusolverEigMode_t jobz = CUSOLVER_EIG_MODE_NOVECTOR;
-  const cublasFillMode_t uplo = CUBLAS_FILL_MODE_LOWER;
+  const cublasFillMode_t uplo = solver_fill_mode();
   if (g.batched) {
     check(api.syev_batched_buffer_size(h.solver, h.params, jobz, uplo, g.n, t.a, grams, g.n, t.w, w, t.a, dev_bytes,
                                        host_bytes, g.batch),
@@ -222,9 +223,11 @@ void solver_workspace(const Api& api, const Handles& h, const Types& t, const cu
 void solve_group(const Api& api, const Handles& h, const Types& t, const cuda_plan::Group& g, void* grams, void* w,
                  int* info, void* work, size_t dev_bytes, void* host, size_t host_bytes, cudaStream_t stream) {
   const cusolverEigMode_t jobz = CUSOLVER_EIG_MODE_NOVECTOR;
-  const cublasFillMode_t uplo = CUBLAS_FILL_MODE_LOWER;
-  // cuSOLVER 11.7.1.2's batched solver reads its workspace before writing it (fixed in 11.7.3): start from zeros.
-  if (dev_bytes) check(cudaMemsetAsync(work, 0, dev_bytes, stream), "cudaMemsetAsync");
+  const cublasFillMode_t uplo = solver_fill_mode();
+  if (cuda_plan::kZeroSolverWorkspace && dev_bytes)  // plan.h: cuSOLVER 11.7.1.2 reads it before writing it
+    check(cudaMemsetAsync(work, 0, dev_bytes, stream), "cudaMemsetAsync");
+  if (fault::hit(fault::kSolverAlloc))  // tests: cuSOLVER cannot allocate its own memory
+    check(CUSOLVER_STATUS_ALLOC_FAILED, g.batched ? "cusolverDnXsyevBatched" : "cusolverDnXsyevd");
   if (g.batched) {
     check(api.syev_batched(h.solver, h.params, jobz, uplo, g.n, t.a, grams, g.n, t.w, w, t.a, work, dev_bytes, host,
                            host_bytes, info, g.batch),
@@ -381,8 +384,6 @@ int device_count(std::string* why) {
   }
   return count;
 }
-
-void note_main_thread() { g_main_thread = std::this_thread::get_id(); }
 
 }  // namespace cuda
 }  // namespace tb

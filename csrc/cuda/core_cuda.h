@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,13 @@
 
 namespace tb {
 namespace cuda {
+
+// cuBLAS, cuSOLVER or the CUDA runtime could not allocate device memory (their own allocations, not the caller's
+// scratch): an out-of-memory, which smaller solve groups may avoid. Python: `_core_cuda.DeviceAllocError`, a
+// MemoryError.
+struct DeviceAllocError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 enum class Scalar { kF32 = 0, kF64 = 1, kC64 = 2, kC128 = 3 };
 
@@ -59,10 +67,6 @@ void unit_factors(uintptr_t metrics, uintptr_t unit_index, int64_t n, int64_t n_
 
 // cudaGetDeviceCount, or a negative number with `why` set (no driver, driver too old, ...).
 int device_count(std::string* why);
-
-// Remembers the calling thread as the process's main thread (its cuBLAS/cuSOLVER handles are left to the process
-// exit; other threads destroy theirs when they end).
-void note_main_thread();
 
 }  // namespace cuda
 }  // namespace tb

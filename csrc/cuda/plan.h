@@ -1,6 +1,7 @@
 // Host-side planning of the CUDA spectral pass, in plain C++ (no CUDA headers) so the CPU build compiles and tests
 // it: which Gram matrices are solved together in one cusolverDnXsyevBatched call, how large the shared Gram buffer
-// is, and where the cuSOLVER/cuBLAS shared libraries are looked for.
+// is, how cuSOLVER is called, which library statuses are allocation failures, and where the cuSOLVER/cuBLAS shared
+// libraries are looked for.
 #pragma once
 
 #include <algorithm>
@@ -115,6 +116,32 @@ inline ScratchLayout scratch_layout(const std::vector<Group>& groups, int64_t el
 // above n = 32768; CUDA 13's (12.0 on) has full 64-bit support. A version of 0 (unknown) gets the limit. Larger
 // Grams go to the CPU core.
 inline int64_t solver_max_n(int cusolver_version) { return cusolver_version >= 12000 ? 0 : 32768; }
+
+// How the solver is called. cuSOLVER reads one triangle of each Gram; the Grams are stored full (one GEMM writes
+// both), so either would do. The upper one: cusolverDnXsyevBatched with the lower triangle has returned wrong
+// eigenvalues, at random, for one matrix of a complex64 batch (CUDA.jl issue 2577). Its workspace is zeroed before
+// every call: cuSOLVER 11.7.1.2's batched solver reads it before writing it (fixed in 11.7.3).
+enum class Triangle { kUpper, kLower };
+constexpr Triangle kSolverTriangle = Triangle::kUpper;
+constexpr bool kZeroSolverWorkspace = true;
+inline const char* triangle_name(Triangle t) { return t == Triangle::kUpper ? "upper" : "lower"; }
+
+// Library status codes that mean "could not allocate device memory" (core_cuda.cu checks them against the headers'
+// enums). Such a failure inside cuBLAS/cuSOLVER (their own allocations) or the runtime is an out-of-memory like one
+// from torch's allocator: the core raises DeviceAllocError, and the pass retries with smaller solve groups
+// (tempbalance/cuda_backend.py), never switching to the CPU.
+enum class Library { kRuntime, kCublas, kCusolver };
+constexpr int kRuntimeMemoryAllocation = 2;  // cudaErrorMemoryAllocation
+constexpr int kCublasAllocFailed = 3;        // CUBLAS_STATUS_ALLOC_FAILED
+constexpr int kCusolverAllocFailed = 2;      // CUSOLVER_STATUS_ALLOC_FAILED
+inline bool is_alloc_failure(Library lib, int status) {
+  switch (lib) {
+    case Library::kRuntime: return status == kRuntimeMemoryAllocation;
+    case Library::kCublas: return status == kCublasAllocFailed;
+    case Library::kCusolver: return status == kCusolverAllocFailed;
+  }
+  return false;
+}
 
 // The soname's version suffix of `lib` ("cusolver" | "cublas" | "cublasLt" | "cusparse" | "nvJitLink") for a
 // CUDA major release, or "" when unknown. CUDA 12 ships cuSOLVER 11, cuBLAS 12, cuSPARSE 12, nvJitLink 12; CUDA 13

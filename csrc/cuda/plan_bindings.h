@@ -1,24 +1,90 @@
-// Exposes the CUDA pass's host planning (plan.h) and its device checks (device_checks.h) through the CPU module
-// `tempbalance._core`, so the batching, scratch layout, library search, Gram screen and copy-out rules are tested
-// on machines without CUDA (tests/test_cuda_build.py).
+// Exposes the CUDA pass's host planning (plan.h), its device checks (device_checks.h) and its handle lifetime rules
+// (handle_cache.h) through the CPU module `tempbalance._core`, so the batching, scratch layout, solver settings,
+// allocation-failure statuses, library search, Gram screen, copy-out and handle rules are tested on machines
+// without CUDA (tests/test_cuda_build.py).
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cfloat>
 #include <complex>
+#include <cstdio>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "common_bindings.h"
 #include "device_checks.h"
+#include "handle_cache.h"
 #include "plan.h"
 
 namespace tb {
 
+namespace handle_twin {
+
+inline std::atomic<int>& created() {
+  static std::atomic<int> n{0};
+  return n;
+}
+inline std::atomic<int>& destroyed() {
+  static std::atomic<int> n{0};
+  return n;
+}
+inline std::atomic<bool>& log_destroy() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
+struct Destroy {
+  // Counts, and with logging on writes a line to stderr (C stdio: it must work after Python is gone, which is
+  // exactly when a destruction would be wrong).
+  static void destroy(int device, int& handle) noexcept {
+    destroyed().fetch_add(1);
+    if (log_destroy().load()) {
+      std::fprintf(stderr, "handle twin: destroyed handle %d of device %d\n", handle, device);
+      std::fflush(stderr);
+    }
+  }
+};
+
+using Cache = cuda_handles::PerThread<int, Destroy>;
+
+}  // namespace handle_twin
+
+// The CUDA core's handle cache over stand-in handles (ints), registered with the same exit hook.
+inline void bind_handle_twin(pybind11::module_& m) {
+  namespace py = pybind11;
+  register_handle_exit_hook();
+  m.def(
+      "_cuda_handle_twin_get",
+      [](int device) {
+        return handle_twin::Cache::mine().get(device, [] { return handle_twin::created().fetch_add(1) + 1; });
+      },
+      py::arg("device"),
+      "Testing only: the calling thread's stand-in handle for `device` (numbered from 1 as created), made on first "
+      "use by the CUDA core's handle cache rules.");
+  m.def(
+      "_cuda_handle_twin_counts",
+      [] { return std::make_tuple(handle_twin::created().load(), handle_twin::destroyed().load()); },
+      "Testing only: (created, destroyed) stand-in handles.");
+  m.def(
+      "_cuda_handle_twin_log", [](bool on) { handle_twin::log_destroy().store(on); }, py::arg("on"),
+      "Testing only: report every stand-in handle destruction on stderr (also after the interpreter is gone).");
+}
+
+inline cuda_plan::Library library_of(const std::string& name) {
+  if (name == "runtime") return cuda_plan::Library::kRuntime;
+  if (name == "cublas") return cuda_plan::Library::kCublas;
+  if (name == "cusolver") return cuda_plan::Library::kCusolver;
+  throw pybind11::value_error("library must be 'runtime', 'cublas' or 'cusolver', got '" + name + "'");
+}
+
 inline void bind_cuda_plan(pybind11::module_& m) {
   namespace py = pybind11;
+  bind_handle_twin(m);
   using ChunkTuple = std::tuple<int64_t, int64_t, int64_t, int64_t>;
   m.def(
       "cuda_plan_groups",
@@ -45,6 +111,15 @@ inline void bind_cuda_plan(pybind11::module_& m) {
   m.def("cuda_library_dependencies", &cuda_plan::library_dependencies, py::arg("lib"),
         "What the CUDA core loads before lib<lib> (from the same places), in order.");
   m.attr("CUDA_BATCHED_ELEMENT_LIMIT") = cuda_plan::kBatchedElementLimit;
+  m.attr("CUDA_SOLVER_SETTINGS") = solver_settings();
+  m.def(
+      "cuda_alloc_failure",
+      [](const std::string& library, int status) {
+        return cuda_plan::is_alloc_failure(library_of(library), status);
+      },
+      py::arg("library"), py::arg("status"),
+      "Whether a status of 'runtime' (cudaError_t), 'cublas' or 'cusolver' means the CUDA core's DeviceAllocError "
+      "(an out-of-memory: the pass retries with smaller solve groups).");
   m.def("cuda_solver_max_n", &cuda_plan::solver_max_n, py::arg("cusolver_version"),
         "The largest Gram the CUDA core gives cuSOLVER of this version (0: no limit).");
   m.def(

@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .. import spectra
+from ..analysis import spectra
 from .base import Adapter, MatrixSpec, is_lora_layer, lora_effective_weight
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

@@ -246,7 +246,7 @@ def block_alphas(model: nn.Module, **analysis_options: Any) -> tuple[Any, dict[s
     """(the analysis Report, mean PL_Alpha_Hill per transformer block, STD of those block means, STD over all
     block matrices) of the model's encoder; STDs are population STDs (ddof 0), as ``TempBalance.alpha_std``. The paper's Fig. 2 plots the
     block-wise STD."""
-    from ..analysis import analyze
+    from ..model_analysis import analyze
     from ..adapters import get_adapter
 
     adapter = get_adapter(model)
@@ -276,7 +276,7 @@ def finetune(
     clipping, dropout on) and evaluate it once at the end on every set in ``evals``. ``encoded`` may carry already tokenised
     evaluation sets under the same names. ``progress(k)`` is called after every optimizer step with k = 1.
     ``return_model`` also returns the fine-tuned model (to evaluate more sets later)."""
-    from ..scheduler import TempBalance
+    from ..training.scheduler import TempBalance
 
     evals = evals or {}
     encoded = dict(encoded or {})

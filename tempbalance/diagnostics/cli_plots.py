@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..report import Report
+from ..analysis.report import Report
 
 ALPHA_LAYERS_PNG = "alpha_layers.png"
 ALPHA_BLOCKS_PNG = "alpha_blocks.png"

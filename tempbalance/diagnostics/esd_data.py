@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import spectra
 from ..adapters import MatrixSpec, get_adapter, specs_from_named_weights
-from ..report import LayerResult, Report
+from ..analysis import spectra
+from ..analysis.report import LayerResult, Report
 from .progress import progress
 
 

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib import colormaps
 
-from ..report import LayerResult, Report
+from ..analysis.report import LayerResult, Report
 from .esd_data import (auto_bins, esd_density, layer_eigenvalues, positive_finite, power_law_tail_density, select_rows,
                        tail_share)
 from .progress import progress

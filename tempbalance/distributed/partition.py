@@ -3,10 +3,8 @@
 Everything here is computed from :class:`Layout` s (shapes, kinds, shard layouts), which every rank holds
 identically, so every rank derives the same :class:`Plan` without talking to the others.
 
-* Cost of a matrix: the flops of its spectral pass, ``S * (max(m, n) * d**2 + 4/3 * d**3)`` for ``S`` slices of
-  ``m x n`` with ``d = min(m, n)`` (the Gram of the smaller side, then a symmetric eigensolve).
-* Owners: longest-processing-time first - matrices sorted by cost, largest first (ties by index), each to the
-  rank with the least cost so far (ties: lowest rank).
+* Cost of a matrix and owners: :mod:`tempbalance.analysis.cost` (flops of its spectral pass; largest first onto
+  the least-loaded rank).
 * Transport of a sharded matrix (FSDP2): ``"gather"`` its shards on the owner, or ``"gram"`` - when the matrix
   is 2-d, sharded along its larger side, so the Gram of the smaller side is the sum of the shards' Grams
   (row-sharded ``W``: ``W^T W = sum_i W_i^T W_i``) - reduce the shards' Grams onto the owner; whichever sends
@@ -21,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..spectra import analysis_dtype
+from ..analysis.cost import assign, cost
+from ..analysis.spectra import analysis_dtype
 
 # spec kinds whose weight is one plain 2-d matrix (the Gram-reduce path applies to these only)
 MATRIX_KINDS = ("linear", "lora", "embedding", "conv1d_hf")
@@ -81,24 +80,6 @@ class Plan:
                     imbalance=max(self.loads, default=0.0) / (total / self.world))
 
 
-def slice_geometry(shape: tuple[int, ...], kind: str, conv_mode: str = "slices") -> tuple[int, int, int]:
-    """``(S, m, n)`` of the slice stack the analysis forms (for the cost model; :mod:`tempbalance.spectra`)."""
-    if len(shape) == 2:
-        return 1, shape[0], shape[1]
-    if kind == "conv" and conv_mode == "flatten":
-        return 1, shape[0], math.prod(shape[1:])
-    return math.prod(shape[2:]), shape[0], shape[1]
-
-
-def cost(shape: tuple[int, ...], kind: str, conv_mode: str = "slices") -> float:
-    """Flops of one matrix's spectral pass (module docstring)."""
-    if not shape or math.prod(shape) == 0:
-        return 0.0
-    s, m, n = slice_geometry(shape, kind, conv_mode)
-    d, big = min(m, n), max(m, n)
-    return float(s) * (big * d * d + 4.0 / 3.0 * d ** 3)
-
-
 def wire_dtype(dtype: torch.dtype) -> torch.dtype:
     """The real dtype a shard travels in (complex as pairs of reals, half precision as float32)."""
     if dtype.is_complex:
@@ -151,17 +132,6 @@ def step_for(layout: Layout, owner: int, world: int, dtype: torch.dtype | None, 
     if side is not None and gram_bytes(side, world, dtype) < by_gather:
         return Step(owner, "gram", c, gram_bytes(side, world, dtype), (side * side + 3) * dtype.itemsize)
     return Step(owner, "gather", c, by_gather, full)
-
-
-def assign(costs: list[float], world: int) -> tuple[list[int], list[float]]:
-    """Owner of each matrix (largest first onto the least-loaded rank) and the cost per rank."""
-    loads = [0.0] * world
-    owners = [0] * len(costs)
-    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
-        r = min(range(world), key=lambda r: (loads[r], r))
-        owners[k] = r
-        loads[r] += costs[k]
-    return owners, loads
 
 
 def split_rounds(steps: list[Step], world: int, budget: int) -> list[list[int]]:

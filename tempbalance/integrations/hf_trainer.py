@@ -27,9 +27,9 @@ from typing import Any
 from torch import nn
 from transformers import Trainer, TrainerCallback, get_scheduler
 
-from .. import compat, presets
-from ..cadence import PerEpoch
-from ..scheduler import TempBalance
+from ..training import compat, presets
+from ..training.cadence import PerEpoch
+from ..training.scheduler import TempBalance
 
 
 def tempbalance_optimizers(model: nn.Module, args: Any, num_training_steps: int, *,

@@ -9,7 +9,7 @@ import torch
 
 from schedule_cases import SCHEDULES, assert_sigmoid_factors, run_checked
 from tempbalance.adapters import get_adapter
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 
 neuralop = pytest.importorskip("neuralop")
 from neuralop.models import FNO  # noqa: E402

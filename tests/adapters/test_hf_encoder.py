@@ -9,7 +9,7 @@ import torch
 import transformers as T
 
 from schedule_cases import SCHEDULES, assert_sigmoid_factors, run_checked
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from tempbalance.adapters import get_adapter
 
 KW = dict(min_eigs=8, backend="torch", interval=2)

@@ -10,7 +10,7 @@ import transformers as T
 
 from schedule_cases import SCHEDULES, assert_sigmoid_factors, run_checked
 from tempbalance.adapters import get_adapter
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 
 KW = dict(min_eigs=8, backend="torch", interval=2)
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

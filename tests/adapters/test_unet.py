@@ -7,7 +7,7 @@ from torch import nn
 
 from schedule_cases import SCHEDULES, assert_sigmoid_factors, run_checked
 from tempbalance.adapters import get_adapter
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 
 monai = pytest.importorskip("monai")
 from monai.networks.nets import BasicUNet  # noqa: E402

@@ -81,7 +81,8 @@ def test_overhead_smoke(tmp_path):
 
 
 def test_solver_crossover_smoke(tmp_path):
-    from tempbalance import _native, spectra
+    from tempbalance import _native
+    from tempbalance.analysis import spectra
 
     if _native.core is None:
         pytest.skip("native core not built")

@@ -14,7 +14,7 @@ from torch import nn
 
 from tempbalance import TempBalance, analyze
 from tempbalance.diagnostics import plots
-from tempbalance.report import LayerResult, Report
+from tempbalance.analysis.report import LayerResult, Report
 
 FAIL_RGB = np.array([0xC0, 0x39, 0x2B]) / 255.0
 
@@ -182,7 +182,7 @@ def test_no_pyplot_and_no_backend_switch(tmp_path):
 import sys, matplotlib
 raw = lambda: dict.__getitem__(matplotlib.rcParams, "backend")  # reading rcParams["backend"] would resolve it
 before = raw()
-from tempbalance.report import LayerResult, Report
+from tempbalance.analysis.report import LayerResult, Report
 from tempbalance.diagnostics import alpha_bars
 r = Report([LayerResult("a", "a", "linear", (4, 4), 4, 2.0, 1.0, 2, 1.0, 1.0, 1.0, 0.0, 0.1, "ok")])
 alpha_bars(r, {str(tmp_path / "p.png")!r})

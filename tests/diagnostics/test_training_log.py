@@ -257,7 +257,7 @@ def test_a_closed_log_is_no_longer_called():
     import torch
 
     from tempbalance.diagnostics import TrainingLog
-    from tempbalance.scheduler import TempBalance
+    from tempbalance.training.scheduler import TempBalance
     from test_scheduler import KW, batches, make_model, train_step
 
     model = make_model()
@@ -265,6 +265,6 @@ def test_a_closed_log_is_no_longer_called():
     tb = TempBalance(model, opt, interval=1, **KW)
     log = TrainingLog(tb)
     log.close()
-    assert not tb._callbacks
+    assert not tb._refresher.callbacks
     train_step(model, opt, batches(1)[0])
     tb.step()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import KW, batches, make_model
 
 accelerate = pytest.importorskip("accelerate")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 from test_scheduler import make_model, numpy_alpha
 
 L = pytest.importorskip("lightning.pytorch")

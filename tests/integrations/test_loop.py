@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tempbalance.integrations import auto_step
-from tempbalance.scheduler import TempBalance
+from tempbalance.training.scheduler import TempBalance
 
 
 def _run(hooked: bool):

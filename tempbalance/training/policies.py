@@ -1,0 +1,99 @@
+"""The policy seam: what a refresh turns into values of one optimizer knob.
+
+A :class:`Policy` is metric -> aggregate -> mapping -> target: it reads one metric of every analysed matrix (alpha,
+spectral norm, ...), aggregates it per unit (:meth:`Policy.unit_values`, a block's mean by default), maps the unit
+values to factors (:meth:`Policy.factors`) and names the param-group key the factors scale (``target``: ``"lr"`` or
+``"weight_decay"``). TempBalance runs one spectral pass and hands the rows to its policy; the commit stage
+(:func:`tempbalance.training.commit.unit_factors`) does the rest the same way for every policy: failed units keep
+their factor, a non-finite or non-positive factor leaves every unit as it was. A new method is a new policy class
+(tens of lines) and a preset - not edits in the scheduler.
+
+* :class:`MappedPolicy` - TempBalance's own: the mean metric of each unit through a
+  :class:`~tempbalance.training.mapping.MappingOptions` mapping (TBSigmoid, TBLinearMap, rank), optionally
+  normalized to mean factor 1 over the matrices (``tb_lr_normalize``). Its mapping runs on the GPU too
+  (:meth:`Policy.device_mapping`).
+* :class:`CompatPolicy` - a reference code's rules (:class:`~tempbalance.training.compat.Plan`): every tuned matrix
+  is a unit, mapped the reference's way (ModelBalancing's two-level layer factors, ...).
+
+docs/ARCHITECTURE.md shows a custom policy written against this seam.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..analysis.aggregate import unit_means
+from .compat import Plan
+from .mapping import MappingOptions, normalize_factors
+
+METRICS = ("alpha", "spectral_norm", "stable_rank", "alpha_hat")  # the report columns a policy can follow
+TARGETS = ("lr", "weight_decay")  # the param-group keys a policy can scale
+
+
+class Policy:
+    """What a refresh turns into values of one knob (module docstring). Subclasses override :meth:`factors` (and
+    :meth:`unit_values` to aggregate otherwise). ``metric``: the report column read (one of ``METRICS``);
+    ``target``: the param-group key scaled; ``backend``: where the math runs ("auto", "native", "torch")."""
+
+    def __init__(self, *, metric: str = "alpha", target: str = "lr", backend: str = "auto"):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.metric, self.target, self.backend = metric, target, backend
+
+    def unit_values(self, values: np.ndarray, unit_index: np.ndarray, n_units: int) -> np.ndarray:
+        """Per unit, the value its factor follows, from the per-matrix ``values`` (NaN: not usable). Default: the
+        mean of the finite values (NaN for a unit without one: it is not tuned, factor 1)."""
+        return unit_means(values, unit_index, n_units, backend=self.backend)
+
+    def factors(self, unit_values: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+        """The factor of every unit from its value (NaN: untuned, factor 1). ``matrices[u]``: how many analysed
+        matrices unit ``u`` has (for means over the matrices). Must not change its inputs."""
+        raise NotImplementedError
+
+    def device_mapping(self) -> MappingOptions | None:
+        """The mapping, when the CUDA core's ``unit_factors`` kernel computes exactly :meth:`factors` of
+        :meth:`unit_values` (so a refresh on the GPU never visits the host), else None."""
+        return None
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(metric={self.metric}, target={self.target})"
+
+
+class MappedPolicy(Policy):
+    """TempBalance's policy: unit means of ``metric`` through ``mapping``; ``normalize``: factors divided by their
+    mean over the analysed matrices (a unit's factor counts once per matrix)."""
+
+    def __init__(self, mapping: MappingOptions | None = None, *, normalize: bool = False, **policy: Any):
+        super().__init__(**policy)
+        self.mapping = MappingOptions() if mapping is None else mapping
+        self.normalize = normalize
+
+    def factors(self, unit_values: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+        factors = self.mapping.factors(unit_values, backend=self.backend)
+        if self.normalize:
+            factors = normalize_factors(factors, matrices.astype(np.float64), backend=self.backend)
+        return factors
+
+    def device_mapping(self) -> MappingOptions | None:
+        return None if self.normalize else self.mapping
+
+    def describe(self) -> str:
+        return (f"MappedPolicy(metric={self.metric}, target={self.target}, mapping={self.mapping.mapping}"
+                f"{', normalize' if self.normalize else ''})")
+
+
+class CompatPolicy(Policy):
+    """A reference code's mapping (:meth:`Plan.factors`): its units are the tuned matrices, one value each."""
+
+    def __init__(self, plan: Plan, mapping: MappingOptions, **policy: Any):
+        super().__init__(**policy)
+        self.plan, self.mapping = plan, mapping
+
+    def factors(self, unit_values: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+        return self.plan.factors(unit_values, options=self.mapping, backend=self.backend)
+
+    def describe(self) -> str:
+        return f"CompatPolicy({self.plan.scheme.name}, metric={self.metric}, target={self.target})"
