@@ -11,6 +11,7 @@ code's learning rates, whose rules are pure functions in :mod:`tempbalance.compa
 Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report` (PL_Alpha_Hill and friends).
 """
 from . import _native, compat, presets
+from ._version import __version__
 from .analysis import analyze, analyze_specs
 from .cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
 from .hill import alpha_hill
@@ -18,8 +19,6 @@ from .regularizers import SpectralNormRegularizer
 from .report import LayerResult, Report
 from .scheduler import TempBalance
 from .spectra import esd
-
-__version__ = "0.1.0"
 
 
 def native_available() -> bool:
