@@ -47,7 +47,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from . import analysis, compat as _compat, device_lr, distributed, groups as _groups, mapping as _mapping, passes
-from . import presets, selection
+from . import _warn, presets, selection
 from .adapters import MatrixSpec, get_adapter, unwrap_model
 from .cadence import Cadence, as_cadence
 from .integrations.lightning import epoch_source
@@ -65,6 +65,10 @@ _SETTINGS_ADDED = {"compat": None, "normalize": False}
 # each saw more than one, is a loop that steps TempBalance twice per update (a single extra call is allowed: a
 # GradScaler skips optimizer.step() on overflow and the schedule still advances, as torch's schedulers do)
 _REPEATS_TOLERATED = 2
+# tb.step() calls in a row with no optimizer step at all between them: a GradScaler skips optimizer.step() while it
+# lowers its scale (one halving per skip: 2**16 reaches 1 in 16 skips, Megatron's 2**32 in 32); far more is a loop
+# whose optimizer never steps (forgotten, or another optimizer than this TempBalance's), not an overflow
+_SKIPS_TOLERATED = 64
 
 
 def _number(arg: str, v: Any, lo: float | None = None, strict: bool = False) -> float:
@@ -472,7 +476,7 @@ class TempBalance(LRScheduler):
                             "the per-epoch cadence counts an epoch every "
                             f"{getattr(self.cadence, 'steps_per_epoch', '?')} steps instead. Call tb.epoch_end() at "
                             "each epoch's end (HF Trainer: callbacks=[TempBalanceCallback(tb)]) to refresh at the "
-                            "true epoch ends", stacklevel=5)
+                            "true epoch ends")
             self.epoch += 1
             self._mark_due()
 
@@ -484,8 +488,15 @@ class TempBalance(LRScheduler):
         self._run_due(settle=False)
 
     def _check_repeats(self) -> None:
-        """Refuse a loop that calls ``tb.step()`` more than once per optimizer step, before it changes anything
-        (needs the step hook to see the optimizer's steps)."""
+        """Refuse a loop that calls ``tb.step()`` more than once per optimizer step, or again and again with no
+        optimizer step at all, before it changes anything (needs the step hook to see the optimizer's steps)."""
+        if self._step_hook is not None and self._calls_since_update >= _SKIPS_TOLERATED:
+            raise RuntimeError(
+                f"TempBalance.step() was called {self._calls_since_update} times in a row with no optimizer step "
+                "in between (since TempBalance was built or the optimizer last stepped): every call advances the base "
+                "schedule and the refresh interval by one step while nothing trains. Call optimizer.step() before "
+                "each tb.step(), on the optimizer TempBalance was built with (a new optimizer needs a new "
+                "TempBalance); to resume a run, use tb.load_state_dict(...) instead of stepping it forward")
         if self._step_hook is not None and self._calls_since_update >= 1 and self._repeats >= _REPEATS_TOLERATED:
             raise RuntimeError(
                 f"TempBalance.step() was called more than once after each of the last {self._repeats} "
@@ -543,7 +554,7 @@ class TempBalance(LRScheduler):
         if changed:
             self._warn_once("external", f"TempBalance: the {self.target} of param group(s) {changed[:8]} was changed "
                             "outside TempBalance; taking it as the new base value. Pass your scheduler as "
-                            "base_scheduler= so TempBalance steps it.", stacklevel=4)
+                            "base_scheduler= so TempBalance steps it.")
         return True
 
     def _apply(self) -> None:
@@ -565,10 +576,10 @@ class TempBalance(LRScheduler):
             raise RuntimeError(f"TempBalance: {self._groups.released}; this object no longer manages the "
                                "optimizer (one optimizer has at most one TempBalance)")
 
-    def _warn_once(self, key: str, message: str, category: type = UserWarning, stacklevel: int = 3) -> None:
+    def _warn_once(self, key: str, message: str, category: type = UserWarning) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, category, stacklevel=stacklevel)
+            _warn.warn(message, category)
 
     # --- analysis ---------------------------------------------------------------------------------------------
     def refresh(self) -> Report:
@@ -701,8 +712,8 @@ class TempBalance(LRScheduler):
                 pass
 
     def _warn_failed(self, e: BaseException) -> None:
-        warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed ({type(e).__name__}: {e}); "
-                      "every unit keeps its factor", RuntimeWarning, stacklevel=4)
+        _warn.warn(f"TempBalance: spectral pass at step {self.step_count} failed ({type(e).__name__}: {e}); "
+                   "every unit keeps its factor", RuntimeWarning)
 
     def _map(self, rows: list, failed: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """The value (mean metric) and new factor of every unit from a pass's ``rows``; units in ``failed`` get
@@ -785,15 +796,14 @@ class TempBalance(LRScheduler):
                              step_seconds=step_seconds)
         if newly_failed:
             reasons = "; ".join(r for u in sorted(newly_failed) for r in failed[u][:2])
-            warnings.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
-                          f"{sorted(newly_failed)} ({reasons}); they keep their previous factor", RuntimeWarning,
-                          stacklevel=4)
+            _warn.warn(f"TempBalance: spectral pass at step {self.step_count} failed for unit(s) "
+                       f"{sorted(newly_failed)} ({reasons}); they keep their previous factor", RuntimeWarning)
         for fn in list(self._callbacks.values()):
             try:
                 fn(record)
             except Exception as e:  # noqa: BLE001 - a logger must not stop training
-                warnings.warn(f"TempBalance: refresh callback {getattr(fn, '__name__', fn)!r} raised "
-                              f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=4)
+                _warn.warn(f"TempBalance: refresh callback {getattr(fn, '__name__', fn)!r} raised "
+                           f"{type(e).__name__}: {e}", RuntimeWarning)
         return report
 
     # --- read access (each runs a refresh that fell due and has not run yet) ----------------------------------
