@@ -50,8 +50,8 @@ def _why_no_core(exc: ImportError, here: Path | None = None) -> str:
         installed = _installed_core_folder()
         if installed is not None and here != installed and here.parent != _editable_project():
             return (f"tempbalance was imported from {here}, a source tree without the compiled core, which shadows "
-                    f"the installed tempbalance at {installed} because {here.parent} comes first on sys.path (Python "
-                    "started in that folder). Run it from another folder, or install this tree in editable mode, "
+                    f"the installed tempbalance at {installed} because {here.parent} comes before it on sys.path (Python "
+                    "started in that folder, or PYTHONPATH). Run it from another folder, or install this tree in editable mode, "
                     f"which builds its core: pip install -e {here.parent}")
         return (f"tempbalance was imported from {here}, which has no compiled core (a source tree that was never "
                 f"built?). Build it: pip install -e {here.parent} (or pip install {here.parent}), which needs a C++17 "
