@@ -6,16 +6,17 @@
 
 #include <algorithm>
 #include <complex>
+#include <cstring>
+#include <memory>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include <algorithm>
-#include <numeric>
-
 #include "cuda/plan_bindings.h"
 #include "failpoints.h"
 #include "gram_eig.h"
+#include "guard_page.h"
 #include "parallel.h"
 #include "params.h"
 #include "tb_math.h"
@@ -40,14 +41,17 @@ tb::Solver solver_of(const std::string& name) {
   throw py::value_error("solver must be 'evd' or '2stage', got '" + name + "'");
 }
 
-py::list gram_eigvalsh(const py::list& mats, const std::vector<int64_t>& top, int num_threads,
-                       const std::string& solver) {
+// The inputs of one gram_eigvalsh call, checked, and the arrays kept alive while the GIL is released.
+struct EigCall {
+  std::vector<py::array> keep;
+  std::vector<tb::MatrixInput> inputs;
+  tb::Solver solver = tb::Solver::kDivideConquer;
+};
+
+EigCall eig_call(const py::list& mats, const std::vector<int64_t>& top, const std::string& solver) {
   if (top.size() != mats.size() && !top.empty())
     throw py::value_error("top must be empty or have one entry per matrix");
-  std::vector<py::array> keep;  // hold the arrays alive while the GIL is released
-  std::vector<tb::MatrixInput> inputs;
-  std::vector<py::array> results;
-  std::vector<void*> outputs;
+  EigCall call;
   for (std::size_t j = 0; j < mats.size(); ++j) {
     py::array a = py::reinterpret_borrow<py::array>(mats[j]);
     if (!(a.flags() & py::array::c_style))
@@ -67,23 +71,62 @@ py::list gram_eigvalsh(const py::list& mats, const std::vector<int64_t>& top, in
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
-    const auto count = static_cast<py::ssize_t>(tb::eig_count(in));
-    py::array out = tb::single_precision(in) ? py::array(py::array_t<float>(count))
-                                             : py::array(py::array_t<double>(count));
-    outputs.push_back(out.mutable_data());
-    results.push_back(out);
-    inputs.push_back(in);
-    keep.push_back(a);
+    call.inputs.push_back(in);
+    call.keep.push_back(a);
   }
-  const tb::Solver s = solver_of(solver);
+  call.solver = solver_of(solver);
+  return call;
+}
+
+// The array gram_eigvalsh fills for `in`.
+py::array eig_result(const tb::MatrixInput& in) {
+  const auto count = static_cast<py::ssize_t>(tb::eig_count(in));
+  return tb::single_precision(in) ? py::array(py::array_t<float>(count)) : py::array(py::array_t<double>(count));
+}
+
+py::list gram_eigvalsh(const py::list& mats, const std::vector<int64_t>& top, int num_threads,
+                       const std::string& solver) {
+  const EigCall call = eig_call(mats, top, solver);
+  py::list out;
+  std::vector<void*> outputs;
+  for (const auto& in : call.inputs) {
+    py::array r = eig_result(in);
+    outputs.push_back(r.mutable_data());
+    out.append(r);
+  }
   {
     py::gil_scoped_release release;
-    tb::gram_eigvalsh(inputs, outputs, num_threads, s);
+    tb::gram_eigvalsh(call.inputs, outputs, num_threads, call.solver);
   }
-  py::list out;
-  for (auto& r : results) out.append(r);
   return out;
 }
+
+#ifdef TB_HAVE_GUARD_PAGE
+// gram_eigvalsh with every output written into a GuardedBuffer (copied into the returned arrays afterwards): a
+// write past the end of an output crashes the process.
+py::list gram_eigvalsh_guarded(const py::list& mats, const std::vector<int64_t>& top, int num_threads,
+                               const std::string& solver) {
+  const EigCall call = eig_call(mats, top, solver);
+  std::vector<py::array> results;
+  std::vector<std::unique_ptr<tb::GuardedBuffer>> guarded;
+  std::vector<void*> outputs;
+  for (const auto& in : call.inputs) {
+    results.push_back(eig_result(in));
+    guarded.push_back(std::make_unique<tb::GuardedBuffer>(static_cast<std::size_t>(results.back().nbytes())));
+    outputs.push_back(guarded.back()->data());
+  }
+  {
+    py::gil_scoped_release release;
+    tb::gram_eigvalsh(call.inputs, outputs, num_threads, call.solver);
+  }
+  py::list out;
+  for (std::size_t j = 0; j < results.size(); ++j) {
+    std::memcpy(results[j].mutable_data(), guarded[j]->data(), static_cast<std::size_t>(results[j].nbytes()));
+    out.append(results[j]);
+  }
+  return out;
+}
+#endif
 
 // A per-spectrum option: one number for every spectrum, or one per spectrum (an empty sequence: `fallback` for all).
 // Raises ValueError naming the argument when the length is neither.
@@ -276,7 +319,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("_arm_fault", &tb::fault::arm_named, py::arg("fault"), py::arg("skip") = 0,
       "Testing only: make the next (skip + 1)-th occurrence of `fault` fail ('solver_info': an eigensolver reports "
       "no convergence; 'evr_short_count': ?syevr finds one eigenvalue too few; 'thread_start': a worker thread "
-      "cannot start; 'none': disarm).");
+      "cannot start; 'task_throw': a worker's task throws; 'none': disarm).");
+#ifdef TB_HAVE_GUARD_PAGE
+  m.def("_gram_eigvalsh_guarded", &gram_eigvalsh_guarded, py::arg("mats"), py::arg("top") = std::vector<int64_t>{},
+        py::arg("num_threads") = 1, py::arg("solver") = "evd",
+        "Testing only: gram_eigvalsh with each output followed by an inaccessible page, so that writing past the "
+        "end of an output crashes the process instead of corrupting memory.");
+#endif
   m.attr("cuda_built") = false;
   tb::bind_cuda_plan(m);  // CUDA host planning, testable without CUDA
 }

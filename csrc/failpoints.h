@@ -1,7 +1,8 @@
 // Fault injection for tests. Some failures cannot be provoked from inputs: LAPACK or cuSOLVER not converging
-// (info > 0), cuSOLVER failing to allocate its own memory, ?syevr finding fewer eigenvalues than asked, the OS refusing a thread. A test arms one named fault
-// (`_core._arm_fault`, `_core_cuda._arm_fault`); it fires once, at its `skip`+1-th occurrence, and the real error
-// path runs. Disarmed (always, outside tests) a check costs one relaxed atomic load. Each extension module has its
+// (info > 0), cuSOLVER failing to allocate its own memory, ?syevr finding fewer eigenvalues than asked, the OS
+// refusing a thread, a worker's task throwing. A test arms one named fault (`_core._arm_fault`,
+// `_core_cuda._arm_fault`); it fires once, at its `skip`+1-th occurrence, and the real error path runs. Disarmed
+// (always, outside tests) a check costs one relaxed atomic load. Each extension module has its
 // own copy of the state.
 #pragma once
 
@@ -19,6 +20,7 @@ enum Kind : int {
   kEvrShortCount = 2,  // ?syevr reports one eigenvalue fewer than asked
   kThreadStart = 3,    // starting a worker thread fails (std::system_error)
   kSolverAlloc = 4,    // a cuSOLVER call reports CUSOLVER_STATUS_ALLOC_FAILED (the CUDA core only)
+  kTaskThrow = 5,      // a task of run_tasks throws (std::runtime_error), on whichever thread took it
 };
 
 inline std::atomic<int>& armed() {
@@ -37,8 +39,9 @@ inline Kind parse(const std::string& name) {
   if (name == "evr_short_count") return kEvrShortCount;
   if (name == "thread_start") return kThreadStart;
   if (name == "solver_alloc") return kSolverAlloc;
-  throw std::invalid_argument(
-      "fault must be 'none', 'solver_info', 'evr_short_count', 'thread_start' or 'solver_alloc', got '" + name + "'");
+  if (name == "task_throw") return kTaskThrow;
+  throw std::invalid_argument("fault must be 'none', 'solver_info', 'evr_short_count', 'thread_start', "
+                              "'solver_alloc' or 'task_throw', got '" + name + "'");
 }
 
 // Arms `kind` to fire at its (skip + 1)-th occurrence; kNone disarms.

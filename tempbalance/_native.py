@@ -6,7 +6,11 @@ library here first (RTLD_GLOBAL) also covers editable installs and relocated env
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import json
 import os
+import urllib.parse
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -31,11 +35,59 @@ def _load() -> None:
     try:
         from . import _core as loaded
     except ImportError as exc:
-        unavailable_reason = (unavailable_reason + "; " if unavailable_reason else "") + (
-            f"the native extension tempbalance._core is not importable ({exc}); reinstall with `pip install .`")
+        unavailable_reason = (unavailable_reason + "; " if unavailable_reason else "") + _why_no_core(exc)
         return
     core = loaded
     unavailable_reason = None
+
+
+def _why_no_core(exc: ImportError, here: Path | None = None) -> str:
+    """Why ``tempbalance._core`` did not import, and the fix. The common case is a source tree (a clone, where the
+    core is never compiled) imported instead of the installed package, because its folder is on ``sys.path`` first
+    (Python run from the clone's root): the ImportError itself then reads like a circular import."""
+    here = Path(__file__).resolve().parent if here is None else here
+    if not _compiled(here, "_core"):
+        installed = _installed_core_folder()
+        if installed is not None and here != installed and here.parent != _editable_project():
+            return (f"tempbalance was imported from {here}, a source tree without the compiled core, which shadows "
+                    f"the installed tempbalance at {installed} because {here.parent} comes before it on sys.path (Python "
+                    "started in that folder, or PYTHONPATH). Run it from another folder, or install this tree in editable mode, "
+                    f"which builds its core: pip install -e {here.parent}")
+        return (f"tempbalance was imported from {here}, which has no compiled core (a source tree that was never "
+                f"built?). Build it: pip install -e {here.parent} (or pip install {here.parent}), which needs a C++17 "
+                "compiler and CMake >= 3.18")
+    return f"the native extension tempbalance._core is not importable ({exc}); reinstall with `pip install .`"
+
+
+def _compiled(folder: Path, name: str) -> bool:
+    return any(folder.glob(f"{name}.*.so")) or any(folder.glob(f"{name}.*.pyd")) or (folder / f"{name}.so").exists()
+
+
+def _installed_core_folder() -> Path | None:
+    """The folder holding the compiled core of the installed ``tempbalance`` distribution, if it has one."""
+    try:
+        files = importlib.metadata.distribution("tempbalance").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if len(f.parts) == 2 and f.parts[0] == "tempbalance" and f.name.startswith("_core.") \
+                and f.name.endswith((".so", ".pyd")):
+            path = Path(str(f.locate())).resolve()
+            if path.exists():
+                return path.parent
+    return None
+
+
+def _editable_project() -> Path | None:
+    """The project folder of an editable install of ``tempbalance`` (its source tree is the install), else None."""
+    try:
+        info = json.loads(importlib.metadata.distribution("tempbalance").read_text("direct_url.json") or "{}")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    url = urllib.parse.urlparse(info.get("url", ""))
+    if not info.get("dir_info", {}).get("editable") or url.scheme != "file":
+        return None
+    return Path(urllib.parse.unquote(url.path)).resolve()
 
 
 def default_threads() -> int:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ._version import __version__
 from .cli_errors import CliError
 from .demo import command as _demo
 
@@ -186,6 +187,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tempbalance", description="TempBalance: layer-wise spectral analysis "
                                      "and learning rates from heavy-tailed self-regularization")
+    parser.add_argument("--version", action="version", version=f"tempbalance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, configure, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -44,6 +44,14 @@ def pytest_configure(config):
 BACKENDS = ["torch"] + (["native"] if _native.core is not None else [])
 
 
+def pytest_report_header(config):
+    """Which tempbalance is tested, and whether its native core loaded (its tests are skipped when not)."""
+    import tempbalance
+
+    core = "loaded" if _native.core is not None else f"unavailable, its tests skipped: {_native.unavailable_reason}"
+    return f"tempbalance {tempbalance.__version__} from {Path(tempbalance.__file__).parent}; native core {core}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -47,6 +47,11 @@ def _entry(rank: int, world: int, scenario: str, tmp: str) -> None:
         out = {"traceback": traceback.format_exc()}
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
+    # torch keeps the gloo group (and its worker threads) alive past destroy_process_group; ending without
+    # interpreter shutdown leaves them nothing to race (benchmarks/distributed.py, end_rank_process)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def single_process_group() -> Any:

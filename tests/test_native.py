@@ -170,17 +170,22 @@ def test_syevr_short_count_gives_nan_not_garbage(fault):
     assert top.shape == (20,) and np.isnan(top).all()
 
 
-@pytest.mark.parametrize("skip", [0, 1])
-def test_a_worker_thread_that_cannot_start_leaves_the_work_to_the_others(fault, skip):
-    # The OS refusing a thread used to destroy joinable std::threads (std::terminate, the process dies); run in a
-    # subprocess so that failure reports instead of killing the test run.
+def _run_isolated(code: str) -> None:
+    """Runs ``code`` (which prints "ok") in a fresh interpreter with the core loaded: a crash or an abort of the
+    core there fails the test instead of killing the test run."""
     import subprocess
     import sys
 
-    code = f"""
-import numpy as np
-from tempbalance import _native
-core = _native.core
+    prelude = "import numpy as np\nfrom tempbalance import _native\ncore = _native.core\n"
+    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (
+        f"exit status {done.returncode}: {done.stderr[-2000:]}")
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_a_worker_thread_that_cannot_start_leaves_the_work_to_the_others(fault, skip):
+    # The OS refusing a thread used to destroy joinable std::threads (std::terminate, the process dies).
+    _run_isolated(f"""
 rng = np.random.default_rng(6)
 mats = [rng.standard_normal((30 + k, 40)) for k in range(6)]
 want = core.gram_eigvalsh(mats, [], 1)
@@ -192,9 +197,73 @@ one = core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=1)
 core._arm_fault("thread_start", 0)
 assert np.array_equal(core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=3), one)
 print("ok")
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+""")
+
+
+@pytest.mark.parametrize("skip", [0, 2, 5])
+def test_a_task_that_throws_is_an_error_not_an_abort(fault, skip):
+    # A task throwing on the caller's share while workers were joinable, or on a worker (an exception leaving a
+    # std::thread), used to std::terminate the process; now every worker is joined and the error is raised.
+    _run_isolated(f"""
+rng = np.random.default_rng(7)
+mats = [rng.standard_normal((30 + k, 40)) for k in range(6)]
+spectra = [np.sort(rng.pareto(2.0, 300) + 1) for _ in range(6)]
+want = core.gram_eigvalsh(mats, [], 1)
+want_rows = core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=1)
+for call in (lambda: core.gram_eigvalsh(mats, [], 3),
+             lambda: core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=3)):
+    core._arm_fault("task_throw", {skip})
+    try:
+        call()
+    except RuntimeError as e:
+        assert "a task threw" in str(e), e
+    else:
+        raise AssertionError("no error raised")
+got = core.gram_eigvalsh(mats, [], 3)  # the fault fired once: the pool works again
+assert all(np.allclose(g, w, rtol=1e-12) for g, w in zip(got, want))
+assert np.array_equal(core.hill_metrics(spectra, xmin_rule="fit", min_eigs=0, num_threads=3), want_rows)
+print("ok")
+""")
+
+
+def _tied_spectra() -> list[tuple[np.ndarray, int]]:
+    """(matrix, top) pairs whose top-k bracket holds many equal eigenvalues: orthonormal rows (every Gram eigenvalue
+    1, exactly or to round-off) and a spectrum whose k-th largest value is tied with many below it."""
+    rng = np.random.default_rng(8)
+    n = 120
+    eye = np.hstack([np.eye(n), np.zeros((n, 30))])
+    q, _ = np.linalg.qr(rng.standard_normal((n + 30, n)))  # orthonormal columns: q.T has orthonormal rows
+    q = np.ascontiguousarray(q.T)
+    steps = np.diag(np.sqrt(np.repeat([1.0, 4.0], n // 2)))
+    pairs = []
+    for dtype in (np.float32, np.float64, np.complex64, np.complex128):
+        pairs += [(eye.astype(dtype), 5), (q.astype(dtype), 7), (steps.astype(dtype), n // 2 + 3)]
+    return pairs
+
+
+@needs_core
+@pytest.mark.skipif(core is None or not hasattr(core, "_gram_eigvalsh_guarded"), reason="no guard-page binding")
+def test_top_k_with_tied_eigenvalues_writes_only_its_k_slots(tmp_path):
+    # ?syevr's bisection (?stebz) first stores every eigenvalue of the interval it brackets, all N of them when
+    # they are equal, and only then drops the extra ones: given the k-slot output as its W, it wrote past it.
+    # Every output here ends at an inaccessible page, so such a write is a crash (in a subprocess).
+    cases = _tied_spectra()
+    np.savez(tmp_path / "cases.npz", *[a for a, _ in cases])
+    _run_isolated(f"""
+cases = np.load({str(tmp_path / "cases.npz")!r})
+mats, tops = [cases[f"arr_{{j}}"] for j in range(len(cases.files))], {[top for _, top in cases]}
+alone = [core._gram_eigvalsh_guarded([a], [top], 1)[0] for a, top in zip(mats, tops)]
+together = core._gram_eigvalsh_guarded(mats, tops, 2)  # two workers, each reusing its workspace
+np.savez({str(tmp_path / "got.npz")!r}, *alone, *together)
+print("ok")
+""")
+    got = np.load(tmp_path / "got.npz")
+    for j, (a, top) in enumerate(cases):
+        alone, together = got[f"arr_{j}"], got[f"arr_{j + len(cases)}"]
+        single = a.dtype in (np.float32, np.complex64)
+        ref = _reference(a)[-top:]
+        assert alone.shape == (top,) and np.array_equal(alone, together)
+        np.testing.assert_allclose(alone, ref, rtol=0, atol=(1e-5 if single else 1e-12) * ref[-1])
 
 
 def test_fault_names_are_checked(fault):

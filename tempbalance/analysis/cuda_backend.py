@@ -13,13 +13,13 @@ import contextlib
 import importlib.util
 import os
 import re
-import warnings
 from types import ModuleType
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .. import _warn
 from .options import HillOptions
 
 _module: ModuleType | None = None
@@ -153,8 +153,8 @@ def _fallback_warning() -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn(f"tempbalance: {cuda_status()}; CUDA weights are analysed on the CPU path instead (copied to "
-                      "host memory)", RuntimeWarning, stacklevel=4)
+        _warn.warn(f"tempbalance: {cuda_status()}; CUDA weights are analysed on the CPU path instead (copied to "
+                   "host memory)", RuntimeWarning)
 
 
 def _failure_warning(exc: BaseException) -> None:
@@ -163,8 +163,8 @@ def _failure_warning(exc: BaseException) -> None:
     global _failed_warned
     if not _failed_warned:
         _failed_warned = True
-        warnings.warn(f"tempbalance: the CUDA core failed ({exc}); those weights are analysed on the CPU path "
-                      "instead (further failures are not reported)", RuntimeWarning, stacklevel=4)
+        _warn.warn(f"tempbalance: the CUDA core failed ({exc}); those weights are analysed on the CPU path "
+                   "instead (further failures are not reported)", RuntimeWarning)
 
 
 def is_device(t: torch.Tensor) -> bool:

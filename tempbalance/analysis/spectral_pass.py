@@ -113,8 +113,8 @@ class _GramBatcher:
             if e is not None:
                 e = e.to(torch.float64)
                 k = self.shifts[idx]
-                if isinstance(k, torch.Tensor):
-                    e = e * torch.exp2(2.0 * k.to(torch.float64))
+                if isinstance(k, torch.Tensor):  # a device stack's shift; its spectrum may have been solved on the CPU
+                    e = e * torch.exp2(2.0 * k.to(device=e.device, dtype=torch.float64))
                 elif k:
                     e = e * 4.0 ** k
                 keep = keep_device and cuda_backend.is_device(e)

@@ -66,7 +66,8 @@ class EveryN(Cadence):
 
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"interval must be None (per epoch), 'adaptive', a Cadence or an integer >= 1, got {n!r}")
+            raise ValueError(f"interval must be None or 'epoch' (per epoch), 'adaptive', a Cadence or an integer >= 1, "
+                             f"got {n!r}")
         self.n = n
 
     def due_after_step(self, step: int) -> bool:

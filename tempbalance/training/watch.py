@@ -21,6 +21,10 @@ from .epochs import epoch_source
 # each saw more than one, is a loop that steps TempBalance twice per update (a single extra call is allowed: a
 # GradScaler skips optimizer.step() on overflow and the schedule still advances, as torch's schedulers do)
 REPEATS_TOLERATED = 2
+# tb.step() calls in a row with no optimizer step at all between them: a GradScaler skips optimizer.step() while it
+# lowers its scale (one halving per skip: 2**16 reaches 1 in 16 skips, Megatron's 2**32 in 32); far more is a loop
+# whose optimizer never steps (forgotten, or another optimizer than this TempBalance's), not an overflow
+SKIPS_TOLERATED = 64
 
 
 def steps_through_torch(optimizer: Any) -> bool:
@@ -77,8 +81,15 @@ class StepWatch:
         self.calls_since_update = 0
 
     def check_call(self) -> None:
-        """``tb.step()`` was called: refuse a loop that calls it more than once per optimizer step (before it changes
-        anything; needs the hook), else count the call."""
+        """``tb.step()`` was called: refuse a loop that calls it more than once per optimizer step, or again and again
+        with no optimizer step at all (before it changes anything; needs the hook)."""
+        if self._hook is not None and self.calls_since_update >= SKIPS_TOLERATED:
+            raise RuntimeError(
+                f"TempBalance.step() was called {self.calls_since_update} times in a row with no optimizer step "
+                "in between (since TempBalance was built or the optimizer last stepped): every call advances the base "
+                "schedule and the refresh interval by one step while nothing trains. Call optimizer.step() before "
+                "each tb.step(), on the optimizer TempBalance was built with (a new optimizer needs a new "
+                "TempBalance); to resume a run, use tb.load_state_dict(...) instead of stepping it forward")
         if self._hook is not None and self.calls_since_update >= 1 and self.repeats >= REPEATS_TOLERATED:
             raise RuntimeError(
                 f"TempBalance.step() was called more than once after each of the last {self.repeats} "

@@ -150,3 +150,33 @@ def test_trainer_with_the_glue_preset_is_the_modelbalancing_reference(tmp_path):
     assert len(got) == len(want) == 10
     for g, w in zip(got, want):
         assert_lrs(g, w["lrs"])
+
+
+def _readme_block(containing: str) -> str:
+    """The README's python code block that contains ``containing`` (dedented: it may sit in a list item)."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [textwrap.dedent(b) for _, b in re.findall(r"^( *)```python\n(.*?)^\1```", readme, re.M | re.S)]
+    found = [b for b in blocks if containing in b]
+    assert len(found) == 1, f"the README has {len(found)} python blocks with {containing!r}"
+    return found[0]
+
+
+def test_the_readmes_trainer_snippet_gives_tb_and_its_callback(tmp_path):
+    """The README's Trainer code, run as written: it names where the callback comes from and gives the user the
+    ``tb`` the callback needs; the callback refreshes at the Trainer's epoch ends (no stand-in, no warning)."""
+    import warnings
+
+    a = args(tmp_path, max_steps=-1, num_train_epochs=2)
+    scope = {"model": tiny_bert(), "args": a, "num_training_steps": 8, "train_dataset": Data()}
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        exec(compile(_readme_block("TempBalanceCallback(tb)"), "README.md", "exec"), scope)
+    tb = scope["tb"]
+    assert any(isinstance(c, TempBalanceCallback) and c.tb is tb for c in scope["trainer"].callback_handler.callbacks)
+    assert scope["trainer"].lr_scheduler is tb and tb.step_count == 8
+    assert [h["step"] for h in tb.history] == [0, 4, 8]  # 4 optimizer steps an epoch; the last pass when read
+    assert not [w for w in rec if "no epoch_end" in str(w.message)]
