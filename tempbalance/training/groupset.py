@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .groups import FactoredGroups, check_groups, owners_of, read, schedulers_in, write
+from .groups import FactoredGroups, check_base_scheduler, check_groups, owners_of, read, schedulers_in, write
 
 
 class GroupSet:
@@ -119,6 +119,18 @@ class GroupSet:
     def release(self, reason: str) -> None:
         for book in self.books:
             book.release(reason)
+
+    def attach(self, scheduler: Any) -> None:
+        """Take ``scheduler`` as the one optimizer's base scheduler after construction (or detach it with None):
+        checked like the argument (:meth:`FactoredGroups.attach_scheduler` refuses one built on the factored
+        values)."""
+        if len(self.optimizers) > 1:
+            raise ValueError("with several optimizers, give the base schedulers when TempBalance is built")
+        if scheduler is not None:
+            check_base_scheduler(self.optimizers[0], scheduler)
+            for book in self.books:
+                book.attach_scheduler(scheduler)
+        self.schedulers[0] = scheduler
 
     def scheduled_after(self, book: FactoredGroups, steps: int) -> list[float]:
         """The un-factored values ``book``'s base scheduler will have given its groups ``steps`` steps from now (its

@@ -178,17 +178,10 @@ class TempBalance(LRScheduler):
         """Attach (or with None, detach) the base scheduler after construction: checked like the argument, and a
         scheduler built after TempBalance - its base LRs are the factored ones - is refused."""
         self._check_attached()
-        if len(self.optimizers) > 1:
-            raise ValueError("with several optimizers, give the base schedulers when TempBalance is built")
-        if scheduler is self._groups.schedulers[0]:
-            return
-        if scheduler is not None:
-            if isinstance(scheduler, TempBalance):
-                raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
-            _groups.check_base_scheduler(self.optimizer, scheduler)
-            for book in self._groups.books:
-                book.attach_scheduler(scheduler)
-        self._groups.schedulers[0] = scheduler
+        if isinstance(scheduler, TempBalance):
+            raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
+        if scheduler is not self._groups.schedulers[0]:
+            self._groups.attach(scheduler)
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def step(self, *args: Any, **kwargs: Any) -> None:
@@ -446,11 +439,13 @@ class TempBalance(LRScheduler):
         run's first optimizer step."""
         self._settle()
         held = self._groups.books[0].base() if self._groups.held is not None else None
+        groups = self._groups.state_parts()
         return dict(version=checkpoint.VERSION, settings=self._settings(),
-                    fingerprint=[list(x) for x in self._chosen.fingerprint], cadence=self.cadence.state_dict(),
+                    fingerprint=[list(x) for x in self._chosen.fingerprint], groups=groups["groups"],
+                    cadence=self.cadence.state_dict(), base_scheduler=groups["base_scheduler"],
                     progress=dict(step_count=self.step_count, epoch=self.epoch, source_epoch=self._watch.source_epoch,
                                   refresh_due=self._refresh_due, held_base=copy.copy(held)),
-                    **self._groups.state_parts(), **self._refresher.state_parts(self.step_count, self.stagger > 1))
+                    **self._refresher.state_parts(self.step_count, self.stagger > 1))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Everything is checked before anything changes: a different model, unit

@@ -14,6 +14,7 @@ from torch import nn
 from tempbalance import TempBalance
 from tempbalance.training.mapping import MappingOptions
 from tempbalance.training.policies import MappedPolicy, Policy
+from test_scheduler_deferred import counted
 
 KW = dict(min_eigs=8, backend="torch", unit="layer")
 
@@ -46,31 +47,24 @@ def batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(16, 24, generator=g), torch.randn(16, 24, generator=g)) for _ in range(n)]
 
 
+def update(m, opts, x, y) -> None:
+    """One training step: every optimizer steps once."""
+    loss = nn.functional.mse_loss(m(x), y)
+    for o in opts:
+        o.zero_grad()
+    loss.backward()
+    for o in opts:
+        o.step()
+
+
 def train(m, opts, tb, data) -> list[list[float]]:
     """The lr of every group as each step used it."""
     used = []
     for x, y in data:
         used.append([float(g["lr"]) for o in opts for g in o.param_groups])
-        loss = nn.functional.mse_loss(m(x), y)
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
+        update(m, opts, x, y)
         tb.step()
     return used
-
-
-def counted(tb) -> list[int]:
-    calls: list[int] = []
-    inner = tb._refresher.analyze
-
-    def analyze(specs, *options):
-        calls.append(tb.step_count)
-        return inner(specs, *options)
-
-    tb._refresher.analyze = analyze
-    return calls
 
 
 def test_two_optimizers_get_base_times_the_factors_of_one_pass():
@@ -192,12 +186,7 @@ def test_stepping_tempbalance_twice_per_update_is_refused_with_two_optimizers():
     x, y = batches(1)[0]
     with pytest.raises(RuntimeError, match="more than once"):
         for _ in range(4):
-            loss = nn.functional.mse_loss(m(x), y)
-            for o in opts:
-                o.zero_grad()
-            loss.backward()
-            for o in opts:
-                o.step()
+            update(m, opts, x, y)
             tb.step()
             tb.step()
 
