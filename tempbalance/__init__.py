@@ -14,6 +14,7 @@ from . import _native, compat, presets
 from .analysis import analyze, analyze_specs
 from .cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
 from .hill import alpha_hill
+from .llrd import layer_decay_groups, layer_decay_profile
 from .regularizers import SpectralNormRegularizer
 from .report import LayerResult, Report
 from .scheduler import TempBalance
@@ -30,5 +31,5 @@ def native_available() -> bool:
 __all__ = [
     "esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult", "TempBalance",
     "SpectralNormRegularizer", "native_available", "Cadence", "EveryN", "PerEpoch", "Adaptive", "Budget",
-    "__version__", "compat", "presets",
+    "__version__", "compat", "presets", "layer_decay_groups", "layer_decay_profile",
 ]

@@ -178,6 +178,25 @@ def test_plan_is_seed_major_with_the_cadence_check_last():
         text_run.parse(["--arms", "TB-paper"])
 
 
+def test_llrd_arms_plan_settings_and_tuned_lr():
+    """LLRD-0.85 is a grid arm with its decay in the stored settings; --llrd-tuned runs 0.75 and 0.95 at the lr
+    LLRD-0.85 selected on mean dev macro-F1, and refuses to guess before that grid has finished."""
+    args = _args(["--seeds", "2", "--arms", "FT", "LLRD-0.85", "--cadence-check", "0"])
+    assert text_run.plan(args)[:4] == [(8, "FT", 1e-3, 0), (8, "FT", 3e-3, 0), (8, "LLRD-0.85", 1e-3, 0),
+                                       (8, "LLRD-0.85", 3e-3, 0)]
+    assert text_run.run_settings(args, "LLRD-0.85")["layer_decay"] == 0.85
+    assert "layer_decay" not in text_run.run_settings(args, "FT")  # FT's stored runs keep matching
+    tuned = _args(["--sizes", "8", "--seeds", "2", "--arms", "FT", "--cadence-check", "0", "--llrd-tuned"])
+    with pytest.raises(SystemExit, match="LLRD-0.85 at every lr"):
+        text_run.plan(tuned, {})
+    done = {(8, "LLRD-0.85", lr, s): fake_run(8, "LLRD-0.85", lr, s, dev_f1=f, test_acc=0.7)
+            for lr, f in ((1e-3, 0.6), (3e-3, 0.7)) for s in (0, 1)}
+    done[8, "LLRD-0.85", 1e-3, 1]["scores"]["dev"]["macro_f1"] = 0.95  # mean 0.775 > 0.7: 1e-3 wins on the mean
+    plan = text_run.plan(tuned, done)
+    assert plan[-4:] == [(8, "LLRD-0.75", 1e-3, 0), (8, "LLRD-0.95", 1e-3, 0), (8, "LLRD-0.75", 1e-3, 1),
+                         (8, "LLRD-0.95", 1e-3, 1)]
+
+
 @pytest.fixture
 def data_packages():
     from tempbalance.demo import data as D
