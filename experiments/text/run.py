@@ -166,7 +166,7 @@ def plan(args: argparse.Namespace, done: dict[tuple, dict] | None = None) -> lis
     LLRD-0.85 selected on the stored runs ``done``."""
     out = []
     for n in args.sizes:
-        seeds = seeds_for(n, args.seeds)
+        seeds = seeds_for(n, args.seeds)[args.seed_start:]
         out += [(n, arm, lr, s) for s in seeds for arm in args.arms for lr in args.lrs]
         if args.cadence_check and "TB-paper" in args.arms:
             out += [(n, CADENCE_ARM, max(args.lrs), s) for s in seeds[:args.cadence_check]]
@@ -307,6 +307,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sst2 (default) or bbc (BBC News topics, the second task; results in <model>-bbc)")
     p.add_argument("--sizes", type=int, nargs="+", help=f"training sizes (default {FULL['sizes']})")
     p.add_argument("--seeds", type=int, help=f"seeds per size (default {SEEDS} for those sizes, 5 for others)")
+    p.add_argument("--seed-start", type=int, default=0,
+                   help="run only seeds from this one on (two queues split the seeds of one size)")
     p.add_argument("--lrs", type=float, nargs="+", help="lr grid of every arm (default per model: "
                    + "; ".join(f"{k} {v[0]}" for k, v in MODELS.items()) + ")")
     p.add_argument("--arms", nargs="+", choices=list(ARMS) + [LLRD_ARM],
@@ -343,8 +345,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.lrs = SMOKE["lrs"] if args.smoke else MODELS.get(args.model_key, MODELS["minilm"])[0]
     if "FT" not in args.arms:
         p.error("--arms must include FT (every TB arm is compared with it)")
-    if args.seeds is not None and args.seeds < 1 or min(args.sizes) < 2 or args.epochs < 1:
-        p.error("--seeds and --epochs must be >= 1, sizes >= 2")
+    if args.seeds is not None and args.seeds < 1 or min(args.sizes) < 2 or args.epochs < 1 or args.seed_start < 0:
+        p.error("--seeds and --epochs must be >= 1, sizes >= 2, --seed-start >= 0")
     if args.out is None:
         folder = args.model_key if args.task == "sst2" else f"{args.model_key}-{args.task}"
         args.out = tempfile.mkdtemp(prefix="text-smoke-") if args.smoke else str(HERE / "results" / folder)

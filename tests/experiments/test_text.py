@@ -173,6 +173,9 @@ def test_plan_is_seed_major_with_the_cadence_check_last():
     full = text_run.parse(["--model", "mpnet"])
     assert full.shuffle_control == full.sorted_control == []  # the full run's default: none
     assert text_run.seeds_for(13) == list(range(10)) and text_run.seeds_for(128) == list(range(5))
+    split = text_run.plan(_args(["--seeds", "3", "--seed-start", "2", "--arms", "FT", "--cadence-check", "0",
+                                 "--shuffle-control", "--sorted-control"]))
+    assert split == [(8, "FT", 1e-3, 2), (8, "FT", 3e-3, 2)]  # --seed-start 2 of 3 seeds: seed 2 only
     assert text_run.parse(["--model", "mpnet"]).lrs == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
     with pytest.raises(SystemExit):
         text_run.parse(["--arms", "TB-paper"])
