@@ -564,6 +564,10 @@ def _llrd_markdown(h2h: list[dict[str, Any]], comps: list[dict[str, Any]], pretr
         md.append(f"| {h['size']} | {len(h['seeds'])} | {_lr(h['TB_lr'])} / {_lr(h['LLRD_lr'])} | "
                   f"{_f(a['diff_mean'], '+.2f')} ({a['wins']}/{a['n']}, {_f(a['t_p'], '.3f')}, "
                   f"{_f(a['wilcoxon_p'], '.3f')}) | {_f(f['diff_mean'], '+.2f')} ({_f(f['t_p'], '.3f')}) | {eq} |")
+    edge = [h["size"] for h in h2h if h["LLRD_lr"] == max(g["lr"] for g in h["grid"])]
+    if edge:
+        md += ["", f"LLRD-0.85 selected the grid's largest lr at {', '.join(map(str, edge))} sentences: its best lr may "
+               "lie above the grid (it trains every block but the last below the base lr)."]
     tuned = [h for h in h2h if h["tuned"] is not None]
     if tuned:
         md += ["", "LLRD-tuned: the decay rate chosen on dev (mean macro-F1) among 0.75 / 0.85 / 0.95 at LLRD-0.85's "

@@ -306,6 +306,9 @@ def test_llrd_vs_tb_and_tuned_against_scipy():
     assert [m["holm_p"] for m in main] == pytest.approx(R.holm([m["t_p"] for m in main]))
     md = R._llrd_markdown([h], comps, PRE)
     assert any("Pearson correlation with LLRD-0.85's +1.00" in line for line in md)  # 0.5, 1.5 vs 0.85, 1
+    assert any("grid's largest lr" in line for line in md) == (best == 1e-4)
+    edge = R._llrd_markdown([dict(h, LLRD_lr=1e-4)], comps, PRE)
+    assert any("largest lr at 13 sentences" in line for line in edge)
 
 
 def test_dose_response_against_scipy():
