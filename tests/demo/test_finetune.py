@@ -198,12 +198,11 @@ def test_block_lr_scale_changes_the_run_only_through_the_lr(tiny_encoder, toy):
 def test_layer_decay_trains_with_the_llrd_lrs(tiny_encoder, toy, monkeypatch):
     """``layer_decay`` gives the optimizer tempbalance.llrd's lrs (block l of L: decay^(L-1-l), embeddings
     decay^L, head 1x; matrices with weight decay) and changes the run only through them (decay 1 = FT)."""
-    import tempbalance.demo.finetune as F
     from tempbalance.llrd import layer_decay_scales
 
     seen = []
-    real = F.adamw
-    monkeypatch.setattr(F, "adamw", lambda groups, lr: seen.append(groups) or real(groups, lr))
+    real = finetune.__globals__["adamw"]  # the module finetune runs in (other tests may reload the package)
+    monkeypatch.setitem(finetune.__globals__, "adamw", lambda groups, lr: seen.append(groups) or real(groups, lr))
     train = toy(16, seed=2)
     ft = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7), {"t": train})
     one = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7, layer_decay=1.0), {"t": train})
