@@ -66,6 +66,9 @@ class Scheme:
         included (the LM code's ``tb_update=stage``, train_tb.py:618-621).
     interval: the reference's cadence, in words.
     source: repository and commit the scheme was read from.
+    policy: ``""`` when :meth:`Plan.factors` maps a pass (:class:`~tempbalance.training.policies.CompatPolicy`);
+        else the :class:`~tempbalance.training.policies.Policy` that computes the reference's own mapping, which
+        ``TempBalance(compat=name)`` then needs as ``policy=`` (its ``reproduces`` names the scheme).
     """
 
     name: str
@@ -78,6 +81,7 @@ class Scheme:
     holds_between_passes: bool
     interval: str
     source: str
+    policy: str = ""
 
     def __post_init__(self) -> None:
         if self.drop_order not in DROP_ORDERS:
