@@ -190,7 +190,9 @@ Args:
         before them, factors acting from the update after each pass), ``"tempbalance_cnn"`` (NeurIPS'23 CIFAR:
         per layer, BatchNorm ``bnK`` following ``convK``), ``"tempbalance_lm"`` (NeurIPS'23 LM: per Linear,
         LayerNorms following the Linear before them, the learning rates held between passes) or
-        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum). ``True``:
+        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum) or
+        ``"alphadecay"`` (NeurIPS'25 LLM pre-training: per-layer weight decays; its mapping is the policy
+        :class:`~tempbalance.training.alphadecay.AlphaDecay`, given as ``policy=``, or a preset ``alphadecay-*``). ``True``:
         ``"modelbalancing"`` when the adapter finds blocks, else ``"tempbalance_cnn"``. Every scheme also
         analyses LoRA without its scaling and conv eigenvalues x 0.5, and maps equal alphas to ``s2``. The
         units are then the tuned matrices (``factors`` has one per matrix).
@@ -209,7 +211,7 @@ Args:
         the weight decay from one spectral pass; the first is the primary one: ``factors``, ``unit_alphas``);
         ``None`` = TempBalance's own, built from ``metric``, ``mapping`` (and its parameters), ``normalize`` and
         ``target``, which a given policy decides instead. Under ``compat`` only a policy that reproduces that
-        scheme (``Policy.reproduces``).
+        scheme (``Policy.reproduces``: ``AlphaDecay`` for ``"alphadecay"``).
 """
 
 def optimizers_and_schedulers(optimizer: Any, base_scheduler: Any) -> tuple[list[Any], list[Any]]:
