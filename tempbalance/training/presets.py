@@ -8,7 +8,9 @@
 Every value names the script and config line it was read from (repository at a fixed commit). ``get`` returns
 :class:`~tempbalance.TempBalance` keyword arguments; any of them can be overridden (``get(name, s_lo=1.0)``).
 ``training`` returns the rest of the published recipe (optimizer, learning rate, batch size, schedule, ...), which
-TempBalance does not set. ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
+TempBalance does not set. Some presets take options of their own, which build TempBalance arguments afresh at every
+``get`` (the AlphaDecay presets: ``assign=``, ``wd_min_ratio=``, ``wd_max_ratio=``, ``sigmoid_alpha=`` make the
+``policy``, ``every=`` the ``interval``). ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
 ``compat=`` argument); ``reference_only`` lists what that code does that TempBalance does not reproduce.
 """
 from __future__ import annotations

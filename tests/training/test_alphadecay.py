@@ -359,3 +359,28 @@ def test_tempbalance_lrs_and_alphadecay_weight_decays_from_one_pass_and_one_stat
     tb2.load_state_dict(saved["tb"])
     got = run(second, opt2, tb2, data[4:])
     assert got[0] == want[0][4:] and got[1] == want[1][4:]
+
+
+def test_the_readmes_alphadecay_example_runs_as_written():
+    """README, "Methods": the preset (AlphaDecay's weight decays, lr untouched), then TempBalance's lrs and
+    AlphaDecay's weight decays from one pass."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "alphadecay-llama-adamw" in b]
+    assert len(blocks) == 1
+    model = tiny_llama()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(adamw, lambda t: 1.0)
+    first, second = blocks[0].strip().splitlines()
+    scope = dict(TempBalance=TempBalance, model=model, adamw=adamw, sched=sched, MappedPolicy=MappedPolicy,
+                 AlphaDecay=AlphaDecay)
+    exec(first, scope)
+    tb = scope["tb"]
+    assert tb.compat == "alphadecay" and tb.cadence.describe().startswith("before every 500th")
+    assert {g["lr"] for g in adamw.param_groups} == {1e-3} and len({g["weight_decay"] for g in adamw.param_groups}) > 5
+    exec(second, scope)
+    tb = scope["tb"]
+    assert set(tb.factors_by_target) == {"lr", "weight_decay"} and tb.compat is None
+    assert len({g["lr"] for g in adamw.param_groups}) > 5 and len({g["weight_decay"] for g in adamw.param_groups}) > 5
