@@ -47,19 +47,24 @@ def make_optimizer(model: nn.Module, name: str, weight_decay: float) -> torch.op
     return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=weight_decay)
 
 
-def run_ours(model: nn.Module, data, *, optimizer: str, weight_decay: float, **tb_kwargs):
-    """The loop a user writes: the optimizer over all parameters, the reference's cosine as the base scheduler,
-    TempBalance stepped after each update. Returns per update ``{"lr": {...}, "weight_decay": {...}}``."""
-    opt = make_optimizer(model, optimizer, weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule())
-    tb = TempBalance(model, opt, base_scheduler=sched, dtype=F64, **tb_kwargs)
+def train(model: nn.Module, opt: torch.optim.Optimizer, tb: TempBalance, data) -> list[dict[str, dict[str, float]]]:
+    """The loop a user writes, TempBalance stepped after each update. Returns per update ``{"lr": {...},
+    "weight_decay": {...}}`` per parameter, as the update read them."""
     lrs, wds = recorder(model, opt), recorder(model, opt, "weight_decay")
     for ids in data:
         lm_loss(model, ids).backward()
         opt.step()
         tb.step()
         opt.zero_grad()
-    return [{"lr": a, "weight_decay": b} for a, b in zip(lrs, wds)], tb
+    return [{"lr": a, "weight_decay": b} for a, b in zip(lrs, wds)]
+
+
+def run_ours(model: nn.Module, data, *, optimizer: str, weight_decay: float, **tb_kwargs):
+    """The optimizer over all parameters, the reference's cosine as the base scheduler."""
+    opt = make_optimizer(model, optimizer, weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule())
+    tb = TempBalance(model, opt, base_scheduler=sched, dtype=F64, **tb_kwargs)
+    return train(model, opt, tb, data), tb
 
 
 def run_reference(model: nn.Module, data, *, optimizer: str, weight_decay: float, opts: ad.Options):
@@ -167,21 +172,12 @@ def test_resume_between_passes_repeats_the_run_bit_for_bit():
         return opt, TempBalance(model, opt, base_scheduler=sched, preset="alphadecay-llama-adamw",
                                 assign="layerwise_sigmoid", dtype=F64, **(timing or dict(every=EVERY)))
 
-    def run(model, opt, tb, part):
-        wds = recorder(model, opt, "weight_decay")
-        for ids in part:
-            lm_loss(model, ids).backward()
-            opt.step()
-            tb.step()
-            opt.zero_grad()
-        return wds
-
     init = tiny_llama()
     whole = copy.deepcopy(init)
-    want = run(whole, *build(whole), data)
+    want = train(whole, *build(whole), data)
     first = copy.deepcopy(init)
     opt, tb = build(first)
-    run(first, opt, tb, data[:5])
+    train(first, opt, tb, data[:5])
     saved = copy.deepcopy(dict(m=first.state_dict(), o=opt.state_dict(), tb=tb.state_dict()))
     assert saved["tb"]["cadence"]["type"] == "BeforeEveryN" and saved["tb"]["settings"]["compat"] == "alphadecay"
     second = tiny_llama(seed=99)
@@ -189,7 +185,7 @@ def test_resume_between_passes_repeats_the_run_bit_for_bit():
     second.load_state_dict(saved["m"])
     opt2.load_state_dict(saved["o"])
     tb2.load_state_dict(saved["tb"])
-    assert run(second, opt2, tb2, data[5:]) == want[5:]
+    assert train(second, opt2, tb2, data[5:]) == want[5:]
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), second.state_dict().values()))
     _, other = build(tiny_llama(), interval=EVERY)
     with pytest.raises(ValueError, match="cadence: saved with BeforeEveryN, this object has EveryN"):
@@ -315,20 +311,11 @@ def test_tempbalance_lrs_and_alphadecay_weight_decays_from_one_pass_and_one_stat
         return opt, TempBalance(model, opt, base_scheduler=sched, unit="layer", interval=3, dtype=F64,
                                 policy=[MappedPolicy(), AlphaDecay("layerwise_sigmoid")])
 
-    def run(model, opt, tb, part):
-        lrs, wds = recorder(model, opt), recorder(model, opt, "weight_decay")
-        for ids in part:
-            lm_loss(model, ids).backward()
-            opt.step()
-            tb.step()
-            opt.zero_grad()
-        return lrs, wds
-
     model = tiny_llama(layers=3)
     init = copy.deepcopy(model)
     opt, tb = build(model)
     calls = counted(tb)
-    want = run(model, opt, tb, data)
+    want = train(model, opt, tb, data)
     assert calls == [3, 6, 9]  # one pass per refresh for both knobs
     assert tb.adapter.name == "llama" and len(tb.units) == 21  # every matrix of the 3 blocks (the head: no block)
     alphas = np.array([tb.unit_alphas[u] for u in tb.units])
@@ -349,7 +336,7 @@ def test_tempbalance_lrs_and_alphadecay_weight_decays_from_one_pass_and_one_stat
 
     first = copy.deepcopy(init)
     opt1, tb1 = build(first)
-    run(first, opt1, tb1, data[:4])
+    train(first, opt1, tb1, data[:4])
     saved = copy.deepcopy(dict(m=first.state_dict(), o=opt1.state_dict(), tb=tb1.state_dict()))
     assert saved["tb"]["settings"]["targets"] == ["lr", "weight_decay"]
     second = tiny_llama(layers=3, seed=5)
@@ -357,8 +344,7 @@ def test_tempbalance_lrs_and_alphadecay_weight_decays_from_one_pass_and_one_stat
     second.load_state_dict(saved["m"])
     opt2.load_state_dict(saved["o"])
     tb2.load_state_dict(saved["tb"])
-    got = run(second, opt2, tb2, data[4:])
-    assert got[0] == want[0][4:] and got[1] == want[1][4:]
+    assert train(second, opt2, tb2, data[4:]) == want[4:]
 
 
 def test_the_readmes_alphadecay_example_runs_as_written():

@@ -46,73 +46,28 @@ LM_ROWS = """
 0.000125          51              median              True         True                alpha       tb_linear_map           True              1.0              1.0                 2                  200                      25                adam                 3          40000                1               120             stage
 """
 
-# hed-ucas/AlphaDecay@23ce27c LLaMa-pretraining/scripts/Adam/ours/{1e-5,5e-6,1e-6}.sh lines 14-21 of the first run and
-# scripts/Adamw/ours/{60M,130M}/WD1e_1.sh lines 10-19, as they stand (one option per line)
+# hed-ucas/AlphaDecay@23ce27c LLaMa-pretraining/scripts/: the options of the first run of each file that the presets
+# read (Adam/ours/*.sh lines 14 and 17-21; Adamw/ours/*/WD1e_1.sh lines 10-12 and 15-19), one line per file
 ALPHADECAY_SCRIPTS = {
-    "Adam/ours/1e-5.sh": r"""
-    --weight_decay 0.00001 \
-    --use_modulewise_wd \
-    --alpha_positively_with_WD \
-    --unbalancedWD_every 500 \
-    --esd_metric_for_tb alpha \
-    --assign_func tb_linear_map\
-    --wd_min_ratio 0.6666 \
-    --wd_max_ratio 3 \
-""",
-    "Adam/ours/5e-6.sh": r"""
-    --weight_decay 0.000005 \
-    --use_modulewise_wd \
-    --alpha_positively_with_WD \
-    --unbalancedWD_every 500 \
-    --esd_metric_for_tb alpha \
-    --assign_func tb_linear_map\
-    --wd_min_ratio 0.6666 \
-    --wd_max_ratio 5 \
-""",
-    "Adam/ours/1e-6.sh": r"""
-    --weight_decay 0.000001 \
-    --use_modulewise_wd \
-    --alpha_positively_with_WD \
-    --unbalancedWD_every 500 \
-    --esd_metric_for_tb alpha \
-    --assign_func tb_linear_map\
-    --wd_min_ratio 0.6666 \
-    --wd_max_ratio 5 \
-""",
-    "Adamw/ours/60M/WD1e_1.sh": r"""
-    --num_training_steps 10000 \
-    --warmup_steps 1000 \
-    --weight_decay 0.1 \
-    --use_modulewise_wd \
-    --alpha_positively_with_WD \
-    --unbalancedWD_every 500 \
-    --esd_metric_for_tb alpha \
-    --assign_func tb_linear_map\
-    --wd_min_ratio 0.6666 \
-    --wd_max_ratio 5 \
-""",
-    "Adamw/ours/130M/WD1e_1.sh": r"""
-    --num_training_steps 20000 \
-    --warmup_steps 2000 \
-    --weight_decay 0.1 \
-    --use_modulewise_wd \
-    --alpha_positively_with_WD \
-    --unbalancedWD_every 500 \
-    --esd_metric_for_tb alpha \
-    --assign_func tb_linear_map\
-    --wd_min_ratio 0.6666 \
-    --wd_max_ratio 5 \
-""",
+    "Adam/ours/1e-5.sh": "--weight_decay 0.00001 --unbalancedWD_every 500 --esd_metric_for_tb alpha "
+                         "--assign_func tb_linear_map --wd_min_ratio 0.6666 --wd_max_ratio 3",
+    "Adam/ours/5e-6.sh": "--weight_decay 0.000005 --unbalancedWD_every 500 --esd_metric_for_tb alpha "
+                         "--assign_func tb_linear_map --wd_min_ratio 0.6666 --wd_max_ratio 5",
+    "Adam/ours/1e-6.sh": "--weight_decay 0.000001 --unbalancedWD_every 500 --esd_metric_for_tb alpha "
+                         "--assign_func tb_linear_map --wd_min_ratio 0.6666 --wd_max_ratio 5",
+    "Adamw/ours/60M/WD1e_1.sh": "--num_training_steps 10000 --warmup_steps 1000 --weight_decay 0.1 "
+                                "--unbalancedWD_every 500 --esd_metric_for_tb alpha --assign_func tb_linear_map "
+                                "--wd_min_ratio 0.6666 --wd_max_ratio 5",
+    "Adamw/ours/130M/WD1e_1.sh": "--num_training_steps 20000 --warmup_steps 2000 --weight_decay 0.1 "
+                                 "--unbalancedWD_every 500 --esd_metric_for_tb alpha --assign_func tb_linear_map "
+                                 "--wd_min_ratio 0.6666 --wd_max_ratio 5",
 }
 
 
 def _script(text):
-    """``--option value`` lines of a shell script -> {option: value} ("" for a flag)."""
-    out = {}
-    for line in text.strip().splitlines():
-        parts = line.replace("\\", " ").split()
-        out[parts[0].lstrip("-")] = parts[1] if len(parts) > 1 else ""
-    return out
+    """``--option value ...`` -> {option: value}."""
+    words = text.split()
+    return {k.lstrip("-"): v for k, v in zip(words[::2], words[1::2])}
 
 
 def test_alphadecay_presets_are_the_scripts():
