@@ -13,6 +13,8 @@ The published runs (``LLaMa-pretraining/scripts/Adam/ours/*.sh``, ``scripts/Adam
 ``--unbalancedWD_every 500 --esd_metric_for_tb alpha --assign_func tb_linear_map --wd_min_ratio 0.6666
 --wd_max_ratio 3`` (Adam, weight decay 1e-5) or ``5`` (the others), and the defaults of MAIN:97-111 for the rest
 (pl_fitting median, xmin_pos 2, remove_first / remove_last True, batchnorm True by name, filter_zeros False).
+``get_layer_scheduled_wd`` (WDU:139-171) is never called (it would call ``get_layerWD`` and
+``layerwise_assign_func``, which the class does not define); ``step``'s return value (WDU:182-195) is logging.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ ASSIGN_FUNCS = ("tb_linear_map", "tb_sqrt", "tb_log2", "layerwise_sigmoid")
 
 @dataclass
 class Options:
-    """``modulewise_AlphaDecay.__init__`` arguments (WDU:17-37) as MAIN passes them (MAIN:336-349, its defaults at
-    MAIN:97-111: ``wd_min_ratio`` 0.666 and ``wd_max_ratio`` 3 there; the class's own defaults are 0.5 and 1.5)."""
+    """``modulewise_AlphaDecay.__init__`` arguments (WDU:17-37) as MAIN passes them (MAIN:336-349, the rest at
+    MAIN:97-111's defaults). ``wd_min_ratio`` / ``wd_max_ratio``: the published Adam run at weight decay 1e-5
+    (0.6666, 3); MAIN's own defaults are 0.666 and 3, the class's 0.5 and 1.5."""
 
     xmin_pos: float = 2.0
     conv_norm: float = 0.5
