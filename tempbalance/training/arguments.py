@@ -85,8 +85,13 @@ class Arguments:
             targets = [p.target for p in policies]
             if len(set(targets)) != len(targets):
                 raise ValueError(f"each policy drives its own knob; these share one: targets {targets}")
-            if self.compat:
-                raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one")
+            if self.compat and any(p.compat_scheme != self.compat for p in policies):
+                raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one"
+                                 " (a policy that reproduces a scheme itself goes with that scheme's name: "
+                                 "compat='llr' with tempbalance.training.llr.LLR)")
+        elif self.compat and not isinstance(self.compat, bool) and _compat.SCHEMES[self.compat].edge_names:
+            raise ValueError(f"compat={self.compat!r} is reproduced by its policy: give policy="
+                             "tempbalance.training.llr.LLR(...), or preset='llr-...'")
 
     def policies(self) -> list[Policy]:
         """The policies given (one or a list), or [] for TempBalance's own."""
@@ -184,7 +189,9 @@ Args:
         before them, factors acting from the update after each pass), ``"tempbalance_cnn"`` (NeurIPS'23 CIFAR:
         per layer, BatchNorm ``bnK`` following ``convK``), ``"tempbalance_lm"`` (NeurIPS'23 LM: per Linear,
         LayerNorms following the Linear before them, the learning rates held between passes) or
-        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum). ``True``:
+        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum) or ``"llr"``
+        (LLR pretraining, AdamW or Muon + AdamW: per matrix, the embedding / LM head / the rest as units of their
+        own, with ``policy=tempbalance.training.llr.LLR(...)``, which holds its rules and transitions). ``True``:
         ``"modelbalancing"`` when the adapter finds blocks, else ``"tempbalance_cnn"``. Every scheme also
         analyses LoRA without its scaling and conv eigenvalues x 0.5, and maps equal alphas to ``s2``. The
         units are then the tuned matrices (``factors`` has one per matrix).

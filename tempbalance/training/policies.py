@@ -34,7 +34,12 @@ TARGETS = ("lr", "weight_decay")  # the param-group keys a policy can scale
 class Policy:
     """What a refresh turns into values of one knob (module docstring). Subclasses override :meth:`factors` (and
     :meth:`unit_values` to aggregate otherwise). ``metric``: the report column read (one of ``METRICS``);
-    ``target``: the param-group key scaled; ``backend``: where the math runs ("auto", "native", "torch")."""
+    ``target``: the param-group key scaled; ``backend``: where the math runs ("auto", "native", "torch").
+
+    ``compat_scheme``: the compat scheme this policy reproduces (a reference whose rules are a policy, not a
+    mapping: LLR's ``"llr"``); ``TempBalance(compat=...)`` takes ``policy=`` only for that scheme."""
+
+    compat_scheme: str | None = None
 
     def __init__(self, *, metric: str = "alpha", target: str = "lr", backend: str = "auto"):
         if metric not in METRICS:
@@ -58,6 +63,11 @@ class Policy:
         :meth:`unit_values` (so a refresh on the GPU never visits the host), else None."""
         return None
 
+    def bind(self, units: list[str], plan: Plan | None) -> None:
+        """Called once when TempBalance is built, before the first pass: the names of the units (the order of
+        :meth:`factors`' arrays) and the compat plan (None without compat). Nothing to do for a policy that maps
+        values alone."""
+
     # --- between refreshes: how committed factors reach the groups (override for a transition) -------------------
     def committed(self, factors: dict[str, float], step: int, groups: Any) -> None:
         """A refresh committed ``factors`` (unit -> factor) at ``step``; ``groups`` is the scheduler's
@@ -73,9 +83,14 @@ class Policy:
         """What a resumed run needs of this policy (a transition in progress); empty for a stateless one."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
+    def check_state(self, state: Any) -> None:
+        """``ValueError`` saying why ``state`` (a checkpoint's part) does not fit this policy; nothing changes.
+        By default: a state for a policy that keeps none (one with its own ``load_state_dict`` checks it there)."""
+        if state and type(self).load_state_dict is Policy.load_state_dict:
             raise ValueError(f"{type(self).__name__} keeps no state, the checkpoint holds {sorted(state)}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
 
     def describe(self) -> str:
         return f"{type(self).__name__}(metric={self.metric}, target={self.target})"

@@ -49,6 +49,8 @@ class Refresher:
         index = {u: k for k, u in enumerate(self.units)}
         self.unit_index = np.array([index[u] for u in self.spec_units], dtype=np.int64)
         self.policies, self.analyzer, self.options, self.cadence = list(policies), analyzer, options, cadence
+        for policy in self.policies:
+            policy.bind(list(self.units), chosen.plan)
         self.passes = PassRunner(self.specs, [shape for _, shape in chosen.fingerprint], lag=lag, delay=delay,
                                  stagger=stagger)
         self.fused = FusedRunner()
@@ -205,6 +207,8 @@ class Refresher:
         policies = state.get("policies", [{}] * len(self.policies))
         if not isinstance(policies, list) or len(policies) != len(self.policies):
             raise ValueError(f"the state has no valid 'policies' part for {len(self.policies)} policies")
+        for policy, part in zip(self.policies, policies):
+            policy.check_state(part)
 
     def load_parts(self, state: dict[str, Any], step: int) -> None:
         self.results.load_state_dict(state["results"])

@@ -44,6 +44,7 @@ from .._warn import warn
 from ..adapters import get_adapter
 from ..analysis.report import Report
 from . import arguments, checkpoint, presets, selection
+from . import compat as _compat
 from . import groups as _groups
 from .groupset import GroupSet
 from .cadence import as_cadence
@@ -107,7 +108,8 @@ class TempBalance(LRScheduler):
             if isinstance(sched, TempBalance):
                 raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
             _groups.check_base_scheduler(opt, sched)
-        if a.compat and len(self.optimizers) > 1:
+        several = a.compat in _compat.SCHEMES and _compat.SCHEMES[a.compat].several_optimizers
+        if a.compat and len(self.optimizers) > 1 and not several:
             raise ValueError("compat reproduces a reference code that trains with one optimizer; give one")
         coordinator = distributed.Coordinator.maybe(a.process_group)
         if coordinator is not None and a.lag:
