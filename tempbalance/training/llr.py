@@ -244,8 +244,13 @@ class LLR(Policy):
         listed = [v for k, v in target.items() if k not in rest]
         if listed:
             for key in rest:
-                target[key] = min(listed)
+                target[key] = self._rest_target(listed)
         phase["before"], phase["target"] = before, target
+
+    def _rest_target(self, listed: list[float]) -> float:
+        """The rest's target: the smallest of the listed layers' (LU:339, ``target_lrs.extend([min(target_lrs)] *
+        ...)``)."""
+        return min(listed)
 
     def _write_default(self, book: Any, factors: dict[str, float], step: int) -> None:
         phase = self._phase

@@ -9,15 +9,19 @@ Every value names the script and config line it was read from (repository at a f
 :class:`~tempbalance.TempBalance` keyword arguments; any of them can be overridden (``get(name, s_lo=1.0)``).
 ``training`` returns the rest of the published recipe (optimizer, learning rate, batch size, schedule, ...), which
 TempBalance does not set. ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
-``compat=`` argument); ``reference_only`` lists what that code does that TempBalance does not reproduce.
+``compat=`` argument); ``reference_only`` lists what that code does that TempBalance does not reproduce. A method
+whose rules are a policy (LLR) has ``options`` - its numbers, overridable in ``get`` like the arguments - from
+which every ``get`` builds a fresh policy and cadence (they keep state of their own).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import compat
 from .arguments import NAMES
+from .llr import LLR, LLRCadence
 
 _MB = "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"
 _TB = "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823"
@@ -31,6 +35,7 @@ class Variant:
     tempbalance: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Preset:
     variant used when it is not given (``None``: it must be given where a variant changes TempBalance's arguments).
     ``interval_rule``: ``"reference"`` when the reference derives the interval from the data loader
     (:func:`tempbalance.compat.reference_interval`; ``get`` then needs ``steps_per_epoch=`` or ``interval=``).
+    ``options``: the method's own numbers (not TempBalance arguments); ``build(options)`` turns them into
+    TempBalance arguments made anew for each call of ``get`` (LLR's ``policy`` and ``interval``).
     """
 
     name: str
@@ -55,6 +62,8 @@ class Preset:
     default: Any = None
     interval_rule: str | None = None
     reference_only: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    build: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
 
 _GLUE_RATIO = {  # configs_sigmoid.txt (TB) and configs.txt (FT baseline): lr, batch size, (sigmoid_min, sigmoid_max)
@@ -203,6 +212,147 @@ _add(Preset(
     default=1,
 ))
 
+_LLR = "hed-ucas/Layer-wise-Learning-Rate@bbd0dcf86af80b8843866a9a041086a37de35897"
+
+
+def _llr(options: Mapping[str, Any]) -> dict[str, Any]:
+    """LLR's policy and cadence from a preset's options: a refresh at update 1 and every ``every``-th update while
+    ``update <= max_steps * llr_ratio`` (train.py:1070-1084), the transitions of ``linear_steps``."""
+    for key in ("every", "linear_steps", "max_steps"):
+        v = options[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"LLR preset option {key} must be an integer >= 1, got {v!r}")
+    ratio = options["llr_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio:
+        raise ValueError(f"LLR preset option llr_ratio must be a number > 0, got {ratio!r}")
+    until = max(1, math.floor(options["max_steps"] * ratio))  # "global_step <= stop_at * LLR_ratio"
+    policy = LLR(lr_min_ratio=options["lr_min_ratio"], lr_max_ratio=options["lr_max_ratio"],
+                 linear_steps=options["linear_steps"], edge_factor=options["edge_factor"], until=until)
+    return dict(policy=policy, interval=LLRCadence(options["every"], until=until))
+
+
+_LLR_ARGUMENTS = dict(compat="llr", unit="layer", xmin_pos=2.0, xmin_rule="median", min_eigs=50, filter_zeros=False,
+                      remove_first=False, remove_last=False)
+_LLR_ONLY = (
+    "the gradient-alpha phase (num_grad_steps > 0: alphas of the gradients, then of the weights); every published "
+    "run sets num_grad_steps 0",
+    "the embedding and head take the largest alpha of every listed layer before the removals and the 50-eigenvalue "
+    "threshold (LRUnbalance.py:174), so a dropped layer could widen the map's range; here the tuned ones' largest "
+    "(the same when no layer is dropped, as in every LLaMA)",
+    "with optimizer.embed_lr > 0 under AdamW the first and last listed rows get it (LRUnbalance.py:192-194), "
+    "whichever layers they are after remove_first / remove_last; here the embedding and head (edge_factor)",
+    "a BatchNorm2d that follows a conv gets its own group but no row, so the target list shifts onto the next groups "
+    "(LRUnbalance.py:338-344); here it takes its conv's target (no LLaMA has one)",
+    "a restarted run re-analyses at its first step and rebuilds the base scheduler (train.py:1072-1124, "
+    "continue_training); a resumed TempBalance continues the uninterrupted run exactly",
+    "float32 svdvals on the GPU; tempbalance's Gram eigenvalues (float64 on request)",
+)
+_LLR_SOURCES = (
+    "olmo/LRUnbalance.py:172-204 (the listed layers, embedding/head rules), :264-361 (targets, transitions), "
+    ":474-599 (median fit, xmin_pos), :56 (eigs_thresh 50), :610-634 (tb_linear_map)",
+    "olmo/train.py:1063-1141 (refresh at update 1 and every unbalancedlr_every-th while global_step <= stop_at * "
+    "LLR_ratio; the flag that ends a transition; the scheduler stepped before the update)",
+    "galore_utils/training_utils.py:56-131 (linear_to_target), :206-221 (cosine_with_warmup)",
+    "olmo/optim.py:1005-1059 (build_optimizer_LLR: AdamW(groups, weight_decay) - torch's betas and eps)",
+)
+_LLAMA_1B = "LLaMA-1B (hidden 2048, FFN 5461, 24 layers, 32 heads, vocab 32128, sequence 1024), FineWeb"
+
+
+def _llr_training(config: str, stop_at: int, warmup: int, lines: str) -> dict[str, Any]:
+    return dict(model=_LLAMA_1B, config=f"configs/llama_1024/{config}",
+                optimizer="AdamW(param groups, weight_decay=0.1, fused=True): torch's betas (0.9, 0.999) and eps 1e-8 "
+                          "(the config's betas are not passed, olmo/optim.py:1043)",
+                lr=5e-4, weight_decay=0.1, batch_size=512, sequence_length=1024, max_grad_norm=1.0,
+                precision="amp_bf16",
+                schedule=f"cosine_with_warmup (galore_utils/training_utils.py:206-221): warmup {warmup}, cycle "
+                         f"{stop_at}, min ratio 0.1; stepped before each update, so update t runs at f(t): give "
+                         "TempBalance LambdaLR(opt, lambda k: f(k + 1))",
+                max_steps=stop_at, lines=lines)
+
+
+_add(Preset(
+    name="llr-adamw-1b-20b",
+    paper="He et al., One LR Doesn't Fit All: Heavy-Tail Guided Layerwise Learning Rates for LLMs (ICML 2026, arXiv "
+          "2605.22297): LLaMA-1B pretraining on 20B FineWeb tokens with AdamW",
+    reference="llr",
+    repository=_LLR,
+    sources=(
+        "run_scripts/hed_scripts_1B_20B/LLR.sh:6-18 (llama-1B-t5.yaml, adamw, learning_rate 0.0005, "
+        "alpha_positively_with_lr True, unbalancedlr_every 100, num_grad_steps 0, assign_func tb_linear_map, "
+        "lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); LLR_new1.sh:16-18 (1 - 4); LLR_new2.sh:8-19 (LLR_ratio "
+        "1.0, 1 - 3)",
+        "configs/llama_1024/llama-1B-t5.yaml:13-22 (stop_at 40000, LLR_ratio 0.2, cosine_with_warmup 4000, alpha_f "
+        "0.1), :49-62 (embed_name embed, head_name head, embed_lr -1, weight_decay 0.1), :65-84 (pl_fitting "
+        "median, remove_first/last False, filter_zeros False, xmin_pos 2)",
+        *_LLR_SOURCES,
+    ),
+    tempbalance=_LLR_ARGUMENTS,
+    options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=40000, llr_ratio=0.2,
+                 edge_factor=None),
+    build=_llr,
+    training=_llr_training("llama-1B-t5.yaml", 40000, 4000, "llama-1B-t5.yaml:13-22, 25-40, 49-62, 105"),
+    choose_by="lr_max_ratio",
+    variants={5.0: Variant(options=dict(lr_max_ratio=5.0), source="run_scripts/hed_scripts_1B_20B/LLR.sh:16-17"),
+              4.0: Variant(options=dict(lr_max_ratio=4.0), source="run_scripts/hed_scripts_1B_20B/LLR_new1.sh:16-17"),
+              3.0: Variant(options=dict(lr_max_ratio=3.0, llr_ratio=1.0),
+                           source="run_scripts/hed_scripts_1B_20B/LLR_new2.sh:8, 17-18")},
+    default=5.0,
+    reference_only=_LLR_ONLY,
+))
+
+_add(Preset(
+    name="llr-adamw-1b-100b",
+    paper="He et al., One LR Doesn't Fit All (arXiv 2605.22297): LLaMA-1B pretraining on 100B FineWeb tokens with "
+          "AdamW (the README's usage)",
+    reference="llr",
+    repository=_LLR,
+    sources=(
+        "run_scripts/hed_scripts_1B_100B/LLR.sh:6-18 (llama-1B-t5-100B.yaml, adamw, learning_rate 0.0005, "
+        "unbalancedlr_every 100, lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); README.md:136-156 (the same command)",
+        "configs/llama_1024/llama-1B-t5-100B.yaml:13-22 (stop_at 200000, LLR_ratio 0.2, cosine_with_warmup 20000, "
+        "alpha_f 0.1), :49-62, :65-84",
+        *_LLR_SOURCES,
+    ),
+    tempbalance=_LLR_ARGUMENTS,
+    options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=200000, llr_ratio=0.2,
+                 edge_factor=None),
+    build=_llr,
+    training=_llr_training("llama-1B-t5-100B.yaml", 200000, 20000, "llama-1B-t5-100B.yaml:13-22, 25-40, 49-62, 105"),
+    reference_only=_LLR_ONLY,
+))
+
+_add(Preset(
+    name="llr-muon-1b-20b",
+    paper="He et al., One LR Doesn't Fit All (arXiv 2605.22297): LLaMA-1B pretraining with Muon (hidden matrices) + "
+          "AdamW (embedding, head, norms) - reconstructed: the repository publishes no Muon run",
+    reference="llr",
+    repository=_LLR,
+    sources=(
+        "olmo/LRUnbalance.py:198-204 (under Muon the embedding and head get embed_lr, or learning_rate x "
+        "lr_max_ratio), :216-217 (their groups start at learning_rate), olmo/optim.py:1029-1032 and olmo/train.py:"
+        "1065-1066 (the layers' base is muon_lr)",
+        "the LLR values of run_scripts/hed_scripts_1B_20B/LLR.sh:8-18 and configs/llama_1024/llama-1B-t5.yaml:13-22, "
+        "49-84, as llr-adamw-1b-20b",
+        *_LLR_SOURCES,
+    ),
+    tempbalance=_LLR_ARGUMENTS,
+    options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=40000, llr_ratio=0.2,
+                 edge_factor=None),
+    build=_llr,
+    training=dict(_llr_training("llama-1B-t5.yaml", 40000, 4000, "llama-1B-t5.yaml:13-22, 25-40, 49-62, 105"),
+                  optimizer="[torch.optim.Muon(hidden matrices, lr=muon_lr), torch.optim.AdamW(embedding, head, "
+                            "norms, lr=learning_rate)]: the reference's one optimizer split in two",
+                  muon_lr="not published: llama_1024/*.yaml:54 set -1, configs/tiny/OLMo-*.yaml:58 6.0e-3 (OLMo "
+                          "models), olmo/config.py:596 defaults to 1.0e-3"),
+    reference_only=_LLR_ONLY + (
+        "the reference cannot run Muon at this commit: build_optimizer_LLR has no Muon branch (olmo/optim.py:"
+        "1040-1051) and LRUnbalance.py:199 reads args.embed_lr, which TrainConfig lacks; its rules are followed as "
+        "written, with optimizer.embed_lr for LRUnbalance.py:199",
+        "the parameters no listed layer owns (norms) take AdamW's learning rate in the reference's one optimizer; "
+        "here they must be in the AdamW optimizer to get it (a Muon group's base is muon_lr)",
+    ),
+))
+
 
 def names() -> list[str]:
     """The preset names."""
@@ -244,11 +394,14 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     """
     p = _preset(name)
     rest = dict(overrides)
-    needed = any(v.tempbalance for v in p.variants.values())
+    needed = any(v.tempbalance or v.options for v in p.variants.values())
     variant = _variant(p, rest, needed=needed)
     kwargs = dict(p.tempbalance)
+    options = dict(p.options)
     if variant is not None:
         kwargs.update(variant.tempbalance)
+        options.update(variant.options)
+    options.update({k: rest.pop(k) for k in list(rest) if k in p.options})
     steps = rest.pop("steps_per_epoch", None)
     if p.interval_rule == "reference" and "interval" not in rest:
         if steps is None:
@@ -258,7 +411,10 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     unknown = sorted(set(rest) - _tempbalance_params())
     if unknown:
         raise ValueError(f"preset {p.name!r}: {unknown} are not TempBalance arguments"
-                         + (f" (the preset is chosen by {p.choose_by}=)" if p.choose_by else ""))
+                         + (f" (the preset is chosen by {p.choose_by}=)" if p.choose_by else "")
+                         + (f" nor its options {sorted(p.options)}" if p.options else ""))
+    if p.build is not None:
+        kwargs.update(p.build(options))
     kwargs.update(rest)
     return kwargs
 
@@ -283,13 +439,16 @@ def describe(name: str) -> str:
     lines = [f"{p.name}: {p.paper}", f"  reference code: {p.repository} (compat scheme {p.reference!r})",
              "  sources:"] + [f"    {s}" for s in p.sources]
     lines.append("  TempBalance arguments: " + ", ".join(f"{k}={v!r}" for k, v in p.tempbalance.items()))
+    if p.options:
+        lines.append("  options (built into its policy and cadence): "
+                     + ", ".join(f"{k}={v!r}" for k, v in p.options.items()))
     if p.interval_rule == "reference":
         lines.append("  interval: " + compat.SCHEMES[p.reference].interval)
     lines.append("  training: " + "; ".join(f"{k}={v!r}" for k, v in p.training.items()))
     if p.choose_by:
         lines.append(f"  by {p.choose_by}" + (f" (default {p.default!r})" if p.default is not None else "") + ":")
         for k, v in p.variants.items():
-            vals = {**v.tempbalance, **v.training}
+            vals = {**v.tempbalance, **v.options, **v.training}
             lines.append(f"    {k!r}: " + ", ".join(f"{a}={b!r}" for a, b in vals.items()) + f"  [{v.source}]")
     if p.reference_only:
         lines.append("  what the reference does that tempbalance does not reproduce:")

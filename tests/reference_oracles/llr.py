@@ -23,6 +23,7 @@ lacks): the Muon rules are transcribed as written, with ``args.optimizer.embed_l
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable
@@ -198,7 +199,14 @@ def llr_step(model: nn.Module, shadow: torch.optim.Optimizer, untuned_lr: float,
     return scheduled, linear
 
 
-def train(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, object], torch.Tensor], args: Args,
+def train(*a, **k) -> list[dict[str, float]]:
+    """:func:`_train`, without torch's warning that the scheduler steps before the optimizer: the reference does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler", category=UserWarning)
+        return _train(*a, **k)
+
+
+def _train(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, object], torch.Tensor], args: Args,
           *, make_optimizers: Callable[[list[dict]], list[torch.optim.Optimizer]]) -> list[dict[str, float]]:
     """The reference trainer (OP:1005-1059 set-up, TR:1023-1141 a step), one update per batch. ``make_optimizers``
     builds the real optimizers from ``[{"params": [...], "names": [...], "muon": bool}]`` - one entry per
