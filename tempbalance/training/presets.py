@@ -258,93 +258,74 @@ _LLR_SOURCES = (
 _LLAMA_1B = "LLaMA-1B (hidden 2048, FFN 5461, 24 layers, 32 heads, vocab 32128, sequence 1024), FineWeb"
 
 
-def _llr_training(config: str, stop_at: int, warmup: int, lines: str) -> dict[str, Any]:
-    return dict(model=_LLAMA_1B, config=f"configs/llama_1024/{config}",
-                optimizer="AdamW(param groups, weight_decay=0.1, fused=True): torch's betas (0.9, 0.999) and eps 1e-8 "
-                          "(the config's betas are not passed, olmo/optim.py:1043)",
-                lr=5e-4, weight_decay=0.1, batch_size=512, sequence_length=1024, max_grad_norm=1.0,
-                precision="amp_bf16",
-                schedule=f"cosine_with_warmup (galore_utils/training_utils.py:206-221): warmup {warmup}, cycle "
-                         f"{stop_at}, min ratio 0.1; stepped before each update, so update t runs at f(t): give "
-                         "TempBalance LambdaLR(opt, lambda k: f(k + 1))",
-                max_steps=stop_at, lines=lines)
+def _llr_preset(name: str, paper: str, sources: tuple[str, ...], config: str, stop_at: int, warmup: int,
+                **more: Any) -> Preset:
+    """An LLR preset: the reference's arguments, the run scripts' options (``every`` 100, ``linear_steps`` 50,
+    ratios 1 - 5, the yaml's ``stop_at`` and ``LLR_ratio`` 0.2), its policy and cadence built by :func:`_llr`."""
+    lines = f"{config}:13-22, 25-40, 49-62, 105"
+    fields: dict[str, Any] = dict(
+        name=name, paper=paper, reference="llr", repository=_LLR, sources=(*sources, *_LLR_SOURCES),
+        tempbalance=_LLR_ARGUMENTS, build=_llr, reference_only=_LLR_ONLY,
+        options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=stop_at,
+                     llr_ratio=0.2, edge_factor=None),
+        training=dict(model=_LLAMA_1B, config=f"configs/llama_1024/{config}",
+                      optimizer="AdamW(param groups, weight_decay=0.1, fused=True): torch's betas (0.9, 0.999) and "
+                                "eps 1e-8 (the config's betas are not passed, olmo/optim.py:1043)",
+                      lr=5e-4, weight_decay=0.1, batch_size=512, sequence_length=1024, max_grad_norm=1.0,
+                      precision="amp_bf16",
+                      schedule=f"cosine_with_warmup (galore_utils/training_utils.py:206-221): warmup {warmup}, "
+                               f"cycle {stop_at}, min ratio 0.1; stepped before each update, so update t runs at "
+                               "f(t): give TempBalance LambdaLR(opt, lambda k: f(k + 1))",
+                      max_steps=stop_at, lines=lines))
+    training = more.pop("training", {})
+    fields["training"] = {**fields["training"], **training}
+    fields["reference_only"] = fields["reference_only"] + more.pop("reference_only", ())
+    return Preset(**fields, **more)
 
 
-_add(Preset(
-    name="llr-adamw-1b-20b",
-    paper="He et al., One LR Doesn't Fit All: Heavy-Tail Guided Layerwise Learning Rates for LLMs (ICML 2026, arXiv "
-          "2605.22297): LLaMA-1B pretraining on 20B FineWeb tokens with AdamW",
-    reference="llr",
-    repository=_LLR,
-    sources=(
-        "run_scripts/hed_scripts_1B_20B/LLR.sh:6-18 (llama-1B-t5.yaml, adamw, learning_rate 0.0005, "
-        "alpha_positively_with_lr True, unbalancedlr_every 100, num_grad_steps 0, assign_func tb_linear_map, "
-        "lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); LLR_new1.sh:16-18 (1 - 4); LLR_new2.sh:8-19 (LLR_ratio "
-        "1.0, 1 - 3)",
-        "configs/llama_1024/llama-1B-t5.yaml:13-22 (stop_at 40000, LLR_ratio 0.2, cosine_with_warmup 4000, alpha_f "
-        "0.1), :49-62 (embed_name embed, head_name head, embed_lr -1, weight_decay 0.1), :65-84 (pl_fitting "
-        "median, remove_first/last False, filter_zeros False, xmin_pos 2)",
-        *_LLR_SOURCES,
-    ),
-    tempbalance=_LLR_ARGUMENTS,
-    options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=40000, llr_ratio=0.2,
-                 edge_factor=None),
-    build=_llr,
-    training=_llr_training("llama-1B-t5.yaml", 40000, 4000, "llama-1B-t5.yaml:13-22, 25-40, 49-62, 105"),
+_PAPER = "He et al., One LR Doesn't Fit All: Heavy-Tail Guided Layerwise Learning Rates for LLMs (ICML 2026, arXiv " \
+         "2605.22297): LLaMA-1B pretraining"
+_add(_llr_preset(
+    "llr-adamw-1b-20b", f"{_PAPER} on 20B FineWeb tokens with AdamW",
+    ("run_scripts/hed_scripts_1B_20B/LLR.sh:6-18 (llama-1B-t5.yaml, adamw, learning_rate 0.0005, "
+     "alpha_positively_with_lr True, unbalancedlr_every 100, num_grad_steps 0, assign_func tb_linear_map, "
+     "lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); LLR_new1.sh:16-18 (1 - 4); LLR_new2.sh:8-19 (LLR_ratio "
+     "1.0, 1 - 3)",
+     "configs/llama_1024/llama-1B-t5.yaml:13-22 (stop_at 40000, LLR_ratio 0.2, cosine_with_warmup 4000, alpha_f "
+     "0.1), :49-62 (embed_name embed, head_name head, embed_lr -1, weight_decay 0.1), :65-84 (pl_fitting "
+     "median, remove_first/last False, filter_zeros False, xmin_pos 2)"),
+    "llama-1B-t5.yaml", 40000, 4000,
     choose_by="lr_max_ratio",
     variants={5.0: Variant(options=dict(lr_max_ratio=5.0), source="run_scripts/hed_scripts_1B_20B/LLR.sh:16-17"),
               4.0: Variant(options=dict(lr_max_ratio=4.0), source="run_scripts/hed_scripts_1B_20B/LLR_new1.sh:16-17"),
               3.0: Variant(options=dict(lr_max_ratio=3.0, llr_ratio=1.0),
                            source="run_scripts/hed_scripts_1B_20B/LLR_new2.sh:8, 17-18")},
     default=5.0,
-    reference_only=_LLR_ONLY,
 ))
 
-_add(Preset(
-    name="llr-adamw-1b-100b",
-    paper="He et al., One LR Doesn't Fit All (arXiv 2605.22297): LLaMA-1B pretraining on 100B FineWeb tokens with "
-          "AdamW (the README's usage)",
-    reference="llr",
-    repository=_LLR,
-    sources=(
-        "run_scripts/hed_scripts_1B_100B/LLR.sh:6-18 (llama-1B-t5-100B.yaml, adamw, learning_rate 0.0005, "
-        "unbalancedlr_every 100, lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); README.md:136-156 (the same command)",
-        "configs/llama_1024/llama-1B-t5-100B.yaml:13-22 (stop_at 200000, LLR_ratio 0.2, cosine_with_warmup 20000, "
-        "alpha_f 0.1), :49-62, :65-84",
-        *_LLR_SOURCES,
-    ),
-    tempbalance=_LLR_ARGUMENTS,
-    options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=200000, llr_ratio=0.2,
-                 edge_factor=None),
-    build=_llr,
-    training=_llr_training("llama-1B-t5-100B.yaml", 200000, 20000, "llama-1B-t5-100B.yaml:13-22, 25-40, 49-62, 105"),
-    reference_only=_LLR_ONLY,
+_add(_llr_preset(
+    "llr-adamw-1b-100b", f"{_PAPER} on 100B FineWeb tokens with AdamW (the README's usage)",
+    ("run_scripts/hed_scripts_1B_100B/LLR.sh:6-18 (llama-1B-t5-100B.yaml, adamw, learning_rate 0.0005, "
+     "unbalancedlr_every 100, lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); README.md:136-156 (the same command)",
+     "configs/llama_1024/llama-1B-t5-100B.yaml:13-22 (stop_at 200000, LLR_ratio 0.2, cosine_with_warmup 20000, "
+     "alpha_f 0.1), :49-62, :65-84"),
+    "llama-1B-t5-100B.yaml", 200000, 20000,
 ))
 
-_add(Preset(
-    name="llr-muon-1b-20b",
-    paper="He et al., One LR Doesn't Fit All (arXiv 2605.22297): LLaMA-1B pretraining with Muon (hidden matrices) + "
-          "AdamW (embedding, head, norms) - reconstructed: the repository publishes no Muon run",
-    reference="llr",
-    repository=_LLR,
-    sources=(
-        "olmo/LRUnbalance.py:198-204 (under Muon the embedding and head get embed_lr, or learning_rate x "
-        "lr_max_ratio), :216-217 (their groups start at learning_rate), olmo/optim.py:1029-1032 and olmo/train.py:"
-        "1065-1066 (the layers' base is muon_lr)",
-        "the LLR values of run_scripts/hed_scripts_1B_20B/LLR.sh:8-18 and configs/llama_1024/llama-1B-t5.yaml:13-22, "
-        "49-84, as llr-adamw-1b-20b",
-        *_LLR_SOURCES,
-    ),
-    tempbalance=_LLR_ARGUMENTS,
-    options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=40000, llr_ratio=0.2,
-                 edge_factor=None),
-    build=_llr,
-    training=dict(_llr_training("llama-1B-t5.yaml", 40000, 4000, "llama-1B-t5.yaml:13-22, 25-40, 49-62, 105"),
-                  optimizer="[torch.optim.Muon(hidden matrices, lr=muon_lr), torch.optim.AdamW(embedding, head, "
+_add(_llr_preset(
+    "llr-muon-1b-20b", f"{_PAPER} with Muon (hidden matrices) + AdamW (embedding, head, norms) - reconstructed: the "
+                       "repository publishes no Muon run",
+    ("olmo/LRUnbalance.py:198-204 (under Muon the embedding and head get embed_lr, or learning_rate x "
+     "lr_max_ratio), :216-217 (their groups start at learning_rate), olmo/optim.py:1029-1032 and olmo/train.py:"
+     "1065-1066 (the layers' base is muon_lr)",
+     "the LLR values of run_scripts/hed_scripts_1B_20B/LLR.sh:8-18 and configs/llama_1024/llama-1B-t5.yaml:13-22, "
+     "49-84, as llr-adamw-1b-20b"),
+    "llama-1B-t5.yaml", 40000, 4000,
+    training=dict(optimizer="[torch.optim.Muon(hidden matrices, lr=muon_lr), torch.optim.AdamW(embedding, head, "
                             "norms, lr=learning_rate)]: the reference's one optimizer split in two",
                   muon_lr="not published: llama_1024/*.yaml:54 set -1, configs/tiny/OLMo-*.yaml:58 6.0e-3 (OLMo "
                           "models), olmo/config.py:596 defaults to 1.0e-3"),
-    reference_only=_LLR_ONLY + (
+    reference_only=(
         "the reference cannot run Muon at this commit: build_optimizer_LLR has no Muon branch (olmo/optim.py:"
         "1040-1051) and LRUnbalance.py:199 reads args.embed_lr, which TrainConfig lacks; its rules are followed as "
         "written, with optimizer.embed_lr for LRUnbalance.py:199",
@@ -352,7 +333,6 @@ _add(Preset(
         "here they must be in the AdamW optimizer to get it (a Muon group's base is muon_lr)",
     ),
 ))
-
 
 def names() -> list[str]:
     """The preset names."""

@@ -252,15 +252,7 @@ def test_default_llr_maps_alphas_linearly_and_ramps_the_factors_on_the_base_sche
                      unit="layer", adapter="generic", include_embeddings=True, interval=4, dtype=F64)
     factors_at = {0: tb.factors}
     tb.add_refresh_callback(lambda record: factors_at.update({record["step"]: dict(record["factors"])}))
-    records = [recorder(model, o) for o in opts]
-    run_data = batches(13)
-    for ids in run_data:
-        for o in opts:
-            o.zero_grad()
-        loss_fn(model, ids).backward()
-        for o in opts:
-            o.step()
-        tb.step()
+    records = run(model, opts, tb, batches(13))
     assert sorted(factors_at) == [0, 4, 8, 12] and factors_at[4] != factors_at[8]
     alphas = tb.unit_alphas
     tuned = [u for u in tb.units if "embed" not in u and "head" not in u]
@@ -278,8 +270,7 @@ def test_default_llr_maps_alphas_linearly_and_ramps_the_factors_on_the_base_sche
         expected.append(now)
     unit_of = {id(p): g["tb_unit"] for o in opts for g in o.param_groups for p in g["params"]}
     base_lr = {id(p): o.defaults["lr"] for o in opts for g in o.param_groups for p in g["params"]}
-    for t in range(13):
-        got = {k: v for r in records for k, v in r[t].items()}
+    for t, got in enumerate(records):
         for name, p in model.named_parameters():
             u = unit_of[id(p)]
             f = expected[t][u] if u is not None else 1.0
