@@ -108,6 +108,10 @@ class LLR(Policy):
         self.units: list[str] = []
         self.reference = False
         self.edges: set[str] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        """No refresh yet (a TempBalance built on this policy starts its run here)."""
         self._passes = 0
         self._phase: dict[str, Any] | None = None  # the transition of the last refresh
         self._last: dict[str, float] = {}  # reference: the lr each (optimizer, unit) got for the next update
@@ -121,6 +125,7 @@ class LLR(Policy):
         if plan is not None and plan.scheme.name != self.compat_scheme:
             raise ValueError(f"LLR reproduces compat={self.compat_scheme!r}, not {plan.scheme.name!r}")
         self.units, self.reference = list(units), plan is not None
+        self._reset()  # the policy of a TempBalance built again (a notebook cell run twice) starts afresh
         if self.reference:
             self.edges = set(plan.extra_units) - {REST_UNIT}
         else:

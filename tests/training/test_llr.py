@@ -378,3 +378,17 @@ def test_the_plan_lists_the_reference_rows():
         small = TempBalance(model, torch.optim.AdamW(model.parameters(), lr=LR), compat="llr", policy=LLR(),
                             min_eigs=65, dtype=F64)
     assert small.units == [compat.REST_UNIT]  # no matrix has 65 eigenvalues: the embedding and head go too (LU:175)
+
+
+def test_a_policy_reused_by_a_new_tempbalance_starts_afresh():
+    """A notebook cell run twice: the second TempBalance on the same LLR object runs as with a new one."""
+    policy = LLR(lr_min_ratio=0.5, lr_max_ratio=2.0, linear_steps=3)
+    first = tiny_llama()
+    opts = our_optimizers(first, True)
+    run(first, opts, TempBalance(first, opts, policy=policy, unit="layer", interval=4, dtype=F64), batches(6))
+    again, fresh = tiny_llama(), tiny_llama()
+    o1, o2 = our_optimizers(again, True), our_optimizers(fresh, True)
+    got = run(again, o1, TempBalance(again, o1, policy=policy, unit="layer", interval=4, dtype=F64), batches(6))
+    want = run(fresh, o2, TempBalance(fresh, o2, policy=LLR(lr_min_ratio=0.5, lr_max_ratio=2.0, linear_steps=3),
+                                      unit="layer", interval=4, dtype=F64), batches(6))
+    assert got == want and got[1] != got[0]
