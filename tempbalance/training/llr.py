@@ -208,7 +208,8 @@ class LLR(Policy):
         steps them no more until one completes - or, after ``until``, from there on (TR:1106-1107)."""
         self._open["schedulers"] = [copy.deepcopy(s.state_dict()) if s is not None else None
                                     for s in groups.schedulers]
-        self._open["base"] = [list(groups.of(i)[0].scheduled) for i in range(len(groups.optimizers))]
+        self._open["base"] = [list(next(b for b in groups.of(i) if b.target == self.target).scheduled)
+                              for i in range(len(groups.optimizers))]
         self._twins = {}
 
     def _idle_schedule(self, groups: Any, book: Any, steps: int) -> list[float]:
