@@ -578,7 +578,7 @@ def _llrd_markdown(h2h: list[dict[str, Any]], comps: list[dict[str, Any]], pretr
             t = h["tuned"]
             rates = [t["rates"][a] for a in LLRD_RATES]
             md.append(f"| {h['size']} | {len(t['seeds'])} | {_lr(t['lr'])} | "
-                      + " / ".join(f"{r['dev'] * 100:.1f}" for r in rates) + " | "
+                      + " / ".join(f"{r['dev']:.1f}" for r in rates) + " | "
                       + " / ".join(f"{r['acc'][0]:.2f}" for r in rates)
                       + f" | {t['decay']:g} | {_f(t['vs_FT']['diff_mean'], '+.2f')} ({t['vs_FT']['wins']}/"
                       f"{t['vs_FT']['n']}, {_f(t['vs_FT']['t_p'], '.3f')}) | {_f(t['tb_vs']['diff_mean'], '+.2f')} "
