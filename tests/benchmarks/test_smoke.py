@@ -104,3 +104,17 @@ def test_fit_rule_smoke(tmp_path):
     for comps in res["agreement"].values():
         c = comps["after_vs_reference"]  # the pruned scan picks the reference's xmin everywhere
         assert c["same_xmin"] == c["spectra"] and c["alpha_max_rel_diff"] < 1e-9 and c["ks_max_rel_diff"] < 1e-9
+
+
+def test_pretraining_cost_smoke(tmp_path):
+    res = _run("pretraining_cost.py", tmp_path / "pretraining.json")
+    assert res["mode"] == "smoke"
+    assert [(r["model"], r["method"]) for r in res["rows"]] == [("llama-tiny", "llr"), ("llama-tiny", "alphadecay")]
+    llr, ad = res["rows"]
+    # 2 blocks x 7 Linear + the head (+ the embedding for LLR) in the reference; ours: the 14 hidden matrices
+    # (LLR's embedding and head are units without an analysis), AlphaDecay's plan drops the first and last Linear
+    assert (llr["reference_matrices"], llr["matrices"], llr["units"]) == (16, 14, 17)
+    assert (ad["reference_matrices"], ad["matrices"]) == (15, 13)
+    for r in res["rows"]:
+        assert all(_positive(v) for k in ("reference", "tempbalance") for v in r["times"][k])
+        assert r["speedup"] == pytest.approx(r["reference_s"] / r["tempbalance_s"])
