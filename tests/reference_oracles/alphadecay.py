@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from .galore_schedule import cosine_with_warmup  # TU:128-143
 
 COMMIT = "23ce27ca318bdd3f1942fff95a9bc680b31245f4"
 ASSIGN_FUNCS = ("tb_linear_map", "tb_sqrt", "tb_log2", "layerwise_sigmoid")
@@ -165,18 +168,8 @@ def cosine_with_min_lr(num_warmup_steps: int, num_training_steps: int, min_lr_ra
                        ) -> Callable[[int], float]:
     """``get_scheculer(scheduler_type="cosine")`` (TU:31-38, 56-70, 128-143) with ``cycle_length =
     num_training_steps``: the LambdaLR factor of step t."""
-    cycle_length = num_training_steps
-
-    def factor(current_step: int) -> float:
-        cycle_step = current_step % cycle_length
-        if cycle_step < num_warmup_steps:
-            if current_step != cycle_step and cycle_step < 2:
-                return 1e-7
-            return float(cycle_step) / float(max(1, num_warmup_steps))
-        progress = float(cycle_step - num_warmup_steps) / float(max(1, cycle_length - num_warmup_steps))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+    return partial(cosine_with_warmup, num_warmup_steps=num_warmup_steps, cycle_length=num_training_steps,
+                   min_lr_ratio=min_lr_ratio)
 
 
 def train(

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .galore_schedule import cosine_with_warmup  # GU:206-221
+
 COMMIT = "bbd0dcf86af80b8843866a9a041086a37de35897"
 
 
@@ -63,17 +65,6 @@ class Args:
     @property
     def muon(self) -> bool:
         return self.optimizer_name.lower() == "muon"
-
-
-def cosine_with_warmup(current_step: int, *, num_warmup_steps: int, cycle_length: int, min_lr_ratio: float) -> float:
-    """GU:206-221 (``get_scheculer("cosine_with_warmup")`` with ``cycle_length = num_training_steps``)."""
-    cycle_step = current_step % cycle_length
-    if cycle_step < num_warmup_steps:
-        if current_step != cycle_step and cycle_step < 2:
-            return 1e-7
-        return float(cycle_step) / float(max(1, num_warmup_steps))
-    progress = float(cycle_step - num_warmup_steps) / float(max(1, cycle_length - num_warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def schedule(args: Args) -> Callable[[int], float]:
