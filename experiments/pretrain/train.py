@@ -132,6 +132,11 @@ def build_schedulers(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig) 
         o, lambda t: lr_multiplier(t, cfg.warmup, cfg.steps, cfg.min_lr_ratio)) for o in optimizers]
 
 
+def batch_order(seed: int) -> torch.Generator:
+    """The generator of a run's batch offsets: its own stream per seed (not the init's), shared by every arm."""
+    return torch.Generator().manual_seed(10_000 + seed)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 16) -> float:
     """Mean next-byte cross-entropy (nats) over every predicted byte of the windows."""
@@ -191,7 +196,7 @@ def train_run(corpus: D.Corpus, cfg: TrainConfig, seed: int, tb_kwargs: dict[str
 
         tb = TempBalance(model, opts if len(opts) > 1 else opts[0],
                          base_scheduler=scheds if len(scheds) > 1 else scheds[0], **tb_kwargs)
-    gen = torch.Generator().manual_seed(10_000 + seed)  # the batch order: its own stream, shared by every arm
+    gen = batch_order(seed)
     vx, vy = D.val_windows(corpus.val, cfg.val_windows, cfg.model.seq_len)
     params = [p for g in (gr for o in opts for gr in o.param_groups) for p in g["params"]]
     curve: list[dict[str, float]] = []

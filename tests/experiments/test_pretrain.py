@@ -231,3 +231,5 @@ def test_a_run_is_reproducible_from_its_seed():
     a, b = T.train_run(corpus, cfg, 0), T.train_run(corpus, cfg, 0)
     assert a.final_loss == b.final_loss and a.curve == b.curve
     assert T.train_run(corpus, cfg, 1).final_loss != a.final_loss
+    draw = lambda seed: D.train_batch(corpus.train, 4, 8, T.batch_order(seed))[0]  # noqa: E731
+    assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
