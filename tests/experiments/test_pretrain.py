@@ -80,7 +80,7 @@ def test_real_corpus_facts():
 
 
 # --- schedule and optimizers ---------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_schedule_closed_form_and_what_the_optimizer_sees():
     warm, total, lo = 4, 24, 0.1
     want = [(t + 1) / warm for t in range(warm)]
