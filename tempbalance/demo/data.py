@@ -38,7 +38,7 @@ class MissingDataError(RuntimeError):
 
 @dataclass(frozen=True)
 class TextSet:
-    """Sentences with binary labels (1 = positive / fresh)."""
+    """Sentences with integer class labels (SST-2: 1 = positive / fresh)."""
 
     texts: tuple[str, ...]
     labels: np.ndarray  # int64, same length
@@ -54,8 +54,10 @@ class TextSet:
         idx = np.asarray(idx, dtype=np.int64)
         return TextSet(tuple(self.texts[i] for i in idx), self.labels[idx].copy())
 
-    def class_counts(self) -> tuple[int, int]:
-        return int((self.labels == 0).sum()), int((self.labels == 1).sum())
+    def class_counts(self) -> tuple[int, ...]:
+        """Sentences per class 0, 1, ... (at least the two of a binary task)."""
+        k = max(2, int(self.labels.max()) + 1) if len(self.labels) else 2
+        return tuple(int((self.labels == c).sum()) for c in range(k))
 
 
 def package_dir(package: tuple[str, str]) -> Path:

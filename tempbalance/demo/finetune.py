@@ -70,7 +70,9 @@ class RunConfig:
     autocast (weights, gradients and optimizer state stay float32; ~1.7x faster on CPUs with AVX512-BF16, slow
     without). ``block_lr_scale`` (FT only) multiplies the lr of every parameter of a block, by block name (e.g.
     ``{"bert.encoder.layer.0": 0.5}``), for the whole run: a fixed per-block profile, the control for TempBalance
-    (which derives such a profile from the spectra); blocks not named keep the base lr."""
+    (which derives such a profile from the spectra); blocks not named keep the base lr. ``layer_decay`` (FT
+    only) trains with layer-wise lr decay at that rate (:func:`tempbalance.training.llrd.layer_decay_groups`: block ``l``
+    of ``L`` at ``lr * decay ** (L - 1 - l)``, embeddings ``decay ** L``, head 1x), the practitioners' baseline."""
 
     lr: float
     epochs: int = 10
@@ -83,6 +85,7 @@ class RunConfig:
     precision: str = "fp32"
     tb: TBSettings = field(default_factory=TBSettings)
     block_lr_scale: dict[str, float] | None = None
+    layer_decay: float | None = None
 
     def __post_init__(self):
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -103,6 +106,13 @@ class RunConfig:
                 if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale)
                                                                                           and scale > 0):
                     raise ValueError(f"block_lr_scale[{block!r}] must be a positive number, got {scale!r}")
+        if self.layer_decay is not None:
+            if self.tempbalance or self.block_lr_scale is not None:
+                raise ValueError("layer_decay is a fixed profile for FT; it cannot be combined with tempbalance=True "
+                                 "or block_lr_scale")
+            if isinstance(self.layer_decay, bool) or not isinstance(self.layer_decay, (int, float)) or not (
+                    0 < self.layer_decay <= 1):
+                raise ValueError(f"layer_decay must be a number in (0, 1], got {self.layer_decay!r}")
 
 
 @dataclass
@@ -289,7 +299,13 @@ def finetune(
     steps_per_epoch = math.ceil(len(train) / bs)
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_ratio * total))
-    optimizer = adamw(param_groups(model, config.lr, config.weight_decay, config.block_lr_scale), lr=config.lr)
+    if config.layer_decay is not None:
+        from ..training.llrd import layer_decay_groups
+
+        groups = layer_decay_groups(model, config.lr, config.layer_decay, weight_decay=config.weight_decay)
+    else:
+        groups = param_groups(model, config.lr, config.weight_decay, config.block_lr_scale)
+    optimizer = adamw(groups, lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     tb = TempBalance(model, optimizer, base_scheduler=schedule, **config.tb.kwargs()) if config.tempbalance else None

@@ -13,7 +13,7 @@ import torch
 from ..diagnostics.progress import StepBar
 from . import data as _data
 from .finetune import Encoder, RunConfig, RunResult, TBSettings, batch_size_for, finetune
-from .summary import markdown_table, summarize, verdict
+from .summary import alpha_std_line, markdown_table, summarize, verdict
 
 from .defaults import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS, DEFAULT_SIZE
 
@@ -118,10 +118,7 @@ def console_lines(report: dict[str, Any]) -> list[str]:
         p = f"{r['t_p']:.3f}" if r["t_p"] is not None else "n/a (needs scipy and differences that vary)"
         lines.append(f"TB - FT: {r['gain_diff_mean']:+.2f} pp over {r['seeds']} seeds (TB better in {r['wins']}), "
                      f"paired t-test p = {p}.")
-        lower = r["TB_alpha_std_mean"] < r["FT_alpha_std_mean"]
-        lines.append(f"STD of alpha across blocks after fine-tuning: FT {r['FT_alpha_std_mean']:.4f}, TB "
-                     f"{r['TB_alpha_std_mean']:.4f} -> TempBalance {'lowers' if lower else 'does not lower'} the "
-                     f"layer imbalance here (lower in {r['alpha_std_tb_lower']} of {r['seeds']} seeds).")
+        lines.append(alpha_std_line(r))
     lines.append(f"({report['seconds']:.0f} s on {c['threads']} threads)")
     return lines
 

@@ -100,6 +100,18 @@ def verdict(rec: dict[str, Any], alpha: float = 0.05) -> str:
             f"macro-F1 p = {fmt(p_f1)}) at this one size and learning rate - not a general claim; {tail}")
 
 
+def alpha_std_line(rec: dict[str, Any], alpha: float = 0.05) -> str:
+    """The STD-of-alpha reading of one size: TempBalance lowers (or raises) the layer imbalance only when the
+    paired t-test over seeds says so at ``alpha``, like the accuracy line; otherwise the difference is reported
+    as one the run cannot tell from zero."""
+    ft, tb, p = rec["FT_alpha_std_mean"], rec["TB_alpha_std_mean"], rec.get("alpha_std_t_p")
+    head = (f"STD of alpha across blocks after fine-tuning: FT {ft:.4f}, TB {tb:.4f} (TB - FT {tb - ft:+.4f}, TB "
+            f"lower in {rec['alpha_std_tb_lower']} of {rec['seeds']} seeds, paired t p = {_f(p, '.3f')})")
+    if p is not None and p < alpha:
+        return f"{head} -> TempBalance {'lowers' if tb < ft else 'raises'} the layer imbalance here."
+    return f"{head} -> no difference this run can tell from seed noise."
+
+
 def _f(v: Any, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 

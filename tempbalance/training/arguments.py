@@ -85,8 +85,14 @@ class Arguments:
             targets = [p.target for p in policies]
             if len(set(targets)) != len(targets):
                 raise ValueError(f"each policy drives its own knob; these share one: targets {targets}")
-            if self.compat:
-                raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one")
+            if self.compat and not all(self.compat in p.reproduces for p in policies):
+                known = sorted({s for p in policies for s in p.reproduces})
+                raise ValueError("policy= replaces the mapping, and compat reproduces a reference code's own: give one"
+                                 + (f" (the policy reproduces compat={known[0]!r})" if len(known) == 1 else ""))
+        elif isinstance(self.compat, str) and _compat.SCHEMES[self.compat].policy:
+            raise ValueError(f"compat={self.compat!r} maps the spectra with the reference's own rules: pass "
+                             f"policy={_compat.SCHEMES[self.compat].policy}(...), or a preset "
+                             f"(tempbalance.presets.names())")
 
     def policies(self) -> list[Policy]:
         """The policies given (one or a list), or [] for TempBalance's own."""
@@ -184,7 +190,9 @@ Args:
         before them, factors acting from the update after each pass), ``"tempbalance_cnn"`` (NeurIPS'23 CIFAR:
         per layer, BatchNorm ``bnK`` following ``convK``), ``"tempbalance_lm"`` (NeurIPS'23 LM: per Linear,
         LayerNorms following the Linear before them, the learning rates held between passes) or
-        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum). ``True``:
+        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum) or
+        ``"alphadecay"`` (NeurIPS'25 LLM pre-training: per-layer weight decays; its mapping is the policy
+        :class:`~tempbalance.training.alphadecay.AlphaDecay`, given as ``policy=``, or a preset ``alphadecay-*``). ``True``:
         ``"modelbalancing"`` when the adapter finds blocks, else ``"tempbalance_cnn"``. Every scheme also
         analyses LoRA without its scaling and conv eigenvalues x 0.5, and maps equal alphas to ``s2``. The
         units are then the tuned matrices (``factors`` has one per matrix).
@@ -202,7 +210,8 @@ Args:
         per-unit value -> factors of one param-group key), or a list of them, one per knob (the learning rate and
         the weight decay from one spectral pass; the first is the primary one: ``factors``, ``unit_alphas``);
         ``None`` = TempBalance's own, built from ``metric``, ``mapping`` (and its parameters), ``normalize`` and
-        ``target``, which a given policy decides instead.
+        ``target``, which a given policy decides instead. Under ``compat`` only a policy that reproduces that
+        scheme (``Policy.reproduces``: ``AlphaDecay`` for ``"alphadecay"``).
 """
 
 def optimizers_and_schedulers(optimizer: Any, base_scheduler: Any) -> tuple[list[Any], list[Any]]:

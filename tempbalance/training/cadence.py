@@ -77,6 +77,19 @@ class EveryN(Cadence):
         return f"every {self.n} steps"
 
 
+class BeforeEveryN(EveryN):
+    """Right before every ``n``-th optimizer step: after steps ``n - 1``, ``2n - 1``, ... so that updates ``n``,
+    ``2n``, ... (counted from 1) are the first to run with the new factors. AlphaDecay's reference re-reads the
+    spectra when ``(update_step + 1) % n == 0``, before that update (torchrun_main.py:421); :class:`EveryN` refreshes
+    one step later."""
+
+    def due_after_step(self, step: int) -> bool:
+        return (step + 1) % self.n == 0
+
+    def describe(self) -> str:
+        return f"before every {self.n}th update (after steps {self.n - 1}, {2 * self.n - 1}, ...)"
+
+
 class PerEpoch(Cadence):
     """At every :meth:`TempBalance.epoch_end` (the papers' cadence for fine-tuning).
 

@@ -15,6 +15,10 @@ Each reference is a :class:`Scheme` (its facts, with the file and line they come
   Linear right before it; between passes every learning rate, the base one included, is held.
 * ``"modelbalancing_fno"`` - ModelBalancing's FNO trainer (``sciml/pdebench/models/fno/train.py``): one factor per
   layer, nothing else follows.
+* ``"alphadecay"`` - AlphaDecay (NeurIPS'25 LLM pre-training; ``hed-ucas/AlphaDecay`` at ``23ce27c``,
+  ``LLaMa-pretraining/WeightDecayUnbalance.py``): one weight decay per layer, BatchNorm ``xxx.bnK`` following
+  ``xxx.convK``; its assign functions are a policy (:class:`tempbalance.training.alphadecay.AlphaDecay`), not
+  :meth:`Plan.factors`.
 
 The functions take the adapter's :class:`~tempbalance.adapters.MatrixSpec` s in model order; ``blocks[i]`` is the
 block of ``specs[i]`` or ``None`` when it lies outside every block (``block_of_specs`` builds it from an adapter).
@@ -66,6 +70,9 @@ class Scheme:
         included (the LM code's ``tb_update=stage``, train_tb.py:618-621).
     interval: the reference's cadence, in words.
     source: repository and commit the scheme was read from.
+    policy: ``""`` when :meth:`Plan.factors` maps a pass (:class:`~tempbalance.training.policies.CompatPolicy`);
+        else the :class:`~tempbalance.training.policies.Policy` that computes the reference's own mapping, which
+        ``TempBalance(compat=name)`` then needs as ``policy=`` (its ``reproduces`` names the scheme).
     """
 
     name: str
@@ -78,6 +85,7 @@ class Scheme:
     holds_between_passes: bool
     interval: str
     source: str
+    policy: str = ""
 
     def __post_init__(self) -> None:
         if self.drop_order not in DROP_ORDERS:
@@ -109,6 +117,12 @@ SCHEMES: dict[str, Scheme] = {
                (nn.Linear, nn.Conv2d, nn.Conv1d), "filtered", False,
                "every tb_interval_ep epochs (sciml/pdebench/models/fno/train.py:457-578)",
                "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"),
+        Scheme("alphadecay", "remove_then_threshold", "norm_by_name", False, "this_update",
+               (nn.Linear, nn.Conv2d), "listed", False,
+               "right before every --unbalancedWD_every-th update, (update_step + 1) % 500 == 0 "
+               "(LLaMa-pretraining/torchrun_main.py:421)",
+               "hed-ucas/AlphaDecay@23ce27ca318bdd3f1942fff95a9bc680b31245f4 (LLaMa-pretraining/)",
+               policy="tempbalance.training.alphadecay.AlphaDecay"),
     )
 }
 

@@ -19,7 +19,7 @@ docs/ARCHITECTURE.md shows a custom policy written against this seam.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,7 +34,12 @@ TARGETS = ("lr", "weight_decay")  # the param-group keys a policy can scale
 class Policy:
     """What a refresh turns into values of one knob (module docstring). Subclasses override :meth:`factors` (and
     :meth:`unit_values` to aggregate otherwise). ``metric``: the report column read (one of ``METRICS``);
-    ``target``: the param-group key scaled; ``backend``: where the math runs ("auto", "native", "torch")."""
+    ``target``: the param-group key scaled; ``backend``: where the math runs ("auto", "native", "torch").
+
+    ``reproduces``: the compat schemes (:data:`tempbalance.training.compat.SCHEMES`) whose reference mapping this
+    policy computes; ``TempBalance(compat=scheme, policy=...)`` accepts only such a policy."""
+
+    reproduces: tuple[str, ...] = ()
 
     def __init__(self, *, metric: str = "alpha", target: str = "lr", backend: str = "auto"):
         if metric not in METRICS:
@@ -42,6 +47,12 @@ class Policy:
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.metric, self.target, self.backend = metric, target, backend
+
+    def bind(self, units: Sequence[str], blocks: Sequence[str | None], compat: str | None) -> None:
+        """Called once by TempBalance at construction, before the first pass: the units (the order of
+        :meth:`factors`' values), the adapter's block of each (``None`` outside blocks or for an adapter without
+        blocks; a block unit is its own block) and the compat scheme reproduced (``None``: none). A policy that
+        cannot serve them raises ``ValueError`` here, before any optimizer is touched. Nothing by default."""
 
     def unit_values(self, values: np.ndarray, unit_index: np.ndarray, n_units: int) -> np.ndarray:
         """Per unit, the value its factor follows, from the per-matrix ``values`` (NaN: not usable). Default: the

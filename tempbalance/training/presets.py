@@ -8,20 +8,26 @@
 Every value names the script and config line it was read from (repository at a fixed commit). ``get`` returns
 :class:`~tempbalance.TempBalance` keyword arguments; any of them can be overridden (``get(name, s_lo=1.0)``).
 ``training`` returns the rest of the published recipe (optimizer, learning rate, batch size, schedule, ...), which
-TempBalance does not set. ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
+TempBalance does not set. Some presets take options of their own, which build TempBalance arguments afresh at every
+``get`` (the AlphaDecay presets: ``assign=``, ``wd_min_ratio=``, ``wd_max_ratio=``, ``sigmoid_alpha=`` make the
+``policy``, ``every=`` the ``interval``). ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
 ``compat=`` argument); ``reference_only`` lists what that code does that TempBalance does not reproduce.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import compat
+from .alphadecay import AlphaDecay
 from .arguments import NAMES
+from .cadence import BeforeEveryN
 
 _MB = "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"
 _TB = "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823"
 _LM = "ZihangHLiu/TempBalance-LM@843878f386b9460487449da03df09dd82cfe398f"
+_AD = "hed-ucas/AlphaDecay@23ce27ca318bdd3f1942fff95a9bc680b31245f4"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class Preset:
     variant used when it is not given (``None``: it must be given where a variant changes TempBalance's arguments).
     ``interval_rule``: ``"reference"`` when the reference derives the interval from the data loader
     (:func:`tempbalance.compat.reference_interval`; ``get`` then needs ``steps_per_epoch=`` or ``interval=``).
+    ``options``: keywords of the preset itself (not TempBalance's) with their published values - a variant's
+    ``tempbalance`` may set them too; ``build`` maps a TempBalance argument to the function that makes it from the
+    options its keywords name, afresh at every ``get`` (a policy object, a cadence: each serves one TempBalance).
     """
 
     name: str
@@ -55,6 +64,8 @@ class Preset:
     default: Any = None
     interval_rule: str | None = None
     reference_only: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    build: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 _GLUE_RATIO = {  # configs_sigmoid.txt (TB) and configs.txt (FT baseline): lr, batch size, (sigmoid_min, sigmoid_max)
@@ -204,6 +215,103 @@ _add(Preset(
 ))
 
 
+def _alphadecay_interval(every: int) -> BeforeEveryN:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every (the reference's --unbalancedWD_every) must be an integer >= 1, got {every!r}")
+    return BeforeEveryN(every)
+
+
+# the AlphaDecay presets' policy and cadence, from their options
+_AD_BUILD = dict(policy=AlphaDecay, interval=_alphadecay_interval)
+
+
+_AD_ARGS = dict(compat="alphadecay", adapter="generic", unit="layer", xmin_pos=2.0, xmin_rule="median", min_eigs=50,
+                filter_zeros=False, remove_first=True, remove_last=True)
+_AD_OPTIONS = dict(assign="tb_linear_map", wd_min_ratio=0.6666, wd_max_ratio=5.0, sigmoid_alpha=4.0, every=500)
+_AD_CODE = (
+    "LLaMa-pretraining/torchrun_main.py:97-111 (pl_fitting median, xmin_pos 2, remove_first / remove_last True, "
+    "batchnorm True by name, filter_zeros False), :334-350 (the groups from the initial weights), :368-373 and :120 "
+    "(cosine, min_lr_ratio 0.1), :418-427 (the pass before update update_step when (update_step + 1) % every == 0)",
+    "LLaMa-pretraining/WeightDecayUnbalance.py:17-37 (eigs_thresh 50, conv_norm 0.5, sigmoid_alpha 4), :72-137 "
+    "(groups, untuned parameters at the base weight decay), :173-180 (step), :197-310 (ESD), :321-361 (assign "
+    "functions)",
+    "LLaMa-pretraining/peft_pretraining/training_utils.py:128-143 (warmup from 0, then cosine to min_lr_ratio)",
+)
+_AD_REFERENCE_ONLY = (
+    "esd_metric_for_tb='gradnorm' (scripts/*/baseline2: the AdaDecay baseline, layerwise_sigmoid over gradient "
+    "norms, no eigenvalue threshold) follows no spectrum; tempbalance policies follow alpha, spectral_norm, "
+    "stable_rank or alpha_hat",
+    "the published scripts pass --alpha_positively_with_WD, which torchrun_main.py's parser does not define, and "
+    "--use_modulewise_wd without a value (type=bool): as published they stop in argparse; the preset takes the "
+    "values they set",
+)
+
+_add(Preset(
+    name="alphadecay-llama-adam",
+    paper="He et al., AlphaDecay: Module-wise Weight Decay for Heavy-Tailed Balancing in LLMs (NeurIPS 2025): LLaMA "
+          "pre-training on C4 with Adam (L2 weight decay); reported LLaMA-1B validation perplexity 14.66 (uniform "
+          "weight decay 5e-6) -> 14.55",
+    reference="alphadecay",
+    repository=_AD,
+    sources=(
+        "LLaMa-pretraining/scripts/Adam/ours/{1e-5,5e-6,1e-6}.sh:6-21 (the first of six runs, seeds 5-10: "
+        "configs/llama_130m.json, adam, lr 0.001, batch 256 on 2 GPUs, 20000 steps, warmup 2000, "
+        "--unbalancedWD_every 500, --esd_metric_for_tb alpha, --assign_func tb_linear_map, --wd_min_ratio 0.6666, "
+        "--wd_max_ratio 3 / 5 / 5, bfloat16)",
+        "LLaMa-pretraining/torchrun_main.py:359 (torch.optim.Adam: the weight decay is added to the gradient)",
+        *_AD_CODE,
+        "README.md, results table (uniform vs AlphaDecay perplexity at 60M-1B, weight decay 1e-5 / 5e-6 / 1e-6; the "
+        "scripts of the 60M, 350M and 1B runs are not in the repository)",
+    ),
+    tempbalance=_AD_ARGS,
+    training=dict(model="LLaMA-130M (configs/llama_130m.json)", data="C4 (en), t5-base tokenizer, max_length 256",
+                  optimizer="Adam (torch; weight decay coupled: added to the gradient)", lr=1e-3, batch_size=512,
+                  max_steps=20000, warmup_steps=2000, min_lr_ratio=0.1,
+                  schedule="linear warmup from 0 over warmup_steps, then cosine to min_lr_ratio x lr at max_steps, "
+                           "stepped per update", seeds=(5, 6, 7, 8, 9, 10), dtype="bfloat16"),
+    choose_by="weight_decay",
+    variants={wd: Variant(tempbalance=dict(wd_max_ratio=hi), training=dict(weight_decay=wd),
+                          source=f"LLaMa-pretraining/scripts/Adam/ours/{f}.sh:14, 20-21")
+              for wd, hi, f in ((1e-5, 3.0, "1e-5"), (5e-6, 5.0, "5e-6"), (1e-6, 5.0, "1e-6"))},
+    default=5e-6,
+    reference_only=_AD_REFERENCE_ONLY,
+    options=_AD_OPTIONS,
+    build=_AD_BUILD,
+))
+
+_add(Preset(
+    name="alphadecay-llama-adamw",
+    paper="He et al., AlphaDecay (NeurIPS 2025): LLaMA-60M / 130M pre-training on C4 with AdamW (decoupled weight "
+          "decay 0.1 / 0.05 / 0.01)",
+    reference="alphadecay",
+    repository=_AD,
+    sources=(
+        "LLaMa-pretraining/scripts/Adamw/ours/{60M,130M}/WD{1e_1,5e_2,1e_2}.sh:5-19 (adamw, lr 0.001, batch 512, "
+        "60M: 10000 steps, warmup 1000; 130M: 20000 steps, warmup 2000; --unbalancedWD_every 500, "
+        "--esd_metric_for_tb alpha, --assign_func tb_linear_map, --wd_min_ratio 0.6666, --wd_max_ratio 5)",
+        "LLaMa-pretraining/torchrun_main.py:32-45, 361 (torch.optim.AdamW over the groups as built)",
+        *_AD_CODE,
+    ),
+    tempbalance=_AD_ARGS,
+    training=dict(data="C4 (en), t5-base tokenizer, max_length 256", optimizer="AdamW (torch; decoupled weight decay)",
+                  lr=1e-3, batch_size=512, weight_decay=(0.1, 0.05, 0.01), min_lr_ratio=0.1,
+                  schedule="linear warmup from 0 over warmup_steps, then cosine to min_lr_ratio x lr at max_steps, "
+                           "stepped per update", dtype="bfloat16"),
+    choose_by="model",
+    variants={
+        "60m": Variant(training=dict(model="LLaMA-60M (configs/llama_60m.json)", max_steps=10000, warmup_steps=1000),
+                       source="LLaMa-pretraining/scripts/Adamw/ours/60M/WD1e_1.sh:5-19"),
+        "130m": Variant(training=dict(model="LLaMA-130M (configs/llama_130m.json)", max_steps=20000,
+                                      warmup_steps=2000),
+                        source="LLaMa-pretraining/scripts/Adamw/ours/130M/WD1e_1.sh:5-19"),
+    },
+    default="130m",
+    reference_only=_AD_REFERENCE_ONLY,
+    options=_AD_OPTIONS,
+    build=_AD_BUILD,
+))
+
+
 def names() -> list[str]:
     """The preset names."""
     return list(PRESETS)
@@ -246,9 +354,19 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     rest = dict(overrides)
     needed = any(v.tempbalance for v in p.variants.values())
     variant = _variant(p, rest, needed=needed)
-    kwargs = dict(p.tempbalance)
-    if variant is not None:
-        kwargs.update(variant.tempbalance)
+    kwargs, options = dict(p.tempbalance), dict(p.options)
+    for k, v in (variant.tempbalance if variant is not None else {}).items():
+        (options if k in p.options else kwargs)[k] = v
+    given = {k: rest.pop(k) for k in list(rest) if k in p.options}
+    options.update(given)
+    for arg, make in p.build.items():
+        used = [k for k in inspect.signature(make).parameters if k in options]
+        if arg in rest:  # replaced by the caller
+            if set(used) & set(given):
+                raise ValueError(f"preset {p.name!r}: {sorted(set(used) & set(given))} shape the preset's {arg}, and "
+                                 f"{arg}= given replaces it: give one")
+            continue
+        kwargs[arg] = make(**{k: options[k] for k in used})
     steps = rest.pop("steps_per_epoch", None)
     if p.interval_rule == "reference" and "interval" not in rest:
         if steps is None:
@@ -258,7 +376,8 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     unknown = sorted(set(rest) - _tempbalance_params())
     if unknown:
         raise ValueError(f"preset {p.name!r}: {unknown} are not TempBalance arguments"
-                         + (f" (the preset is chosen by {p.choose_by}=)" if p.choose_by else ""))
+                         + (f" (the preset is chosen by {p.choose_by}=)" if p.choose_by else "")
+                         + (f" nor the preset's options {sorted(p.options)}" if p.options else ""))
     kwargs.update(rest)
     return kwargs
 
@@ -283,6 +402,10 @@ def describe(name: str) -> str:
     lines = [f"{p.name}: {p.paper}", f"  reference code: {p.repository} (compat scheme {p.reference!r})",
              "  sources:"] + [f"    {s}" for s in p.sources]
     lines.append("  TempBalance arguments: " + ", ".join(f"{k}={v!r}" for k, v in p.tempbalance.items()))
+    if p.options:
+        built = get(p.name, **({p.choose_by: p.default} if p.choose_by and p.default is not None else {}))
+        lines.append("  preset options: " + ", ".join(f"{k}={v!r}" for k, v in p.options.items()) + " -> "
+                     + ", ".join(f"{k}={getattr(built[k], 'describe', lambda: repr(built[k]))()}" for k in p.build))
     if p.interval_rule == "reference":
         lines.append("  interval: " + compat.SCHEMES[p.reference].interval)
     lines.append("  training: " + "; ".join(f"{k}={v!r}" for k, v in p.training.items()))

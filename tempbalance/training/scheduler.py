@@ -135,6 +135,9 @@ class TempBalance(LRScheduler):
             CompatPolicy(plan, parsed.mapping, **policy) if plan is not None
             else MappedPolicy(parsed.mapping, normalize=a.normalize, **policy)]
         self.policy = self.policies[0]  # the primary one: factors, unit_alphas, history's factors
+        blocks = selection.unit_blocks(chosen, self.adapter)
+        for p in self.policies:
+            p.bind(chosen.units, blocks, self.compat)
         self.metric, self.target = self.policy.metric, self.policy.target
         # steps from a pass to its factors: ``lag``, and at least one under a reference whose factors act from the
         # update after the pass (ModelBalancing: the pass at the top of step t, the factors after update t)

@@ -116,6 +116,16 @@ def select(model: nn.Module, optimizers: Any, adapter: Any, *, unit: str | None 
     return Selection(specs, list(spec_units), units, mode, plan, skipped, fingerprint, owner, params)
 
 
+def unit_blocks(chosen: Selection, adapter: Any) -> list[str | None]:
+    """The adapter's block of every unit of ``chosen`` (that of its first matrix; ``None`` outside blocks or for an
+    adapter without blocks): what a policy groups units by (:meth:`~tempbalance.training.policies.Policy.bind`).
+    Call it after :func:`select` enumerated the model through ``adapter``."""
+    first: dict[str, str | None] = {}
+    for u, b in zip(chosen.spec_units, _compat.block_of_specs(adapter, chosen.specs)):
+        first.setdefault(u, b)
+    return [first.get(u) for u in chosen.units]
+
+
 def _owners(model: nn.Module, optimizers: list[Any], adapter: Any, specs: list[MatrixSpec], units: list[str], mode: str,
             plan: _compat.Plan | None) -> tuple[dict[int, str], list[nn.Parameter]]:
     """``id(param) -> unit`` for every parameter a unit drives (the first unit wins for a shared one), and those

@@ -195,6 +195,28 @@ def test_block_lr_scale_changes_the_run_only_through_the_lr(tiny_encoder, toy):
     assert ones.final_loss == pytest.approx(ft.final_loss, rel=1e-5) and other.final_loss != ft.final_loss
 
 
+def test_layer_decay_trains_with_the_llrd_lrs(tiny_encoder, toy, monkeypatch):
+    """``layer_decay`` gives the optimizer tempbalance.training.llrd.s lrs (block l of L: decay^(L-1-l), embeddings
+    decay^L, head 1x; matrices with weight decay) and changes the run only through them (decay 1 = FT)."""
+    from tempbalance.training.llrd import layer_decay_scales
+
+    seen = []
+    real = finetune.__globals__["adamw"]  # the module finetune runs in (other tests may reload the package)
+    monkeypatch.setitem(finetune.__globals__, "adamw", lambda groups, lr: seen.append(groups) or real(groups, lr))
+    train = toy(16, seed=2)
+    ft = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7), {"t": train})
+    one = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7, layer_decay=1.0), {"t": train})
+    half = finetune(tiny_encoder, train, RunConfig(lr=1e-3, epochs=2, seed=7, layer_decay=0.5), {"t": train})
+    assert one.final_loss == pytest.approx(ft.final_loss, rel=1e-5) and half.final_loss != ft.final_loss
+    model = tiny_encoder.fresh_model(0)
+    scales = layer_decay_scales(model, 0.5)
+    assert scales["bert.embeddings.word_embeddings.weight"] == 0.25 and scales["classifier.weight"] == 1.0
+    assert scales["bert.encoder.layer.0.output.dense.bias"] == 0.5
+    by_shape = sorted((g["initial_lr"], g["weight_decay"], tuple(p.shape)) for g in seen[2] for p in g["params"])
+    want = sorted((1e-3 * scales[n], 0.1 if p.ndim >= 2 else 0.0, tuple(p.shape)) for n, p in model.named_parameters())
+    assert by_shape == want
+
+
 def test_run_config_rejects_bad_values():
     with pytest.raises(ValueError, match="max_grad_norm"):
         RunConfig(lr=1e-4, max_grad_norm=0)
@@ -210,6 +232,10 @@ def test_run_config_rejects_bad_values():
         RunConfig(lr=1e-4, block_lr_scale={"b.0": 0.0})
     with pytest.raises(ValueError, match="tempbalance"):
         RunConfig(lr=1e-4, tempbalance=True, block_lr_scale={"b.0": 2.0})
+    with pytest.raises(ValueError, match="layer_decay"):
+        RunConfig(lr=1e-4, layer_decay=1.2)
+    with pytest.raises(ValueError, match="layer_decay"):
+        RunConfig(lr=1e-4, tempbalance=True, layer_decay=0.8)
 
 
 def test_real_minilm_few_steps(minilm_dir, data_packages):

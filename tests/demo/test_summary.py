@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tempbalance.demo.finetune import RunResult
-from tempbalance.demo.summary import markdown_table, paired_test, summarize, verdict
+from tempbalance.demo.summary import alpha_std_line, markdown_table, paired_test, summarize, verdict
 
 stats = pytest.importorskip("scipy.stats")
 
@@ -76,3 +76,20 @@ def test_summarize_macro_f1_and_the_verdict_sentence():
     assert verdict(dict(rec, t_p=None, f1_t_p=None)).startswith("What this supports: nothing")
     (no_f1,) = summarize([_run("FT", 8, 0, 0.5, 0.1), _run("TB", 8, 0, 0.6, 0.1)])
     assert "f1_t_p" not in no_f1 and "| - ± - |" in markdown_table([no_f1])
+
+
+def test_alpha_std_line_claims_a_change_only_when_the_paired_test_does():
+    """The demo's old last line called FT 0.0520 vs TB 0.0517 "TempBalance lowers the layer imbalance"; now a
+    change is claimed only with paired t p < 0.05 (the p is scipy's on the per-seed STDs)."""
+    tiny = [_run("FT", 32, s, 0.6, std) for s, std in enumerate([0.0520, 0.0515, 0.0526])]
+    tiny += [_run("TB", 32, s, 0.6, std) for s, std in enumerate([0.0517, 0.0519, 0.0520])]
+    (rec,) = summarize(tiny)
+    line = alpha_std_line(rec)
+    p = stats.ttest_rel([0.0517, 0.0519, 0.0520], [0.0520, 0.0515, 0.0526]).pvalue
+    assert f"paired t p = {p:.3f}" in line and "lowers" not in line and "no difference" in line
+    clear = [_run("FT", 32, s, 0.6, 0.060 + 0.001 * s) for s in range(4)]
+    clear += [_run("TB", 32, s, 0.6, 0.050 + 0.0011 * s) for s in range(4)]
+    (rec,) = summarize(clear)
+    assert alpha_std_line(rec).endswith("TempBalance lowers the layer imbalance here.")
+    rec = dict(rec, FT_alpha_std_mean=0.04)  # TB above FT with a significant test: it raises it
+    assert alpha_std_line(rec).endswith("raises the layer imbalance here.")

@@ -173,9 +173,31 @@ def test_plan_is_seed_major_with_the_cadence_check_last():
     full = text_run.parse(["--model", "mpnet"])
     assert full.shuffle_control == full.sorted_control == []  # the full run's default: none
     assert text_run.seeds_for(13) == list(range(10)) and text_run.seeds_for(128) == list(range(5))
+    split = text_run.plan(_args(["--seeds", "3", "--seed-start", "2", "--arms", "FT", "--cadence-check", "0",
+                                 "--shuffle-control", "--sorted-control"]))
+    assert split == [(8, "FT", 1e-3, 2), (8, "FT", 3e-3, 2)]  # --seed-start 2 of 3 seeds: seed 2 only
     assert text_run.parse(["--model", "mpnet"]).lrs == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
     with pytest.raises(SystemExit):
         text_run.parse(["--arms", "TB-paper"])
+
+
+def test_llrd_arms_plan_settings_and_tuned_lr():
+    """LLRD-0.85 is a grid arm with its decay in the stored settings; --llrd-tuned runs 0.75 and 0.95 at the lr
+    LLRD-0.85 selected on mean dev macro-F1, and refuses to guess before that grid has finished."""
+    args = _args(["--seeds", "2", "--arms", "FT", "LLRD-0.85", "--cadence-check", "0"])
+    assert text_run.plan(args)[:4] == [(8, "FT", 1e-3, 0), (8, "FT", 3e-3, 0), (8, "LLRD-0.85", 1e-3, 0),
+                                       (8, "LLRD-0.85", 3e-3, 0)]
+    assert text_run.run_settings(args, "LLRD-0.85")["layer_decay"] == 0.85
+    assert "layer_decay" not in text_run.run_settings(args, "FT")  # FT's stored runs keep matching
+    tuned = _args(["--sizes", "8", "--seeds", "2", "--arms", "FT", "--cadence-check", "0", "--llrd-tuned"])
+    with pytest.raises(SystemExit, match="LLRD-0.85 at every lr"):
+        text_run.plan(tuned, {})
+    done = {(8, "LLRD-0.85", lr, s): fake_run(8, "LLRD-0.85", lr, s, dev_f1=f, test_acc=0.7)
+            for lr, f in ((1e-3, 0.6), (3e-3, 0.7)) for s in (0, 1)}
+    done[8, "LLRD-0.85", 1e-3, 1]["scores"]["dev"]["macro_f1"] = 0.95  # mean 0.775 > 0.7: 1e-3 wins on the mean
+    plan = text_run.plan(tuned, done)
+    assert plan[-4:] == [(8, "LLRD-0.75", 1e-3, 0), (8, "LLRD-0.95", 1e-3, 0), (8, "LLRD-0.75", 1e-3, 1),
+                         (8, "LLRD-0.95", 1e-3, 1)]
 
 
 @pytest.fixture
@@ -239,3 +261,81 @@ def test_smoke_run_outputs_and_resume(tmp_path, data_packages):
             "--report-only", "--no-progress"]
     assert text_run.main(args) == 0
     assert json.loads((out / "summary.json").read_text())["runs"] == 0 and len(_lines(out / "runs.jsonl")) == len(runs)
+
+
+def test_holm_by_hand():
+    """Holm on (0.01, 0.04, 0.03, None, 0.005): m = 4; sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 =
+    0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06."""
+    assert R.holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    assert R.holm([0.6, 0.5]) == [1.0, 1.0] and R.holm([]) == []
+
+
+def _llrd_runs(rng, seeds=4, lrs=(1e-5, 1e-4)):
+    runs = synthetic(rng, sizes=(13,), seeds=seeds, lrs=lrs, arms=("FT", "TB-paper", "LLRD-0.85"))
+    for r in runs:
+        if r["arm"] == "TB-paper":
+            r["tb_history"] = [dict(factors={"enc.layer.0": 0.5, "enc.layer.1": 1.5})]
+    best = max(lrs, key=lambda lr: np.mean([r["scores"]["dev"]["macro_f1"] for r in runs
+                                            if (r["arm"], r["lr"]) == ("LLRD-0.85", lr)]))
+    for arm, dev in (("LLRD-0.75", 0.1), ("LLRD-0.95", 0.99)):  # 0.95 wins on dev
+        runs += [fake_run(13, arm, best, s, dev_f1=dev, test_acc=rng.uniform(0.5, 0.9)) for s in range(seeds)]
+    return runs, best
+
+
+def test_llrd_vs_tb_and_tuned_against_scipy():
+    rng = np.random.default_rng(3)
+    runs, best = _llrd_runs(rng)
+    idx = R.Runs(runs)
+    comps = R.comparisons(idx)
+    assert [c["arm"] for c in comps] == ["TB-paper", "LLRD-0.85"]  # LLRD-0.85 is compared with FT like TB
+    (h,) = R.llrd_vs_tb(idx, comps)
+    tb, ll = comps
+    by = {(r["arm"], r["lr"], r["seed"]): 100 * r["scores"]["test"]["acc"] for r in runs}
+    t = [by["TB-paper", tb["TB_lr"], s] for s in range(4)]
+    l_ = [by["LLRD-0.85", ll["TB_lr"], s] for s in range(4)]
+    assert h["LLRD_lr"] == ll["TB_lr"] == best and h["acc"]["t_p"] == pytest.approx(stats.ttest_rel(t, l_).pvalue)
+    tuned = h["tuned"]
+    assert tuned["chosen"] == "LLRD-0.95" and tuned["decay"] == 0.95 and tuned["lr"] == best
+    t95 = [by["LLRD-0.95", best, s] for s in range(4)]
+    ft = [by["FT", tb["FT_lr"], s] for s in range(4)]
+    assert tuned["vs_FT"]["diff_mean"] == pytest.approx(np.mean(t95) - np.mean(ft))
+    assert tuned["tb_vs"]["t_p"] == pytest.approx(stats.ttest_rel(t, t95).pvalue)
+    main = R.main_tests(comps, [h])
+    assert [m["test"] for m in main] == ["TB-paper − FT", "LLRD-0.85 − FT", "TB-paper − LLRD-0.85",
+                                         "TB-paper − LLRD-tuned"]
+    assert [m["holm_p"] for m in main] == pytest.approx(R.holm([m["t_p"] for m in main]))
+    md = R._llrd_markdown([h], comps, PRE)
+    assert any("Pearson correlation with LLRD-0.85's +1.00" in line for line in md)  # 0.5, 1.5 vs 0.85, 1
+    assert any("grid's largest lr" in line for line in md) == (best == 1e-4)
+    edge = R._llrd_markdown([dict(h, LLRD_lr=1e-4)], comps, PRE)
+    assert any("largest lr at 13 sentences" in line for line in edge)
+
+
+def test_dose_response_against_scipy():
+    rng = np.random.default_rng(5)
+    runs, profiles = [], []
+    for s in range(6):
+        f = rng.permutation([0.5, 1.0, 2.0, 3.0])
+        prof = {f"enc.layer.{i}": float(v) for i, v in enumerate(f)}
+        profiles.append(prof)
+        runs.append(fake_run(13, "FT", 1e-4, s, 0.5, rng.uniform(0.5, 0.9)))
+        runs.append(fake_run(13, "TB-paper-shuffled", 1e-4, s, 0.5, rng.uniform(0.5, 0.9), block_lr_scale=prof))
+    (d,) = R.dose_response(R.Runs(runs))
+    rho = [stats.spearmanr(range(4), [p[f"enc.layer.{i}"] for i in range(4)])[0] for p in profiles]
+    gain = [100 * (runs[2 * s + 1]["scores"]["test"]["acc"] - runs[2 * s]["scores"]["test"]["acc"]) for s in range(6)]
+    top3 = [np.mean([p[f"enc.layer.{i}"] for i in (1, 2, 3)]) for p in profiles]
+    assert [p["rho"] for p in d["points"]] == pytest.approx(rho)
+    assert d["spearman"] == pytest.approx(stats.spearmanr(rho, gain)[0])
+    assert d["pearson_p"] == pytest.approx(stats.pearsonr(rho, gain)[1])
+    assert d["top3_spearman"] == pytest.approx(stats.spearmanr(top3, gain)[0])
+
+
+def test_verdict_corrects_over_every_folder(tmp_path):
+    for name, ps in (("a", [0.01, 0.04]), ("b", [0.02])):
+        (tmp_path / name).mkdir()
+        rows = [dict(size=13, test=f"t{k}", diff_mean=1.0, wins=3, n=4, t_p=p, wilcoxon_p=0.1) for k, p in enumerate(ps)]
+        (tmp_path / name / "summary.json").write_text(json.dumps(dict(main_tests=rows, paired_tests=10)))
+    out = R.verdict([tmp_path / "a", tmp_path / "b"], tmp_path / "verdict.md")
+    assert out["family"] == 3 and out["paired_tests"] == 20
+    assert [r["holm_all_p"] for r in out["tests"]] == pytest.approx([0.03, 0.04, 0.04])
+    assert "3 main tests" in (tmp_path / "verdict.md").read_text()

@@ -29,6 +29,19 @@ def tiny_encoder(kind: str) -> nn.Module:
     return model.double().eval()
 
 
+def tiny_llama(layers: int = 2, seed: int = 11, vocab: int = 96) -> nn.Module:
+    """A float64 LLaMA (transformers' ``LlamaForCausalLM``, the reference's module names): blocks of 64 x 64 q/o
+    and 128 x 64 MLP matrices (64 eigenvalues each), 32 x 64 k/v projections (grouped-query attention: 32
+    eigenvalues, under the reference's threshold of 50), an untied ``vocab`` x 64 LM head."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                      tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(config).double()
+
+
 def max_rel(got: dict[str, float], want: dict[str, float]) -> tuple[float, str]:
     """The largest relative difference over the parameters (a zero lr - warmup's first step - must be zero) and the
     parameter where it is."""
@@ -48,14 +61,14 @@ def assert_lrs(got: dict[str, float], want: dict[str, float], rtol: float = RTOL
     return rel
 
 
-def recorder(model: nn.Module, opt: torch.optim.Optimizer) -> list[dict[str, float]]:
-    """Per optimizer update, ``{parameter name: lr}`` of the parameters the optimizer holds, as the update reads
-    it (a per-optimizer step pre-hook runs after TempBalance's global one)."""
+def recorder(model: nn.Module, opt: torch.optim.Optimizer, key: str = "lr") -> list[dict[str, float]]:
+    """Per optimizer update, ``{parameter name: value of key}`` (the lr; or the weight decay) of the parameters the
+    optimizer holds, as the update reads it (a per-optimizer step pre-hook runs after TempBalance's global one)."""
     names = [(n, id(p)) for n, p in model.named_parameters()]
     out: list[dict[str, float]] = []
 
     def hook(optimizer, args, kwargs):
-        lr_of = {id(p): float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
+        lr_of = {id(p): float(g[key]) for g in optimizer.param_groups for p in g["params"]}
         out.append({n: lr_of[i] for n, i in names if i in lr_of})
 
     opt.register_step_pre_hook(hook)

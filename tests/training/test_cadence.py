@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tempbalance.training.cadence import Adaptive, Budget, EveryN, PerEpoch, as_cadence
+from tempbalance.training.cadence import Adaptive, BeforeEveryN, Budget, EveryN, PerEpoch, as_cadence
 
 
 def test_every_n_and_per_epoch():
@@ -14,6 +14,19 @@ def test_every_n_and_per_epoch():
     assert not c.due_at_epoch_end(1)
     e = PerEpoch()
     assert e.per_epoch and e.due_at_epoch_end(1) and not e.due_after_step(5)
+
+
+def test_before_every_n_refreshes_one_step_ahead_of_every_n():
+    """AlphaDecay's reference re-reads the spectra when ``(update_step + 1) % n == 0``, before that update: after
+    steps n - 1, 2n - 1, ...; its state says its type, so a run saved with EveryN does not load into it."""
+    c = BeforeEveryN(4)
+    assert [s for s in range(1, 13) if c.due_after_step(s)] == [3, 7, 11]
+    assert [s for s in range(1, 4) if BeforeEveryN(1).due_after_step(s)] == [1, 2, 3]
+    assert "after steps 3, 7" in c.describe()
+    with pytest.raises(ValueError, match="cadence: saved with EveryN, this object has BeforeEveryN"):
+        c.check_state(EveryN(4).state_dict())
+    with pytest.raises(ValueError, match="integer >= 1"):
+        BeforeEveryN(0)
 
 
 def test_as_cadence():

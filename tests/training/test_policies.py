@@ -85,3 +85,38 @@ def test_the_default_policies_are_the_mapped_and_the_compat_ones():
     m2 = model()
     tb2 = tempbalance.TempBalance(m2, torch.optim.SGD(m2.parameters(), lr=0.1), compat=True, min_eigs=8)
     assert isinstance(tb2.policy, CompatPolicy) and tb2.policy.plan.scheme.name == "tempbalance_cnn"
+
+
+class Bound(Constant):
+    """Records what TempBalance binds it to; refuses when asked."""
+
+    refuse = False
+
+    def bind(self, units, blocks, compat):
+        if self.refuse:
+            raise ValueError("this policy cannot serve these units")
+        self.seen = (list(units), list(blocks), compat)
+
+
+@pytest.mark.parametrize("unit", ["block", "layer"])
+def test_a_policy_is_bound_to_the_units_and_their_blocks_before_the_first_pass(unit):
+    from compat_cases import tiny_llama
+
+    m = tiny_llama()
+    tb = tempbalance.TempBalance(m, torch.optim.SGD(m.parameters(), lr=0.1), policy=Bound(), unit=unit, **KW)
+    units, blocks, compat = tb.policy.seen
+    assert units == tb.units and compat is None
+    if unit == "block":
+        assert blocks == units == ["model.layers.0", "model.layers.1"]
+    else:
+        assert len(units) == 14 and blocks == [u.rsplit(".", 2)[0] for u in units]
+    seq = model()
+    plain = tempbalance.TempBalance(seq, torch.optim.SGD(seq.parameters(), lr=0.1), policy=Bound(), **KW)
+    assert plain.policy.seen[1] == [None] * 3  # the generic adapter knows no blocks
+    refusing = Bound()
+    refusing.refuse = True
+    opt = torch.optim.SGD(seq.parameters(), lr=0.1)
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(ValueError, match="cannot serve"):
+        tempbalance.TempBalance(seq, opt, policy=refusing, **KW)
+    assert [dict(g) for g in opt.param_groups] == before

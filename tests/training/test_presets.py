@@ -46,6 +46,59 @@ LM_ROWS = """
 0.000125          51              median              True         True                alpha       tb_linear_map           True              1.0              1.0                 2                  200                      25                adam                 3          40000                1               120             stage
 """
 
+# hed-ucas/AlphaDecay@23ce27c LLaMa-pretraining/scripts/: the options of the first run of each file that the presets
+# read (Adam/ours/*.sh lines 14 and 17-21; Adamw/ours/*/WD1e_1.sh lines 10-12 and 15-19), one line per file
+ALPHADECAY_SCRIPTS = {
+    "Adam/ours/1e-5.sh": "--weight_decay 0.00001 --unbalancedWD_every 500 --esd_metric_for_tb alpha "
+                         "--assign_func tb_linear_map --wd_min_ratio 0.6666 --wd_max_ratio 3",
+    "Adam/ours/5e-6.sh": "--weight_decay 0.000005 --unbalancedWD_every 500 --esd_metric_for_tb alpha "
+                         "--assign_func tb_linear_map --wd_min_ratio 0.6666 --wd_max_ratio 5",
+    "Adam/ours/1e-6.sh": "--weight_decay 0.000001 --unbalancedWD_every 500 --esd_metric_for_tb alpha "
+                         "--assign_func tb_linear_map --wd_min_ratio 0.6666 --wd_max_ratio 5",
+    "Adamw/ours/60M/WD1e_1.sh": "--num_training_steps 10000 --warmup_steps 1000 --weight_decay 0.1 "
+                                "--unbalancedWD_every 500 --esd_metric_for_tb alpha --assign_func tb_linear_map "
+                                "--wd_min_ratio 0.6666 --wd_max_ratio 5",
+    "Adamw/ours/130M/WD1e_1.sh": "--num_training_steps 20000 --warmup_steps 2000 --weight_decay 0.1 "
+                                 "--unbalancedWD_every 500 --esd_metric_for_tb alpha --assign_func tb_linear_map "
+                                 "--wd_min_ratio 0.6666 --wd_max_ratio 5",
+}
+
+
+def _script(text):
+    """``--option value ...`` -> {option: value}."""
+    words = text.split()
+    return {k.lstrip("-"): v for k, v in zip(words[::2], words[1::2])}
+
+
+def test_alphadecay_presets_are_the_scripts():
+    for path, text in ALPHADECAY_SCRIPTS.items():
+        row = _script(text)
+        assert (row["esd_metric_for_tb"], row["assign_func"]) == ("alpha", "tb_linear_map")
+        wd = float(row["weight_decay"])
+        if path.startswith("Adam/"):
+            name, choice = "alphadecay-llama-adam", dict(weight_decay=wd)
+        else:
+            name, choice = "alphadecay-llama-adamw", dict(model=path.split("/")[2].lower())
+            tr = presets.training(name, **choice)
+            assert (tr["max_steps"], tr["warmup_steps"]) == (int(row["num_training_steps"]), int(row["warmup_steps"]))
+            assert wd in tr["weight_decay"]
+        kw = presets.get(name, **choice)
+        policy, cadence = kw["policy"], kw["interval"]
+        assert (policy.assign, policy.wd_min_ratio, policy.wd_max_ratio, policy.metric) == (
+            row["assign_func"], float(row["wd_min_ratio"]), float(row["wd_max_ratio"]), row["esd_metric_for_tb"])
+        assert type(cadence).__name__ == "BeforeEveryN" and cadence.n == int(row["unbalancedWD_every"])
+        assert (kw["compat"], kw["unit"], kw["remove_first"], kw["remove_last"], kw["min_eigs"], kw["xmin_pos"]) == (
+            "alphadecay", "layer", True, True, 50, 2.0)
+        if path.startswith("Adam/"):
+            assert presets.training(name, **choice)["weight_decay"] == wd
+    assert presets.get("alphadecay-llama-adam")["policy"].wd_max_ratio == 5.0  # default: 5e-6, the 1B row
+    a, b = presets.get("alphadecay-llama-adamw"), presets.get("alphadecay-llama-adamw")
+    assert a["policy"] is not b["policy"] and a["interval"] is not b["interval"]  # each serves one TempBalance
+    assert presets.get("alphadecay-llama-adamw", assign="tb_sqrt", every=7)["policy"].assign == "tb_sqrt"
+    assert presets.get("alphadecay-llama-adamw", interval=3)["interval"] == 3  # an explicit argument wins
+    assert {n for n in presets.names() if n.startswith("alphadecay")} == {"alphadecay-llama-adam",
+                                                                          "alphadecay-llama-adamw"}
+
 
 def _rows(text):
     return [line.split() for line in text.strip().splitlines()]
@@ -104,7 +157,8 @@ def test_presets_build_a_tempbalance(minilm):
     cnn = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 3), nn.Flatten(), nn.LazyLinear(4))
     cnn(torch.zeros(1, 3, 9, 9))
     choices = {"modelbalancing-glue": dict(ratio=0.05, steps_per_epoch=300), "modelbalancing-fno-cfd":
-               dict(reduced_batch=180), "tempbalance-cifar": {}, "tempbalance-lm-ptb": {}}
+               dict(reduced_batch=180), "tempbalance-cifar": {}, "tempbalance-lm-ptb": {},
+               "alphadecay-llama-adam": dict(weight_decay=1e-5), "alphadecay-llama-adamw": {}}
     assert set(choices) == set(presets.names())
     for name, choice in choices.items():
         model = minilm if name == "modelbalancing-glue" else cnn
