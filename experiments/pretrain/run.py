@@ -54,10 +54,58 @@ class Arm:
     method: str = ""
 
 
+# The spectral arms, scaled to this budget (every choice below is one try, not tuned here):
+# - AlphaDecay: the preset of the published AdamW runs (tb_linear_map, wd ratios 0.6666 - 5, compat "alphadecay"),
+#   refreshed every 50 steps: the published every 500 of a 10,000-step 60M run, as the same 5 % of our steps.
+# - LLR: the preset of the published 1B/20B AdamW runs at their lr_max_ratio 3 variant (ratios 1 - 3, LLR for the
+#   whole run: llr_ratio 1.0), a refresh every 100 updates and transitions of 50 as published, max_steps = ours;
+#   the Muon preset with the same options.
+# - LLR + AlphaDecay from one pass: both policies (their defaults' mode, not compat: two compat schemes cannot share
+#   one pass) on LLR's cadence, every matrix of a block its own unit.
+AD_EVERY = 50
+LLR_OPTIONS = dict(lr_max_ratio=3.0, llr_ratio=1.0)
+
+
+def _alphadecay(cfg: TrainConfig) -> dict[str, Any]:
+    return dict(preset="alphadecay-llama-adamw", every=AD_EVERY)
+
+
+def _llr(preset: str) -> Callable[[TrainConfig], dict[str, Any]]:
+    return lambda cfg: dict(preset=preset, max_steps=cfg.steps, **LLR_OPTIONS)
+
+
+def _llr_alphadecay(cfg: TrainConfig) -> dict[str, Any]:
+    from tempbalance.training.alphadecay import AlphaDecay
+    from tempbalance.training.llr import LLR, LLRCadence
+
+    return dict(unit="layer", min_eigs=50, interval=LLRCadence(100),
+                policy=[LLR(lr_min_ratio=1.0, lr_max_ratio=LLR_OPTIONS["lr_max_ratio"], linear_steps=50),
+                        AlphaDecay("tb_linear_map", wd_min_ratio=0.6666, wd_max_ratio=5.0)])
+
+
+def _has(module: str) -> bool:
+    """Whether this tempbalance has the method (LLR arrives with branch i26)."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"tempbalance.training.{module}") is not None
+
+
 ARMS: dict[str, Arm] = {
     "adamw": Arm("adamw"),
     "muon": Arm("muon"),
+    "adamw+alphadecay": Arm("adamw", _alphadecay, f"AlphaDecay preset alphadecay-llama-adamw, every {AD_EVERY}"),
 }
+if _has("llr"):
+    ARMS.update({
+        "adamw+llr": Arm("adamw", _llr("llr-adamw-1b-20b"), f"LLR preset llr-adamw-1b-20b, {LLR_OPTIONS}"),
+        "muon+llr": Arm("muon", _llr("llr-muon-1b-20b"), f"LLR preset llr-muon-1b-20b, {LLR_OPTIONS}"),
+    })
+if _has("llr") and _has("alphadecay"):
+    ARMS.update({
+        "adamw+llr+alphadecay": Arm("adamw", _llr_alphadecay,
+                                    "LLR (1 - 3, 50-step transitions) + AlphaDecay (tb_linear_map 0.6666 - 5), one "
+                                    "pass every 100 steps, unit layer"),
+    })
 SMOKE_MODEL = ModelConfig(hidden=64, layers=2, heads=2, ffn=128, seq_len=32)  # 64 eigenvalues per matrix
 SMOKE = TrainConfig(model=SMOKE_MODEL, steps=12, batch=4, warmup=3, eval_every=4, val_windows=8, final_windows=16)
 FULL = TrainConfig()
