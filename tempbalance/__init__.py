@@ -6,7 +6,8 @@
 
 Published configurations: ``TempBalance(model, optimizer, preset="modelbalancing-glue", ratio=0.0002,
 steps_per_epoch=...)`` (the arguments: :func:`tempbalance.presets.get`); ``compat=True`` reproduces the reference
-code's learning rates, whose rules are pure functions in :mod:`tempbalance.compat`.
+code's learning rates, whose rules are pure functions in :mod:`tempbalance.compat`. Pretraining with LLR (AdamW,
+or Muon + AdamW): ``TempBalance(model, [muon, adamw], preset="llr-muon-1b-20b")`` or ``policy=tempbalance.LLR(...)``.
 
 Analysis only: ``tempbalance.analyze(model)`` returns a per-layer :class:`Report` (PL_Alpha_Hill and friends).
 
@@ -26,6 +27,7 @@ from .model_analysis import analyze
 from .training import cadence, compat, presets, scheduler
 from .training.cadence import Adaptive, Budget, Cadence, EveryN, PerEpoch
 from .training.llrd import layer_decay_groups, layer_decay_profile
+from .training.llr import LLR, LLRCadence
 from .training.regularizers import SpectralNormRegularizer
 from .training.scheduler import TempBalance
 
@@ -44,5 +46,5 @@ def native_available() -> bool:
 __all__ = [
     "esd", "alpha_hill", "analyze", "analyze_specs", "Report", "LayerResult", "TempBalance",
     "SpectralNormRegularizer", "native_available", "Cadence", "EveryN", "PerEpoch", "Adaptive", "Budget",
-    "__version__", "compat", "presets", "layer_decay_groups", "layer_decay_profile",
+    "__version__", "compat", "presets", "layer_decay_groups", "layer_decay_profile", "LLR", "LLRCadence",
 ]

@@ -419,8 +419,92 @@ def plain_4(rank: int, world: int) -> dict:
     return out
 
 
+def _llama64(seed: int = 0) -> nn.Module:
+    """A float64 LLaMA whose hidden matrices all have 64 eigenvalues (LLR tunes those with >= 50)."""
+    import transformers as T
+
+    torch.manual_seed(seed)
+    return T.LlamaForCausalLM(T.LlamaConfig(**{**SMALL_LLAMA, "num_key_value_heads": 4, "intermediate_size": 128,
+                                               "tie_word_embeddings": False})).double()
+
+
+def _muon_adamw(model: nn.Module) -> list[torch.optim.Optimizer]:
+    named = list(model.named_parameters())
+    hidden = [p for n, p in named if p.ndim == 2 and "embed" not in n and "head" not in n]
+    return [torch.optim.Muon(hidden, lr=2e-2),
+            torch.optim.AdamW([p for p in model.parameters() if all(p is not h for h in hidden)], lr=1e-3)]
+
+
+def _llr_tb(model: nn.Module, opts: list, group: Any = None):
+    from tempbalance.training.scheduler import TempBalance
+
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1.0 / (1 + 0.1 * k)) for o in opts]
+    return TempBalance(model, opts, base_scheduler=scheds, preset="llr-muon-1b-20b", every=3, linear_steps=2,
+                       max_steps=8, llr_ratio=1.0, lr_min_ratio=0.666, dtype=torch.float64, process_group=group)
+
+
+def _ids(step: int, rank: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 * step + rank)
+    return torch.randint(0, SMALL_LLAMA["vocab_size"], (2, 12), generator=g)
+
+
+def muon(rank: int, world: int) -> dict:
+    """LLR (compat, the llr-muon preset) over DDP with [Muon, AdamW]: one shared pass, the same lrs on every rank and
+    as one process that trains the same model on every rank's batch; torch's Muon on FSDP2 shards, measured."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    solo = single_process_group()
+    out: dict[str, Any] = {}
+    model = _llama64()
+    single = copy.deepcopy(model)
+    opts = _muon_adamw(model)
+    ddp = DDP(model)
+    tb = _llr_tb(ddp, opts)
+    ref_opts = _muon_adamw(single)
+    ref_tb = _llr_tb(single, ref_opts, solo)
+    out["coordinated"] = tb._analyzer.distributed and not ref_tb._analyzer.distributed
+    out["lrs"], out["ref_lrs"] = [tb.get_last_lr()], [ref_tb.get_last_lr()]
+    for step in range(8):  # refreshes at updates 1, 3 and 6: two transitions and their ends
+        x = _ids(step, rank)
+        ddp(input_ids=x, labels=x).loss.backward()  # DDP averages the ranks' gradients
+        for o in opts:
+            o.step()
+            o.zero_grad()
+        tb.step()
+        sum(single(input_ids=y, labels=y).loss for y in (_ids(step, r) for r in range(world))).div(world).backward()
+        for o in ref_opts:
+            o.step()
+            o.zero_grad()
+        ref_tb.step()
+        out["lrs"].append(tb.get_last_lr())
+        out["ref_lrs"].append(ref_tb.get_last_lr())
+    out["refreshes"] = [h["step"] for h in tb.history]
+    out["units"] = tb.units
+    out["policy_state"] = tb.state_dict()["policies"][0]["phase"]["start"]
+    # torch's Muon on FSDP2 shards: it runs, but is its update Muon's update of the full matrix?
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(16, 32, bias=False), nn.Linear(32, 16, bias=False)).double()
+    full = copy.deepcopy(mlp)
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in mlp:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(mlp, mesh=mesh)
+    sharded_opt, full_opt = torch.optim.Muon(mlp.parameters(), lr=0.02), torch.optim.Muon(full.parameters(), lr=0.02)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for _ in range(3):
+        for net, o in ((mlp, sharded_opt), (full, full_opt)):
+            net(x).sum().backward()
+            o.step()
+            o.zero_grad()
+    out["muon_fsdp_max_diff"] = float((mlp[0].weight.full_tensor() - full[0].weight).abs().max())
+    return out
+
+
 SCENARIOS: dict[str, Callable[[int, int], dict]] = {
-    "ddp": ddp, "fsdp": fsdp, "plain_4": plain_4,
+    "ddp": ddp, "fsdp": fsdp, "plain_4": plain_4, "muon": muon,
 }
 
 if __name__ == "__main__":  # python tests/distributed_workers.py <scenario> <world> <tmpdir>: debug one scenario

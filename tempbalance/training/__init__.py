@@ -5,5 +5,5 @@ into values of one knob: metric -> ``mapping`` -> lr or weight decay); ``selecti
 parameters each unit drives; ``passes`` runs the spectral passes (now, in the background, staggered; ``fused_gpu``
 on the GPU); ``commit`` turns a pass into unit factors; ``groups`` writes them into the param groups; ``cadence``
 and ``epochs`` say when; ``watch`` follows the optimizer's steps; ``compat`` and ``presets`` are the papers'
-reference codes and published configurations.
+reference codes and published configurations; ``llr`` is LLR (pretraining, AdamW or Muon + AdamW) as a policy.
 """

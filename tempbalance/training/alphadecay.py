@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .compat import Plan
 from .mapping import MappingOptions
 from .policies import Policy
 
@@ -64,12 +65,12 @@ class AlphaDecay(Policy):
         self.compat = False
         self.groups: np.ndarray | None = None  # layerwise_sigmoid: the group index of every unit (None: one group)
 
-    def bind(self, units: Sequence[str], blocks: Sequence[str | None], compat: str | None) -> None:
+    def bind(self, units: Sequence[str], blocks: Sequence[str | None], plan: Plan | None) -> None:
         """The reference's arithmetic under ``compat="alphadecay"`` (only for ``metric="alpha"``, what it was
         published and tested with); ``layerwise_sigmoid``'s groups: the adapter's blocks (units outside every block
         form one group), under compat the third part of each name, as WDU:329 (a name without one is refused: the
         reference raises IndexError there)."""
-        self.compat = compat == SCHEME
+        self.compat = plan is not None and plan.scheme.name == SCHEME
         if self.compat and self.metric != "alpha":
             raise ValueError(f"compat={SCHEME!r} reproduces AlphaDecay with metric='alpha' (esd_metric_for_tb alpha, "
                              f"the published runs); got metric={self.metric!r}: drop compat to follow another metric")

@@ -190,9 +190,12 @@ Args:
         before them, factors acting from the update after each pass), ``"tempbalance_cnn"`` (NeurIPS'23 CIFAR:
         per layer, BatchNorm ``bnK`` following ``convK``), ``"tempbalance_lm"`` (NeurIPS'23 LM: per Linear,
         LayerNorms following the Linear before them, the learning rates held between passes) or
-        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum) or
+        ``"modelbalancing_fno"`` (the FNO trainer: per layer, thresholds on the filtered spectrum),
         ``"alphadecay"`` (NeurIPS'25 LLM pre-training: per-layer weight decays; its mapping is the policy
-        :class:`~tempbalance.training.alphadecay.AlphaDecay`, given as ``policy=``, or a preset ``alphadecay-*``). ``True``:
+        :class:`~tempbalance.training.alphadecay.AlphaDecay`, given as ``policy=``, or a preset ``alphadecay-*``) or
+        ``"llr"`` (LLR pretraining, AdamW or Muon + AdamW: per matrix, the embedding / LM head / the rest as units of
+        their own, with ``policy=tempbalance.training.llr.LLR(...)``, which holds its rules and transitions, or a
+        preset ``llr-*``). ``True``:
         ``"modelbalancing"`` when the adapter finds blocks, else ``"tempbalance_cnn"``. Every scheme also
         analyses LoRA without its scaling and conv eigenvalues x 0.5, and maps equal alphas to ``s2``. The
         units are then the tuned matrices (``factors`` has one per matrix).

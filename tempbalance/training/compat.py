@@ -19,6 +19,10 @@ Each reference is a :class:`Scheme` (its facts, with the file and line they come
   ``LLaMa-pretraining/WeightDecayUnbalance.py``): one weight decay per layer, BatchNorm ``xxx.bnK`` following
   ``xxx.convK``; its assign functions are a policy (:class:`tempbalance.training.alphadecay.AlphaDecay`), not
   :meth:`Plan.factors`.
+* ``"llr"`` - LLR, "One LR Doesn't Fit All" (pretraining LLaMA with AdamW or Muon; ``hed-ucas/Layer-wise-Learning-Rate``
+  at ``bbd0dcf``, ``olmo/LRUnbalance.py``): one factor per matrix; the embedding and the LM head (by name) are units
+  that are not analysed, and every other parameter is the unit :data:`REST_UNIT`; the factors and the transitions
+  between them are :class:`tempbalance.training.llr.LLR`'s (:func:`plan` builds its units with :func:`edge_plan`).
 
 The functions take the adapter's :class:`~tempbalance.adapters.MatrixSpec` s in model order; ``blocks[i]`` is the
 block of ``specs[i]`` or ``None`` when it lies outside every block (``block_of_specs`` builds it from an adapter).
@@ -43,6 +47,7 @@ from ..adapters.blocks import block_of
 DROP_ORDERS = ("threshold_then_remove", "remove_then_threshold")
 _MAPPING_FIELDS = _mapping.MAPPING_FIELDS
 PARAM_RULES = ("block_previous_weight", "norm_by_name", "norm_after_linear", "own_layer")
+REST_UNIT = "(rest)"  # LLR's unit of every parameter no listed layer owns (its group "Untuned", LRUnbalance.py:256-259)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,10 @@ class Scheme:
     policy: ``""`` when :meth:`Plan.factors` maps a pass (:class:`~tempbalance.training.policies.CompatPolicy`);
         else the :class:`~tempbalance.training.policies.Policy` that computes the reference's own mapping, which
         ``TempBalance(compat=name)`` then needs as ``policy=`` (its ``reproduces`` names the scheme).
+    edge_names: name parts of the layers that are units without being analysed (LLR's ``embed_name`` /
+        ``head_name``: the embedding and the LM head); empty for the schemes that analyse every unit.
+    several_optimizers: the reference's set-up has more than one optimizer (LLR with Muon: Muon for the hidden
+        matrices, AdamW for the rest), so ``TempBalance(model, [muon, adamw], compat=...)`` is allowed.
     """
 
     name: str
@@ -86,6 +95,8 @@ class Scheme:
     interval: str
     source: str
     policy: str = ""
+    edge_names: tuple[str, ...] = ()
+    several_optimizers: bool = False
 
     def __post_init__(self) -> None:
         if self.drop_order not in DROP_ORDERS:
@@ -123,6 +134,12 @@ SCHEMES: dict[str, Scheme] = {
                "(LLaMa-pretraining/torchrun_main.py:421)",
                "hed-ucas/AlphaDecay@23ce27ca318bdd3f1942fff95a9bc680b31245f4 (LLaMa-pretraining/)",
                policy="tempbalance.training.alphadecay.AlphaDecay"),
+        Scheme("llr", "remove_then_threshold", "norm_by_name", False, "this_update",
+               (nn.Linear, nn.Conv2d, nn.Embedding), "listed", False,
+               "at update 1, then at every unbalancedlr_every-th update, on the weights after the update before it, "
+               "while the update is <= stop_at * LLR_ratio (olmo/train.py:1070-1084)",
+               "hed-ucas/Layer-wise-Learning-Rate@bbd0dcf86af80b8843866a9a041086a37de35897",
+               policy="tempbalance.training.llr.LLR", edge_names=("embed", "head"), several_optimizers=True),
     )
 }
 
@@ -354,8 +371,10 @@ class Plan:
 
     specs: the tuned matrices, model order; indices: their positions in the specs :func:`plan` was given;
     blocks: their blocks (ModelBalancing; ``None`` for the per-layer schemes); owners: parameter name -> the
-    name of the spec whose factor it takes, or ``None`` (factor 1); unit: ``"block"`` or ``"layer"``;
-    normalize: ``tb_lr_normalize``.
+    name of the spec (or extra unit) whose factor it takes, or ``None`` (factor 1); unit: ``"block"`` or
+    ``"layer"``; normalize: ``tb_lr_normalize``; extra_units: units that own parameters without an analysed
+    matrix (LLR's embedding, LM head and :data:`REST_UNIT`), after the specs' units - their factors are the
+    policy's (:class:`tempbalance.training.llr.LLR`).
     """
 
     scheme: Scheme
@@ -365,10 +384,14 @@ class Plan:
     owners: dict[str, str | None]
     unit: str
     normalize: bool
+    extra_units: tuple[str, ...] = ()
 
     def factors(self, values: Any, *, options: _mapping.MappingOptions | None = None,
                 backend: str = "auto") -> np.ndarray:
         """The factor of every tuned matrix from its metric ``values`` (NaN: not fitted; :func:`layer_factors`)."""
+        if self.extra_units:
+            raise ValueError(f"compat={self.scheme.name!r}: its units' factors and the transitions between them are "
+                             "its policy's (tempbalance.training.llr.LLR), not a mapping of one pass")
         unit = self.unit if self.scheme.two_level_layers else "block"
         return layer_factors(values, self.blocks, unit=unit, normalize=self.normalize, backend=backend,
                              options=options)
@@ -415,6 +438,9 @@ def plan(
         raise ValueError(f"blocks has {len(blocks)} entries, specs has {len(specs)}")
     if sizes is not None and len(sizes) != len(specs):
         raise ValueError(f"sizes has {len(sizes)} values, specs has {len(specs)}")
+    if sch.edge_names:
+        return edge_plan(model, specs, scheme=sch, min_eigs=min_eigs, remove_first=remove_first,
+                         remove_last=remove_last, normalize=normalize, sizes=sizes)
     modules = dict(model.named_modules())
     analysed = [i for i, s in enumerate(specs)
                 if s.kind == "lora" or isinstance(modules.get(s.name), sch.layer_types)]
@@ -434,6 +460,60 @@ def plan(
         kept_blocks = [blocks[i] for i in indices]
     owners = param_owners(model, kept, scheme=sch, blocks=kept_blocks)
     return Plan(sch, kept, indices, kept_blocks, owners, unit, normalize)
+
+
+def edge_plan(model: nn.Module, specs: Sequence[MatrixSpec], *, scheme: str | Scheme, min_eigs: int = 50,
+              remove_first: bool = False, remove_last: bool = False, normalize: bool = False,
+              sizes: Sequence[int] | None = None) -> Plan:
+    """The :class:`Plan` of a scheme with :attr:`~Scheme.edge_names` (LLR, LRUnbalance.py (LU) and train.py).
+
+    The reference lists every module of its :attr:`~Scheme.layer_types` in ``named_modules`` order (LU:474-475).
+    A listed layer whose name contains an edge name (``"embed"``, ``"head"``: LU:575, config.py:593-594) is a unit
+    that is never analysed (its eigenvalue count is the largest of the list, LU:174-175); every other listed layer
+    must be one of ``specs`` (the adapter's matrices) to be analysed - one that is not (left out by ``exclude``,
+    an embedding that is not an edge) joins the rest. ``remove_first`` / ``remove_last`` drop the first / last
+    listed layer - an edge one too - and then layers with fewer than ``min_eigs`` eigenvalues are dropped
+    (LU:177-185). The tuned matrices own their parameters (a ``BatchNorm2d`` ``...bnK`` follows ``...convK``,
+    LU:121-131), the edge layers theirs, and every other parameter is :data:`REST_UNIT`'s (the reference's last
+    group, LU:256-259): the plan's :attr:`~Plan.extra_units` are the edge units, then :data:`REST_UNIT`.
+    """
+    sch = get_scheme(scheme)
+    if isinstance(min_eigs, bool) or not isinstance(min_eigs, int) or min_eigs < 0:
+        raise ValueError(f"min_eigs must be an integer >= 0, got {min_eigs!r}")
+    for arg, v in (("remove_first", remove_first), ("remove_last", remove_last), ("normalize", normalize)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{arg} must be True or False, got {v!r}")
+    if normalize:
+        raise ValueError(f"compat={sch.name!r} has no normalization (tb_lr_normalize); use normalize=False")
+    if sizes is not None and len(sizes) != len(specs):
+        raise ValueError(f"sizes has {len(sizes)} values, specs has {len(specs)}")
+    index = {s.name: i for i, s in enumerate(specs)}
+    rows: list[tuple[str, int | None]] = []  # (name, index in specs; None for an edge layer)
+    edge_modules: dict[str, nn.Module] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, sch.layer_types) and not (name in index and specs[index[name]].kind == "lora"):
+            continue
+        if any(part in name for part in sch.edge_names):
+            rows.append((name, None))
+            edge_modules[name] = mod
+        elif name in index:
+            rows.append((name, index[name]))
+    size = [spectrum_size(specs[i]) if sizes is None else int(sizes[i]) for _, i in rows if i is not None]
+    edge_size = max(size, default=-1)  # LU:175
+    rows = rows[1 if remove_first else 0: len(rows) - 1 if remove_last and rows else len(rows)]
+    kept = [(n, i) for n, i in rows
+            if (edge_size if i is None else spectrum_size(specs[i]) if sizes is None else int(sizes[i])) >= min_eigs]
+    indices = [i for _, i in kept if i is not None]
+    tuned = [specs[i] for i in indices]
+    edges = [n for n, i in kept if i is None]
+    owners = param_owners(model, tuned, scheme=sch)
+    for edge in edges:
+        for p_name, _ in edge_modules[edge].named_parameters():
+            full = f"{edge}.{p_name}" if edge else p_name
+            if full in owners and owners[full] is None:
+                owners[full] = edge
+    owners = {n: REST_UNIT if o is None else o for n, o in owners.items()}
+    return Plan(sch, tuned, indices, None, owners, "layer", False, extra_units=(*edges, REST_UNIT))
 
 
 def param_factors(model: nn.Module, specs: Sequence[MatrixSpec], values: Any, *, backend: str = "auto",

@@ -10,6 +10,7 @@ part of the checkpoint - one book's state as it always was, a list of them when 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -136,23 +137,19 @@ class GroupSet:
         """The un-factored values ``book``'s base scheduler will have given its groups ``steps`` steps from now (its
         groups' values now when it has no scheduler), read off a copy of the scheduler stepped on a copy of the
         optimizer's groups: the parameters and the optimizer's state are shared, never copied."""
-        i = next(k for k in range(len(self.optimizers)) if book in self.of(k))
-        scheduler = self.schedulers[i]
-        if scheduler is None or steps <= 0:
+        if steps <= 0 or self.schedulers[self.index_of(book)] is None:
             return list(book.base())
-        memo: dict[int, Any] = {id(p): p for g in book.groups for p in g["params"]}
-        for sub in schedulers_in(scheduler):
-            opt = getattr(sub, "optimizer", None)
-            if opt is not None:
-                memo[id(opt.state)] = opt.state
-        twin = copy.deepcopy(scheduler, memo)
-        twin_groups = next(s.optimizer for s in schedulers_in(twin) if getattr(s, "optimizer", None)).param_groups
-        for g, base in zip(twin_groups, book.scheduled):
-            write(g, book.target, base)
-        for _ in range(steps):
-            twin.step()
-        return [read(g, book.target) for g in twin_groups]
+        return self.twin(book).advance(steps)
 
+    def twin(self, book: FactoredGroups, state: Any = None, values: Sequence[float] | None = None) -> "ScheduleTwin":
+        """A copy of ``book``'s base scheduler on a copy of its optimizer's groups (parameters and optimizer state
+        shared), as it is now - or as it was: ``state`` (the scheduler's ``state_dict()`` then) with the groups'
+        un-factored ``values`` then. Without a scheduler the values stay as they are."""
+        return ScheduleTwin(self.schedulers[self.index_of(book)], book, state, values)
+
+    def index_of(self, book: FactoredGroups) -> int:
+        """The index of the optimizer whose groups ``book`` holds."""
+        return next(k for k in range(len(self.optimizers)) if book in self.of(k))
     # --- checkpointing --------------------------------------------------------------------------------------------
     def state_dict(self) -> Any:
         """One book's state as it always was; a list of them, optimizer-major, when there are several."""
@@ -207,3 +204,38 @@ class GroupSet:
                     s.load_state_dict(part)
             raise
         self.load_state_dict(state["groups"])
+
+
+class ScheduleTwin:
+    """A base scheduler's copy that steps on copies of the groups: where the schedule goes without touching the
+    optimizer (:meth:`GroupSet.twin`)."""
+
+    def __init__(self, scheduler: Any, book: FactoredGroups, state: Any = None,
+                 values: Sequence[float] | None = None):
+        self.target = book.target
+        values = list(book.scheduled if values is None else values)
+        if scheduler is None:
+            self.scheduler, self._values = None, values
+            return
+        memo: dict[int, Any] = {id(p): p for g in book.groups for p in g["params"]}
+        for sub in schedulers_in(scheduler):
+            opt = getattr(sub, "optimizer", None)
+            if opt is not None:
+                memo[id(opt.state)] = opt.state
+        self.scheduler = copy.deepcopy(scheduler, memo)
+        if state is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(state))
+        self.groups = next(s.optimizer for s in schedulers_in(self.scheduler)
+                           if getattr(s, "optimizer", None)).param_groups
+        for g, v in zip(self.groups, values):
+            write(g, self.target, v)
+
+    def advance(self, steps: int = 1) -> list[float]:
+        """Step the copy ``steps`` times; the groups' values then."""
+        if self.scheduler is None:
+            return list(self._values)
+        with warnings.catch_warnings():  # the copied optimizer's step was never called: torch's order warning
+            warnings.filterwarnings("ignore", message=".*optimizer.step()", category=UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
+        return [read(g, self.target) for g in self.groups]

@@ -48,11 +48,13 @@ class Policy:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.metric, self.target, self.backend = metric, target, backend
 
-    def bind(self, units: Sequence[str], blocks: Sequence[str | None], compat: str | None) -> None:
+    def bind(self, units: Sequence[str], blocks: Sequence[str | None], plan: Plan | None) -> None:
         """Called once by TempBalance at construction, before the first pass: the units (the order of
         :meth:`factors`' values), the adapter's block of each (``None`` outside blocks or for an adapter without
-        blocks; a block unit is its own block) and the compat scheme reproduced (``None``: none). A policy that
-        cannot serve them raises ``ValueError`` here, before any optimizer is touched. Nothing by default."""
+        blocks; a block unit is its own block) and the compat :class:`~tempbalance.training.compat.Plan` reproduced
+        (``None``: none; ``plan.scheme.name`` is the scheme). A policy that cannot serve them raises ``ValueError``
+        here, before any optimizer is touched; a policy bound again (a TempBalance built twice on it) starts afresh.
+        Nothing by default."""
 
     def unit_values(self, values: np.ndarray, unit_index: np.ndarray, n_units: int) -> np.ndarray:
         """Per unit, the value its factor follows, from the per-matrix ``values`` (NaN: not usable). Default: the
@@ -84,9 +86,14 @@ class Policy:
         """What a resumed run needs of this policy (a transition in progress); empty for a stateless one."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
+    def check_state(self, state: Any) -> None:
+        """``ValueError`` saying why ``state`` (a checkpoint's part) does not fit this policy; nothing changes.
+        By default: a state for a policy that keeps none (one with its own ``load_state_dict`` checks it there)."""
+        if state and type(self).load_state_dict is Policy.load_state_dict:
             raise ValueError(f"{type(self).__name__} keeps no state, the checkpoint holds {sorted(state)}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
 
     def describe(self) -> str:
         return f"{type(self).__name__}(metric={self.metric}, target={self.target})"

@@ -8,14 +8,18 @@
 Every value names the script and config line it was read from (repository at a fixed commit). ``get`` returns
 :class:`~tempbalance.TempBalance` keyword arguments; any of them can be overridden (``get(name, s_lo=1.0)``).
 ``training`` returns the rest of the published recipe (optimizer, learning rate, batch size, schedule, ...), which
-TempBalance does not set. Some presets take options of their own, which build TempBalance arguments afresh at every
-``get`` (the AlphaDecay presets: ``assign=``, ``wd_min_ratio=``, ``wd_max_ratio=``, ``sigmoid_alpha=`` make the
-``policy``, ``every=`` the ``interval``). ``reference`` names the scheme of :mod:`tempbalance.compat` the preset reproduces (its
-``compat=`` argument); ``reference_only`` lists what that code does that TempBalance does not reproduce.
+TempBalance does not set. Some presets take options of their own - a method's numbers, overridable in ``get`` like
+the arguments - from which every ``get`` builds a fresh policy and cadence (they keep state of their own): the
+AlphaDecay presets' ``assign=``, ``wd_min_ratio=``, ``wd_max_ratio=``, ``sigmoid_alpha=`` make the ``policy``,
+``every=`` the ``interval``; LLR's ``lr_min_ratio=``, ``lr_max_ratio=``, ``linear_steps=``, ``edge_factor=``,
+``max_steps=``, ``llr_ratio=`` the ``policy`` and ``every=`` (with the last two) the ``interval``. ``reference`` names
+the scheme of :mod:`tempbalance.compat` the preset reproduces (its ``compat=`` argument); ``reference_only`` lists
+what that code does that TempBalance does not reproduce.
 """
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -23,6 +27,7 @@ from . import compat
 from .alphadecay import AlphaDecay
 from .arguments import NAMES
 from .cadence import BeforeEveryN
+from .llr import LLR, LLRCadence
 
 _MB = "ZihangHLiu/ModelBalancing@9970cea5a7b7c7ddc65424f9a75ce6016954c3ae"
 _TB = "YefanZhou/TempBalance@9f0d9c7e86b70c6613ac3b44b5fd147873050823"
@@ -37,6 +42,7 @@ class Variant:
     tempbalance: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,138 @@ _add(Preset(
     default=1,
 ))
 
+_LLR = "hed-ucas/Layer-wise-Learning-Rate@bbd0dcf86af80b8843866a9a041086a37de35897"
+
+
+def _llr_until(max_steps: int, llr_ratio: float) -> int:
+    """The last update LLR refreshes at: "global_step <= stop_at * LLR_ratio" (train.py:1070-1084)."""
+    for key, v in (("max_steps", max_steps),):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"LLR preset option {key} must be an integer >= 1, got {v!r}")
+    if isinstance(llr_ratio, bool) or not isinstance(llr_ratio, (int, float)) or not 0 < llr_ratio:
+        raise ValueError(f"LLR preset option llr_ratio must be a number > 0, got {llr_ratio!r}")
+    return max(1, math.floor(max_steps * llr_ratio))
+
+
+def _llr_policy(lr_min_ratio: float, lr_max_ratio: float, linear_steps: int, edge_factor: float | None,
+                max_steps: int, llr_ratio: float) -> LLR:
+    """LLR's policy from a preset's options: the map between the ratios, transitions of ``linear_steps``."""
+    if isinstance(linear_steps, bool) or not isinstance(linear_steps, int) or linear_steps < 1:
+        raise ValueError(f"LLR preset option linear_steps must be an integer >= 1, got {linear_steps!r}")
+    return LLR(lr_min_ratio=lr_min_ratio, lr_max_ratio=lr_max_ratio, linear_steps=linear_steps,
+               edge_factor=edge_factor, until=_llr_until(max_steps, llr_ratio))
+
+
+def _llr_interval(every: int, max_steps: int, llr_ratio: float) -> LLRCadence:
+    """LLR's cadence: a refresh at update 1 and every ``every``-th update up to :func:`_llr_until`."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"LLR preset option every must be an integer >= 1, got {every!r}")
+    return LLRCadence(every, until=_llr_until(max_steps, llr_ratio))
+
+
+_LLR_ARGUMENTS = dict(compat="llr", unit="layer", xmin_pos=2.0, xmin_rule="median", min_eigs=50, filter_zeros=False,
+                      remove_first=False, remove_last=False)
+_LLR_ONLY = (
+    "the gradient-alpha phase (num_grad_steps > 0: alphas of the gradients, then of the weights); every published "
+    "run sets num_grad_steps 0",
+    "the embedding and head take the largest alpha of every listed layer before the removals and the 50-eigenvalue "
+    "threshold (LRUnbalance.py:174), so a dropped layer could widen the map's range; here the tuned ones' largest "
+    "(the same when no layer is dropped, as in every LLaMA)",
+    "with optimizer.embed_lr > 0 under AdamW the first and last listed rows get it (LRUnbalance.py:192-194), "
+    "whichever layers they are after remove_first / remove_last; here the embedding and head (edge_factor)",
+    "a BatchNorm2d that follows a conv gets its own group but no row, so the target list shifts onto the next groups "
+    "(LRUnbalance.py:338-344); here it takes its conv's target (no LLaMA has one)",
+    "a restarted run re-analyses at its first step and rebuilds the base scheduler (train.py:1072-1124, "
+    "continue_training); a resumed TempBalance continues the uninterrupted run exactly",
+    "float32 svdvals on the GPU; tempbalance's Gram eigenvalues (float64 on request)",
+)
+_LLR_SOURCES = (
+    "olmo/LRUnbalance.py:172-204 (the listed layers, embedding/head rules), :264-361 (targets, transitions), "
+    ":474-599 (median fit, xmin_pos), :56 (eigs_thresh 50), :610-634 (tb_linear_map)",
+    "olmo/train.py:1063-1141 (refresh at update 1 and every unbalancedlr_every-th while global_step <= stop_at * "
+    "LLR_ratio; the flag that ends a transition; the scheduler stepped before the update)",
+    "galore_utils/training_utils.py:56-131 (linear_to_target), :206-221 (cosine_with_warmup)",
+    "olmo/optim.py:1005-1059 (build_optimizer_LLR: AdamW(groups, weight_decay) - torch's betas and eps)",
+)
+_LLAMA_1B = "LLaMA-1B (hidden 2048, FFN 5461, 24 layers, 32 heads, vocab 32128, sequence 1024), FineWeb"
+
+
+def _llr_preset(name: str, paper: str, sources: tuple[str, ...], config: str, stop_at: int, warmup: int,
+                **more: Any) -> Preset:
+    """An LLR preset: the reference's arguments, the run scripts' options (``every`` 100, ``linear_steps`` 50,
+    ratios 1 - 5, the yaml's ``stop_at`` and ``LLR_ratio`` 0.2), its policy and cadence built by
+    :func:`_llr_policy` and :func:`_llr_interval`."""
+    lines = f"{config}:13-22, 25-40, 49-62, 105"
+    fields: dict[str, Any] = dict(
+        name=name, paper=paper, reference="llr", repository=_LLR, sources=(*sources, *_LLR_SOURCES),
+        tempbalance=_LLR_ARGUMENTS, build=dict(policy=_llr_policy, interval=_llr_interval), reference_only=_LLR_ONLY,
+        options=dict(lr_min_ratio=1.0, lr_max_ratio=5.0, linear_steps=50, every=100, max_steps=stop_at,
+                     llr_ratio=0.2, edge_factor=None),
+        training=dict(model=_LLAMA_1B, config=f"configs/llama_1024/{config}",
+                      optimizer="AdamW(param groups, weight_decay=0.1, fused=True): torch's betas (0.9, 0.999) and "
+                                "eps 1e-8 (the config's betas are not passed, olmo/optim.py:1043)",
+                      lr=5e-4, weight_decay=0.1, batch_size=512, sequence_length=1024, max_grad_norm=1.0,
+                      precision="amp_bf16",
+                      schedule=f"cosine_with_warmup (galore_utils/training_utils.py:206-221): warmup {warmup}, "
+                               f"cycle {stop_at}, min ratio 0.1; stepped before each update, so update t runs at "
+                               "f(t): give TempBalance LambdaLR(opt, lambda k: f(k + 1))",
+                      max_steps=stop_at, lines=lines))
+    training = more.pop("training", {})
+    fields["training"] = {**fields["training"], **training}
+    fields["reference_only"] = fields["reference_only"] + more.pop("reference_only", ())
+    return Preset(**fields, **more)
+
+
+_PAPER = "He et al., One LR Doesn't Fit All: Heavy-Tail Guided Layerwise Learning Rates for LLMs (ICML 2026, arXiv " \
+         "2605.22297): LLaMA-1B pretraining"
+_add(_llr_preset(
+    "llr-adamw-1b-20b", f"{_PAPER} on 20B FineWeb tokens with AdamW",
+    ("run_scripts/hed_scripts_1B_20B/LLR.sh:6-18 (llama-1B-t5.yaml, adamw, learning_rate 0.0005, "
+     "alpha_positively_with_lr True, unbalancedlr_every 100, num_grad_steps 0, assign_func tb_linear_map, "
+     "lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); LLR_new1.sh:16-18 (1 - 4); LLR_new2.sh:8-19 (LLR_ratio "
+     "1.0, 1 - 3)",
+     "configs/llama_1024/llama-1B-t5.yaml:13-22 (stop_at 40000, LLR_ratio 0.2, cosine_with_warmup 4000, alpha_f "
+     "0.1), :49-62 (embed_name embed, head_name head, embed_lr -1, weight_decay 0.1), :65-84 (pl_fitting "
+     "median, remove_first/last False, filter_zeros False, xmin_pos 2)"),
+    "llama-1B-t5.yaml", 40000, 4000,
+    choose_by="lr_max_ratio",
+    variants={5.0: Variant(options=dict(lr_max_ratio=5.0), source="run_scripts/hed_scripts_1B_20B/LLR.sh:16-17"),
+              4.0: Variant(options=dict(lr_max_ratio=4.0), source="run_scripts/hed_scripts_1B_20B/LLR_new1.sh:16-17"),
+              3.0: Variant(options=dict(lr_max_ratio=3.0, llr_ratio=1.0),
+                           source="run_scripts/hed_scripts_1B_20B/LLR_new2.sh:8, 17-18")},
+    default=5.0,
+))
+
+_add(_llr_preset(
+    "llr-adamw-1b-100b", f"{_PAPER} on 100B FineWeb tokens with AdamW (the README's usage)",
+    ("run_scripts/hed_scripts_1B_100B/LLR.sh:6-18 (llama-1B-t5-100B.yaml, adamw, learning_rate 0.0005, "
+     "unbalancedlr_every 100, lr_min_ratio 1, lr_max_ratio 5, linear_steps 50); README.md:136-156 (the same command)",
+     "configs/llama_1024/llama-1B-t5-100B.yaml:13-22 (stop_at 200000, LLR_ratio 0.2, cosine_with_warmup 20000, "
+     "alpha_f 0.1), :49-62, :65-84"),
+    "llama-1B-t5-100B.yaml", 200000, 20000,
+))
+
+_add(_llr_preset(
+    "llr-muon-1b-20b", f"{_PAPER} with Muon (hidden matrices) + AdamW (embedding, head, norms) - reconstructed: the "
+                       "repository publishes no Muon run",
+    ("olmo/LRUnbalance.py:198-204 (under Muon the embedding and head get embed_lr, or learning_rate x "
+     "lr_max_ratio), :216-217 (their groups start at learning_rate), olmo/optim.py:1029-1032 and olmo/train.py:"
+     "1065-1066 (the layers' base is muon_lr)",
+     "the LLR values of run_scripts/hed_scripts_1B_20B/LLR.sh:8-18 and configs/llama_1024/llama-1B-t5.yaml:13-22, "
+     "49-84, as llr-adamw-1b-20b"),
+    "llama-1B-t5.yaml", 40000, 4000,
+    training=dict(optimizer="[torch.optim.Muon(hidden matrices, lr=muon_lr), torch.optim.AdamW(embedding, head, "
+                            "norms, lr=learning_rate)]: the reference's one optimizer split in two",
+                  muon_lr="not published: llama_1024/*.yaml:54 set -1, configs/tiny/OLMo-*.yaml:58 6.0e-3 (OLMo "
+                          "models), olmo/config.py:596 defaults to 1.0e-3"),
+    reference_only=(
+        "the reference cannot run Muon at this commit: build_optimizer_LLR has no Muon branch (olmo/optim.py:"
+        "1040-1051) and LRUnbalance.py:199 reads args.embed_lr, which TrainConfig lacks; its rules are followed as "
+        "written, with optimizer.embed_lr for LRUnbalance.py:199",
+        "the parameters no listed layer owns (norms) take AdamW's learning rate in the reference's one optimizer; "
+        "here they must be in the AdamW optimizer to get it (a Muon group's base is muon_lr)",
+    ),
+))
 
 def _alphadecay_interval(every: int) -> BeforeEveryN:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -270,7 +408,7 @@ _add(Preset(
                   schedule="linear warmup from 0 over warmup_steps, then cosine to min_lr_ratio x lr at max_steps, "
                            "stepped per update", seeds=(5, 6, 7, 8, 9, 10), dtype="bfloat16"),
     choose_by="weight_decay",
-    variants={wd: Variant(tempbalance=dict(wd_max_ratio=hi), training=dict(weight_decay=wd),
+    variants={wd: Variant(options=dict(wd_max_ratio=hi), training=dict(weight_decay=wd),
                           source=f"LLaMa-pretraining/scripts/Adam/ours/{f}.sh:14, 20-21")
               for wd, hi, f in ((1e-5, 3.0, "1e-5"), (5e-6, 5.0, "5e-6"), (1e-6, 5.0, "1e-6"))},
     default=5e-6,
@@ -352,21 +490,25 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     """
     p = _preset(name)
     rest = dict(overrides)
-    needed = any(v.tempbalance for v in p.variants.values())
+    needed = any(v.tempbalance or v.options for v in p.variants.values())
     variant = _variant(p, rest, needed=needed)
     kwargs, options = dict(p.tempbalance), dict(p.options)
-    for k, v in (variant.tempbalance if variant is not None else {}).items():
-        (options if k in p.options else kwargs)[k] = v
+    if variant is not None:
+        kwargs.update(variant.tempbalance)
+        options.update(variant.options)
     given = {k: rest.pop(k) for k in list(rest) if k in p.options}
     options.update(given)
+    shaping: set[str] = set()  # the given options some built argument takes
     for arg, make in p.build.items():
         used = [k for k in inspect.signature(make).parameters if k in options]
-        if arg in rest:  # replaced by the caller
-            if set(used) & set(given):
-                raise ValueError(f"preset {p.name!r}: {sorted(set(used) & set(given))} shape the preset's {arg}, and "
-                                 f"{arg}= given replaces it: give one")
-            continue
-        kwargs[arg] = make(**{k: options[k] for k in used})
+        if arg not in rest:  # else replaced by the caller
+            shaping.update(used)
+            kwargs[arg] = make(**{k: options[k] for k in used})
+    for arg, make in p.build.items():  # an option given only for an argument the caller replaces would do nothing
+        idle = sorted(set(given) & set(inspect.signature(make).parameters) - shaping) if arg in rest else []
+        if idle:
+            raise ValueError(f"preset {p.name!r}: {idle} shape the preset's {arg}, and {arg}= given replaces it: "
+                             "give one")
     steps = rest.pop("steps_per_epoch", None)
     if p.interval_rule == "reference" and "interval" not in rest:
         if steps is None:
@@ -412,7 +554,7 @@ def describe(name: str) -> str:
     if p.choose_by:
         lines.append(f"  by {p.choose_by}" + (f" (default {p.default!r})" if p.default is not None else "") + ":")
         for k, v in p.variants.items():
-            vals = {**v.tempbalance, **v.training}
+            vals = {**v.tempbalance, **v.options, **v.training}
             lines.append(f"    {k!r}: " + ", ".join(f"{a}={b!r}" for a, b in vals.items()) + f"  [{v.source}]")
     if p.reference_only:
         lines.append("  what the reference does that tempbalance does not reproduce:")

@@ -205,6 +205,8 @@ class Refresher:
         policies = state.get("policies", [{}] * len(self.policies))
         if not isinstance(policies, list) or len(policies) != len(self.policies):
             raise ValueError(f"the state has no valid 'policies' part for {len(self.policies)} policies")
+        for policy, part in zip(self.policies, policies):
+            policy.check_state(part)
 
     def load_parts(self, state: dict[str, Any], step: int) -> None:
         self.results.load_state_dict(state["results"])

@@ -44,6 +44,7 @@ from .._warn import warn
 from ..adapters import get_adapter
 from ..analysis.report import Report
 from . import arguments, checkpoint, presets, selection
+from . import compat as _compat
 from . import groups as _groups
 from .groupset import GroupSet
 from .cadence import as_cadence
@@ -107,7 +108,8 @@ class TempBalance(LRScheduler):
             if isinstance(sched, TempBalance):
                 raise TypeError("base_scheduler is a TempBalance; pass the LR scheduler it should step")
             _groups.check_base_scheduler(opt, sched)
-        if a.compat and len(self.optimizers) > 1:
+        several = a.compat in _compat.SCHEMES and _compat.SCHEMES[a.compat].several_optimizers
+        if a.compat and len(self.optimizers) > 1 and not several:
             raise ValueError("compat reproduces a reference code that trains with one optimizer; give one")
         coordinator = distributed.Coordinator.maybe(a.process_group)
         if coordinator is not None and a.lag:
@@ -137,7 +139,7 @@ class TempBalance(LRScheduler):
         self.policy = self.policies[0]  # the primary one: factors, unit_alphas, history's factors
         blocks = selection.unit_blocks(chosen, self.adapter)
         for p in self.policies:
-            p.bind(chosen.units, blocks, self.compat)
+            p.bind(chosen.units, blocks, plan)
         self.metric, self.target = self.policy.metric, self.policy.target
         # steps from a pass to its factors: ``lag``, and at least one under a reference whose factors act from the
         # update after the pass (ModelBalancing: the pass at the top of step t, the factors after update t)

@@ -94,7 +94,8 @@ def select(model: nn.Module, optimizers: Any, adapter: Any, *, unit: str | None 
                             unit=unit, min_eigs=min_eigs, remove_first=remove_first, remove_last=remove_last,
                             normalize=normalize)
         mode, specs = plan.unit, list(plan.specs)
-        spec_units = units = [s.name for s in specs]  # every tuned matrix is a unit
+        spec_units = [s.name for s in specs]  # every tuned matrix is a unit
+        units = spec_units + list(plan.extra_units)  # and the plan's units without a matrix (LLR's)
     else:
         mode = unit_mode(adapter, unit)
         tuned = getattr(adapter, "tuned", None)  # block adapters report heads/poolers but do not tune them

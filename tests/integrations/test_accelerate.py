@@ -67,3 +67,39 @@ def test_prepare_keeps_tempbalance_working(accumulate):
     assert lrs == ref_lrs and tb.factors == ref_tb.factors and len(tb.history) == len(ref_tb.history)
     for p, q in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_prepare_with_muon_and_adamw_drives_both_from_one_pass():
+    """accelerate.prepare(model, muon, adamw, tb): both prepared optimizers keep TempBalance's per-unit lrs, equal to
+    a plain loop's at every update."""
+    from test_knobs import KW as KNOB_KW, batches as knob_batches, model as knob_model, optimizers, schedulers
+
+    data = knob_batches(6)
+
+    def step(m, opts, x, y, backward=None):
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        (backward or (lambda v: v.backward()))(loss)
+        for o in opts:
+            o.step()
+            o.zero_grad()
+
+    m = knob_model()
+    opts = optimizers(m)
+    tb = TempBalance(m, opts, base_scheduler=schedulers(opts), interval=2, **KNOB_KW)
+    want = []
+    for x, y in data:
+        step(m, opts, x, y)
+        tb.step()
+        want.append(tb.get_last_lr())
+
+    accelerator = accelerate.Accelerator(cpu=True)
+    m2 = knob_model()
+    raw = optimizers(m2)
+    tb2 = TempBalance(m2, raw, base_scheduler=schedulers(raw), interval=2, **KNOB_KW)
+    m2, muon, adamw, sched = accelerator.prepare(m2, raw[0], raw[1], tb2)
+    got = []
+    for x, y in data:
+        step(m2, [muon, adamw], x, y, accelerator.backward)
+        sched.step()
+        got.append(sched.get_last_lr())
+    assert got == want and tb2.step_count == 6 and len(tb2.history) == len(tb.history) == 4

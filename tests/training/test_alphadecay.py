@@ -6,6 +6,7 @@ the policy's own defaults; learning rate and weight decay from one pass; resume;
 from __future__ import annotations
 
 import copy
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 from compat_cases import RTOL, max_rel, recorder, tiny_llama
 from reference_oracles import alphadecay as ad
 from tempbalance import TempBalance, presets
+from tempbalance.training.compat import SCHEMES
 from tempbalance.training.alphadecay import ASSIGNS, AlphaDecay
 from tempbalance.training.cadence import BeforeEveryN, EveryN
 from tempbalance.training.mapping import MappingOptions
@@ -139,7 +141,7 @@ def test_the_loop_test_fails_with_the_wiring_broken(broken, assign):
     elif broken.startswith("the default"):  # the reference's selection without compat: AlphaDecay's own arithmetic
         kw.pop("compat")
     else:  # names like "model.layers.2.mlp" vs the block "model.layers.2": the same groups - break them
-        kw["policy"].bind = lambda units, blocks, compat: AlphaDecay.bind(
+        kw["policy"].bind = lambda units, blocks, plan: AlphaDecay.bind(
             kw["policy"], units, [u.rsplit(".", 1)[-1] for u in units], None)
         kw.pop("compat")
     got, _ = run_ours(twin, data, optimizer="adam", weight_decay=1e-5, **kw)
@@ -196,13 +198,15 @@ def test_resume_between_passes_repeats_the_run_bit_for_bit():
 # the policy alone: compat arithmetic = the reference's get_layer_temps, the defaults
 
 
+# what AlphaDecay.bind reads of a compat plan: its scheme (the policy's own tests build no model)
+SCHEME_ONLY = types.SimpleNamespace(scheme=SCHEMES["alphadecay"])
 NAMES = [f"model.layers.{b}.{m}" for b in range(3) for m in ("self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")]
 
 
 def _bound(assign: str, compat: bool, names=NAMES, blocks=None, **kw) -> AlphaDecay:
     policy = AlphaDecay(assign, **kw)
     policy.bind(names, blocks if blocks is not None else [n.rsplit(".", 2)[0] for n in names],
-                "alphadecay" if compat else None)
+                SCHEME_ONLY if compat else None)
     return policy
 
 
@@ -257,9 +261,9 @@ def test_policy_arguments_are_checked():
     with pytest.raises(ValueError, match="metric must be one of"):
         AlphaDecay(metric="gradnorm")
     with pytest.raises(ValueError, match="compat='alphadecay' reproduces AlphaDecay with metric='alpha'"):
-        AlphaDecay(metric="stable_rank").bind(NAMES, [None] * 9, "alphadecay")
+        AlphaDecay(metric="stable_rank").bind(NAMES, [None] * 9, SCHEME_ONLY)
     with pytest.raises(ValueError, match=r"layer 'fc' has none"):
-        AlphaDecay("layerwise_sigmoid").bind(["a.b.c", "fc"], [None, None], "alphadecay")
+        AlphaDecay("layerwise_sigmoid").bind(["a.b.c", "fc"], [None, None], SCHEME_ONLY)
     with pytest.raises(ValueError, match="bound to 9 units and got 3 values"):
         _bound("layerwise_sigmoid", False).factors(np.ones(3), np.ones(3))
 

@@ -246,3 +246,59 @@ def test_a_transition_policy_reaches_each_refreshs_factors_over_its_steps_and_re
     assert first[unit] != second[unit]
     _, resumed = run(steps_before_checkpoint=7)
     assert resumed == used[7:]
+
+
+def test_each_optimizer_follows_its_own_schedule_at_every_step_never_compounded():
+    """12 updates, a refresh every 2: at every update each group's lr is its own optimizer's schedule at that step
+    times the factor in force (Muon 1 / (1 + 0.1 t) by LambdaLR; AdamW x 0.9 a step by ExponentialLR, which reads
+    the group's current lr: a factor left in it would compound)."""
+    m = model()
+    opts = optimizers(m)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opts[0], lambda t: 1.0 / (1 + 0.1 * t)),
+              torch.optim.lr_scheduler.ExponentialLR(opts[1], gamma=0.9)]
+    tb = TempBalance(m, opts, base_scheduler=scheds, interval=2, **KW)
+    factors = {0: tb.factors}
+    tb.add_refresh_callback(lambda r: factors.update({r["step"]: dict(r["factors"])}))
+    used = train(m, opts, tb, batches(12))
+    n_muon = len(opts[0].param_groups)
+    units = tb.group_units
+    for t, lrs in enumerate(used):
+        f = factors[max(s for s in factors if s <= t)]
+        want = [0.02 / (1 + 0.1 * t)] * n_muon + [1e-3 * 0.9 ** t] * (len(units) - n_muon)
+        np.testing.assert_allclose(lrs, [w * f.get(u, 1.0) if u else w for w, u in zip(want, units)], rtol=1e-13)
+    assert len(factors) == 7 and factors[2] != factors[4]
+
+
+def test_close_gives_every_optimizer_its_own_schedule_back():
+    m = model()
+    opts = optimizers(m)
+    scheds = schedulers(opts)
+    tb = TempBalance(m, opts, base_scheduler=scheds, interval=2, **KW)
+    train(m, opts, tb, batches(5))
+    assert any(g["lr"] != 0.02 / 1.5 for g in opts[0].param_groups)  # factored while attached
+    tb.close()
+    assert all(g["lr"] == pytest.approx(0.02 / 1.5, rel=1e-15) and g["tb_factor"] == 1.0 for g in opts[0].param_groups)
+    assert all(g["lr"] == pytest.approx(1e-3 * 0.5, rel=1e-15) and g["tb_factor"] == 1.0 for g in opts[1].param_groups)
+    with pytest.raises(RuntimeError, match="closed"):
+        tb.step()
+    for s in scheds:  # the user's schedulers carry on from the un-factored values
+        s.step()
+    assert all(g["lr"] == pytest.approx(0.02 / 1.6, rel=1e-15) for g in opts[0].param_groups)
+    assert tb.factors  # reads keep working
+
+
+def test_accelerate_style_wrappers_around_both_optimizers_give_the_same_run():
+    """TempBalance over [AcceleratedOptimizer-like(muon), AcceleratedOptimizer-like(adamw)] (wrappers that share the
+    inner optimizers' param_groups and skip Optimizer.__init__) gives the run of the bare optimizers exactly."""
+    from test_scheduler_deferred import AccelerateLike
+
+    data = batches(7)
+    m = model()
+    opts = optimizers(m)
+    want = train(m, opts, TempBalance(m, opts, base_scheduler=schedulers(opts), interval=3, **KW), data)
+    m2 = model()
+    inner = optimizers(m2)
+    wrapped = [AccelerateLike(o) for o in inner]
+    tb = TempBalance(m2, wrapped, base_scheduler=schedulers(inner), interval=3, **KW)
+    assert train(m2, wrapped, tb, data) == want
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))

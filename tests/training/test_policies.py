@@ -92,10 +92,10 @@ class Bound(Constant):
 
     refuse = False
 
-    def bind(self, units, blocks, compat):
+    def bind(self, units, blocks, plan):
         if self.refuse:
             raise ValueError("this policy cannot serve these units")
-        self.seen = (list(units), list(blocks), compat)
+        self.seen = (list(units), list(blocks), plan)
 
 
 @pytest.mark.parametrize("unit", ["block", "layer"])
@@ -104,8 +104,8 @@ def test_a_policy_is_bound_to_the_units_and_their_blocks_before_the_first_pass(u
 
     m = tiny_llama()
     tb = tempbalance.TempBalance(m, torch.optim.SGD(m.parameters(), lr=0.1), policy=Bound(), unit=unit, **KW)
-    units, blocks, compat = tb.policy.seen
-    assert units == tb.units and compat is None
+    units, blocks, plan = tb.policy.seen
+    assert units == tb.units and plan is None
     if unit == "block":
         assert blocks == units == ["model.layers.0", "model.layers.1"]
     else:

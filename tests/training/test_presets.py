@@ -8,6 +8,7 @@ from torch import nn
 
 from tempbalance import TempBalance
 from tempbalance.training import presets
+from test_llr import is_hidden, tiny_llama
 
 # ZihangHLiu/ModelBalancing@9970cea config_files/configs_sigmoid.txt, the first row of each data ratio (lines 3, 6,
 # 9, 12, 15, 18): task lr batch_size seed epochs hyperparam tb_unit esd_type schedule_func tb_lr_normalize
@@ -158,11 +159,17 @@ def test_presets_build_a_tempbalance(minilm):
     cnn(torch.zeros(1, 3, 9, 9))
     choices = {"modelbalancing-glue": dict(ratio=0.05, steps_per_epoch=300), "modelbalancing-fno-cfd":
                dict(reduced_batch=180), "tempbalance-cifar": {}, "tempbalance-lm-ptb": {},
-               "alphadecay-llama-adam": dict(weight_decay=1e-5), "alphadecay-llama-adamw": {}}
+               "alphadecay-llama-adam": dict(weight_decay=1e-5), "alphadecay-llama-adamw": {}, "llr-adamw-1b-20b": {},
+               "llr-adamw-1b-100b": {}, "llr-muon-1b-20b": {}}
     assert set(choices) == set(presets.names())
+    llama = tiny_llama()
     for name, choice in choices.items():
-        model = minilm if name == "modelbalancing-glue" else cnn
+        model = minilm if name == "modelbalancing-glue" else llama if name.startswith("llr") else cnn
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        if name.startswith("llr-muon"):
+            hidden = [p for n, p in model.named_parameters() if is_hidden(n, p)]
+            opt = [torch.optim.Muon(hidden, lr=0.02),
+                   torch.optim.AdamW([p for p in model.parameters() if all(p is not h for h in hidden)], lr=1e-3)]
         tb = TempBalance(model, opt, **presets.get(name, **choice))
         assert tb.unit == presets.get(name, **choice)["unit"]
         assert name in presets.describe(name) and presets.PRESETS[name].repository in presets.describe(name)
