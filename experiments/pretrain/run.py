@@ -83,29 +83,16 @@ def _llr_alphadecay(cfg: TrainConfig) -> dict[str, Any]:
                         AlphaDecay("tb_linear_map", wd_min_ratio=0.6666, wd_max_ratio=5.0)])
 
 
-def _has(module: str) -> bool:
-    """Whether this tempbalance has the method (LLR arrives with branch i26)."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"tempbalance.training.{module}") is not None
-
-
 ARMS: dict[str, Arm] = {
     "adamw": Arm("adamw"),
     "muon": Arm("muon"),
     "adamw+alphadecay": Arm("adamw", _alphadecay, f"AlphaDecay preset alphadecay-llama-adamw, every {AD_EVERY}"),
+    "adamw+llr": Arm("adamw", _llr("llr-adamw-1b-20b"), f"LLR preset llr-adamw-1b-20b, {LLR_OPTIONS}"),
+    "muon+llr": Arm("muon", _llr("llr-muon-1b-20b"), f"LLR preset llr-muon-1b-20b, {LLR_OPTIONS}"),
+    "adamw+llr+alphadecay": Arm("adamw", _llr_alphadecay,
+                                "LLR (1 - 3, 50-step transitions) + AlphaDecay (tb_linear_map 0.6666 - 5), one "
+                                "pass every 100 steps, unit layer"),
 }
-if _has("llr"):
-    ARMS.update({
-        "adamw+llr": Arm("adamw", _llr("llr-adamw-1b-20b"), f"LLR preset llr-adamw-1b-20b, {LLR_OPTIONS}"),
-        "muon+llr": Arm("muon", _llr("llr-muon-1b-20b"), f"LLR preset llr-muon-1b-20b, {LLR_OPTIONS}"),
-    })
-if _has("llr") and _has("alphadecay"):
-    ARMS.update({
-        "adamw+llr+alphadecay": Arm("adamw", _llr_alphadecay,
-                                    "LLR (1 - 3, 50-step transitions) + AlphaDecay (tb_linear_map 0.6666 - 5), one "
-                                    "pass every 100 steps, unit layer"),
-    })
 SMOKE_MODEL = ModelConfig(hidden=64, layers=2, heads=2, ffn=128, seq_len=32)  # 64 eigenvalues per matrix
 SMOKE = TrainConfig(model=SMOKE_MODEL, steps=12, batch=4, warmup=3, eval_every=4, val_windows=8, final_windows=16)
 FULL = TrainConfig()
@@ -122,9 +109,13 @@ def run_settings(cfg: TrainConfig, arm: str) -> dict[str, Any]:
 
 
 def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """TempBalance keywords as JSON: plain values as they are, an object (a policy) by its class name."""
-    plain = (int, float, str, bool, type(None), list, tuple, dict)
-    return {k: v if isinstance(v, plain) else type(v).__name__ for k, v in kwargs.items()}
+    """TempBalance keywords as JSON: plain values as they are, an object (a policy, also in a list) by its class name."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v if isinstance(v, (int, float, str, bool, type(None), dict)) else type(v).__name__
+
+    return {k: plain(v) for k, v in kwargs.items()}
 
 
 def load_runs(path: Path, settings: Callable[[str], dict[str, Any]]) -> tuple[dict[tuple[str, int], dict], int]:
